@@ -1,0 +1,3 @@
+from implicit_sparsity.cli import main
+
+raise SystemExit(main())

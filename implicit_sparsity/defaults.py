@@ -1,0 +1,70 @@
+"""The paper's numbers, in one place.
+
+Every threshold, learning rate, hyper-parameter and schedule that the paper states is a
+named default here; the rest of the package reads them from this module. Section
+references are to Mehta, Kim, Theobalt, "On Implicit Filter Level Sparsity in
+Convolutional Neural Networks", CVPR 2019 (main text and supplement).
+"""
+
+from __future__ import annotations
+
+# --- Sparsity and selectivity (section 2.1, section 3) ------------------------------------
+#: A conv feature is inactive by scale when its BatchNorm |gamma| is below this.
+GAMMA_THRESHOLD = 1e-3
+#: A conv feature is inactive by activation when its max-pooled |activation| never
+#: exceeds this on any sample of the training corpus.
+ACTIVATION_THRESHOLD = 1e-12
+#: Universality counts the samples whose normalized pooled activation exceeds this.
+UNIVERSALITY_THRESHOLD = 1e-3
+
+# --- Optimizers (section 2.1; supplement Fig. 3 for AMSGrad, RMSProp, Adamax) -------------
+#: Base learning rate and hyper-parameters of each optimizer, as the paper gives them.
+#: Hyper-parameters the paper does not state are PyTorch's defaults, written out here.
+OPTIMIZER_DEFAULTS: dict[str, dict] = {
+    "sgd": {"lr": 0.1, "momentum": 0.9},
+    "adam": {"lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-8},
+    "amsgrad": {"lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-8},
+    "adamax": {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8},
+    "rmsprop": {"lr": 1e-3, "alpha": 0.99, "eps": 1e-8},
+    "adagrad": {"lr": 1e-2, "eps": 1e-10},
+    "adadelta": {"lr": 1.0, "rho": 0.9, "eps": 1e-6},
+}
+#: Base learning rate of Adam on ImageNet (supplement section 4).
+IMAGENET_ADAM_LR = 1e-4
+
+# --- Regularization (section 2.1) ----------------------------------------------------------
+REGULARIZERS = ("none", "l2", "wd")
+#: Adam with L2 1e-4 is the paper's default setting from section 5 on.
+DEFAULT_REGULARIZER = "l2"
+DEFAULT_LAMBDA = 1e-4
+
+# --- Schedules (section 2.1; supplement section 4) -----------------------------------------
+#: The learning rate is divided by this at each stage boundary.
+LR_DECAY_FACTOR = 10.0
+#: Mini-batch size of the paper's CIFAR / ObjectNet3D / TinyImageNet runs.
+DEFAULT_BATCH_SIZE = 40
+#: Epochs at the base rate, then at base/10, (then base/100), per data set family.
+PAPER_SCHEDULES: dict[str, dict] = {
+    "cifar": {"batch_size": 40, "epochs": (250, 75)},
+    "tinyimagenet": {"batch_size": 40, "epochs": (250, 75, 75)},
+    "imagenet-basicnet": {"batch_size": 64, "epochs": (15, 15, 10)},
+    "imagenet-vgg11": {"batch_size": 60, "epochs": (30, 20, 10)},
+    "imagenet-vgg16": {"batch_size": 40, "epochs": (20, 20, 10)},
+}
+DEFAULT_EPOCHS = PAPER_SCHEDULES["cifar"]["epochs"]
+
+# --- Networks (section 2.1, Fig. 1; section 5) ---------------------------------------------
+#: Filters of BasicNet's seven conv layers C1..C7 (the "64-1x" net).
+BASICNET_WIDTHS = (64, 128, 128, 256, 256, 512, 512)
+#: Kernel sizes: a 5x5 C1 and 3x3 C2..C7 give the paper's 4,649,664 conv parameters.
+BASICNET_KERNELS = (5, 3, 3, 3, 3, 3, 3)
+BASICNET_CONV_PARAMS = 4_649_664
+#: The paper's figure placing BasicNet's max-pools is not in its text: we place a 2x2
+#: max-pool after C1, C3 and C5 (VGG-like). One constant, so it can be changed.
+BASICNET_POOL_AFTER = (1, 3, 5)
+#: Width variants of section 5.1 / Table 6: (filters of C1, multiplier of C2..C7).
+BASICNET_WIDTH_VARIANTS = {"64-1x": (64, 1.0), "64-0.5x": (64, 0.5), "32-0.25x": (32, 0.25)}
+
+#: BatchNorm initialization (supplement section 4).
+GAMMA_INIT = 1.0
+BETA_INIT = 0.0

@@ -1,0 +1,17 @@
+"""Typed errors: each one is reported to a user as a single clear line by the CLI."""
+
+
+class ImplicitSparsityError(Exception):
+    """Base class of every error the toolkit raises on bad input."""
+
+
+class ConfigError(ImplicitSparsityError, ValueError):
+    """A configuration value is invalid (unknown name, value out of range, bad file)."""
+
+
+class DatasetNotFoundError(ImplicitSparsityError, FileNotFoundError):
+    """A data set's files are not where they were looked for."""
+
+
+class RunStateError(ImplicitSparsityError):
+    """A run folder cannot be used as asked (finished, or made with another config)."""
