@@ -1,0 +1,167 @@
+"""The `implicit-sparsity` command: a thin layer over the Python API.
+
+Bad input fails before any work with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import yaml
+
+from implicit_sparsity.errors import ConfigError, ImplicitSparsityError
+
+
+# --- train ---------------------------------------------------------------------------------
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (`--train-subset` for train_subset); unset flags keep
+    the config file's value or the default."""
+    from implicit_sparsity.train.config import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS}
+        if f.type.startswith("bool"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif f.type.startswith("list"):
+            kwargs["nargs"] = "+"
+        elif f.type.startswith("dict"):
+            kwargs["type"] = _yaml_mapping
+            kwargs["metavar"] = "YAML"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kwargs["help"] = f"(default: {default})"
+        names = [flag] + (["--lambda"] if f.name == "lam" else [])
+        parser.add_argument(*names, **kwargs)
+
+
+def _yaml_mapping(text: str) -> dict:
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping like '{{betas: [0.9, 0.999]}}'"
+                                         f", got {text!r}")
+    return value
+
+
+def default_run_name(config) -> str:
+    return (f"{config.model}-{config.width}-{config.dataset}-{config.optimizer}-"
+            f"{config.regularizer}{config.lam:g}-b{config.batch_size}-s{config.seed}")
+
+
+def cmd_train(args) -> int:
+    from implicit_sparsity.train import TrainConfig, load_config_file, train
+
+    values = load_config_file(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items()
+                   if k not in ("command", "config", "out", "func")})
+    config = TrainConfig.from_dict(values).resolved()
+    out = Path(args.out) if args.out else Path("runs") / default_run_name(config)
+    result = train(config, out)
+    final = result.metrics[-1]
+    print(f"finished {out}: test error {final['test_error']:.2f}%, sparsity by |gamma| "
+          f"{final['sparsity_gamma_total']:.1f}%")
+    return 0
+
+
+# --- models / datasets ---------------------------------------------------------------------
+def cmd_models(args) -> int:
+    import torch
+
+    from implicit_sparsity.data import get_dataset_entry
+    from implicit_sparsity.models import MODELS, build_model, conv_param_count, feature_layers
+
+    entry = get_dataset_entry(args.dataset)
+    print(f"models for {entry.name} ({entry.in_channels} channel(s), {entry.num_classes} "
+          f"classes, {entry.head} head), width {args.width}:")
+    for name, model_entry in MODELS.items():
+        size = max(entry.image_size, model_entry.min_input_size(entry.head))
+        with torch.device("meta"):  # shapes only, no memory or init cost
+            model = build_model(name, in_channels=entry.in_channels,
+                                num_classes=entry.num_classes, head=entry.head,
+                                input_size=size, width=args.width)
+        filters = [block.conv.out_channels for _, block in feature_layers(model)]
+        total = sum(p.numel() for p in model.parameters())
+        print(f"  {name:9s} conv params {conv_param_count(model):>11,}  all params {total:>12,}"
+              f"  {len(filters)} conv layers, {sum(filters)} filters: {filters}")
+        print(f"            {model_entry.description}"
+              + (f"; inputs padded {entry.image_size}->{size}" if size > entry.image_size
+                 else ""))
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from implicit_sparsity.data import DATASETS
+    from implicit_sparsity.data.registry import candidate_dirs
+    from implicit_sparsity.errors import DatasetNotFoundError
+
+    from implicit_sparsity.data import locate
+
+    for name, entry in DATASETS.items():
+        try:
+            where = f"found at {locate(entry, args.data_dir)}"
+        except DatasetNotFoundError:
+            places = ", ".join(str(p) for p in candidate_dirs(entry, args.data_dir))
+            where = f"not found (looked in {places}); to get it: {entry.how_to_get}"
+        print(f"  {name:14s} {entry.num_classes:4d} classes  {entry.image_size:3d}px  "
+              f"{entry.description}\n                 {where}")
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from implicit_sparsity.demo import run_demo
+
+    run_demo(out=Path(args.out), data_dir=args.data_dir, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="implicit-sparsity",
+        description="Train, measure and exploit the implicit filter sparsity of CNNs "
+                    "(Mehta, Kim, Theobalt, CVPR 2019).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one run into a run folder (resumes if killed)",
+                           argument_default=argparse.SUPPRESS)
+    train.add_argument("--config", default=None, help="YAML file of config keys; flags override")
+    train.add_argument("--out", default=None,
+                       help="run folder (default: runs/<model>-<width>-<dataset>-...)")
+    _add_config_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    models = sub.add_parser("models", help="list the models with their conv parameters")
+    models.add_argument("--dataset", default="cifar10")
+    models.add_argument("--width", default="1")
+    models.set_defaults(func=cmd_models)
+
+    datasets = sub.add_parser("datasets", help="list the data sets and where they are")
+    datasets.add_argument("--data-dir", default=None)
+    datasets.set_defaults(func=cmd_datasets)
+
+    demo = sub.add_parser("demo", help="Adam + L2 vs SGD + L2 on Fashion-MNIST, offline")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--data-dir", default=None)
+    demo.add_argument("--quick", action="store_true", help="a much smaller smoke-test version")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ImplicitSparsityError as error:
+        print(f"implicit-sparsity: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("implicit-sparsity: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Training data that lives on the training device, augmented there in whole batches.
+
+Small data sets (Fashion-MNIST, CIFAR, TinyImageNet, ObjectNet3D renderings) are held as
+uint8 tensors on the device; each batch is cropped, flipped and normalized with a few
+vectorized tensor ops, so the training loop does no per-sample Python work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Augmentation:
+    """Training augmentation: random horizontal flip, random crop after zero padding."""
+
+    flip: bool = True
+    crop_padding: int = 0
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units (float64 sums)."""
+    x = images.astype(np.float64) / 255.0
+    mean = x.mean(axis=(0, 2, 3))
+    std = x.std(axis=(0, 2, 3))
+    std = np.where(std > 0, std, 1.0)
+    return mean.tolist(), std.tolist()
+
+
+def seeded_subset(total: int, size: int | None, seed: int) -> np.ndarray | None:
+    """A fixed random subset of `size` indices (sorted), or None for all of them."""
+    if size is None or size >= total:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return np.sort(torch.randperm(total, generator=generator)[:size].numpy())
+
+
+def pad_to(images: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad uint8 NCHW images symmetrically up to size x size (no-op when large enough)."""
+    h, w = images.shape[2:]
+    if h >= size and w >= size:
+        return images
+    top, left = max(0, size - h) // 2, max(0, size - w) // 2
+    out = np.zeros(images.shape[:2] + (max(h, size), max(w, size)), dtype=images.dtype)
+    out[:, :, top:top + h, left:left + w] = images
+    return out
+
+
+def random_crop_flip(x: torch.Tensor, aug: Augmentation, generator: torch.Generator
+                     ) -> torch.Tensor:
+    """Augment a uint8 NCHW batch on its device: crop after zero padding, then flip."""
+    n, c, h, w = x.shape
+    p = aug.crop_padding
+    if p > 0:
+        padded = F.pad(x, (p, p, p, p))
+        offsets = torch.randint(0, 2 * p + 1, (2, n), device=x.device, generator=generator)
+        rows = (offsets[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (offsets[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        chans = torch.arange(c, device=x.device)[None, :, None, None]
+        x = padded[batch, chans, rows, cols]
+    if aug.flip:
+        mask = torch.rand(n, device=x.device, generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class DeviceTensorData:
+    """A train and a test split as uint8 tensors on one device, served in normalized batches."""
+
+    def __init__(self, train_images: np.ndarray, train_labels: np.ndarray,
+                 test_images: np.ndarray, test_labels: np.ndarray, num_classes: int,
+                 device: torch.device | str = "cpu", mean: list[float] | None = None,
+                 std: list[float] | None = None):
+        self.device = torch.device(device)
+        if mean is None or std is None:
+            mean, std = channel_stats(train_images)
+        self.mean, self.std = list(mean), list(std)
+        self.train_images = torch.from_numpy(np.ascontiguousarray(train_images)).to(self.device)
+        self.train_labels = torch.from_numpy(np.asarray(train_labels, np.int64)).to(self.device)
+        self.test_images = torch.from_numpy(np.ascontiguousarray(test_images)).to(self.device)
+        self.test_labels = torch.from_numpy(np.asarray(test_labels, np.int64)).to(self.device)
+        self.num_classes = num_classes
+        shape = (1, len(self.mean), 1, 1)
+        self._scale = (1.0 / (255.0 * torch.tensor(self.std))).reshape(shape).to(self.device)
+        self._shift = (torch.tensor(self.mean) / torch.tensor(self.std)).reshape(shape).to(
+            self.device)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_labels)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.test_labels)
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train_images.shape[2]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> float32 with the training set's per-channel mean and std."""
+        return x.float() * self._scale - self._shift
+
+    def train_batches(self, batch_size: int, seed: int, aug: Augmentation
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled, augmented batches; everything random comes from `seed`."""
+        order = torch.randperm(self.num_train, generator=torch.Generator().manual_seed(seed))
+        order = order.to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        # A trailing batch of one sample is dropped: BatchNorm cannot train on it.
+        end = self.num_train - (1 if batch_size > 1 and self.num_train % batch_size == 1 else 0)
+        for start in range(0, end, batch_size):
+            index = order[start:start + batch_size]
+            x = random_crop_flip(self.train_images[index], aug, generator)
+            yield self.normalize(x), self.train_labels[index]
+
+    def _plain_batches(self, images, labels, batch_size):
+        for start in range(0, len(labels), batch_size):
+            yield (self.normalize(images[start:start + batch_size]),
+                   labels[start:start + batch_size])
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._plain_batches(self.test_images, self.test_labels, batch_size)
+
+    def train_eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The training corpus without augmentation (for measurements over it)."""
+        return self._plain_batches(self.train_images, self.train_labels, batch_size)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        steps = -(-self.num_train // batch_size)
+        return steps - (1 if batch_size > 1 and self.num_train % batch_size == 1 else 0)

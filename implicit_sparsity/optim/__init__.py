@@ -1,0 +1,10 @@
+"""Optimizers with the paper's defaults, L2 / WD as the paper defines them, step schedules."""
+
+from implicit_sparsity.optim.optimizers import (OPTIMIZERS, build_optimizer, default_lr,
+                                                param_groups, resolve_hyperparameters)
+from implicit_sparsity.optim.regularization import Regularizer, regularized_step
+from implicit_sparsity.optim.schedule import StepSchedule, apply_schedule, same_iterations_epochs
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "default_lr", "param_groups",
+           "resolve_hyperparameters", "Regularizer", "regularized_step", "StepSchedule",
+           "same_iterations_epochs", "apply_schedule"]

@@ -1,0 +1,88 @@
+"""The optimizers the paper compares, built with its base learning rates and hyper-parameters.
+
+Regularization is never passed to torch's `weight_decay`: it is applied by
+`implicit_sparsity.optim.regularization`, where L2 and WD are defined once.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from implicit_sparsity import defaults
+from implicit_sparsity.errors import ConfigError
+
+OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "amsgrad": torch.optim.Adam,  # with amsgrad=True
+    "adamax": torch.optim.Adamax,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+    "adadelta": torch.optim.Adadelta,
+}
+OPTIMIZERS = tuple(OPTIMIZER_CLASSES)
+#: Arguments owned by the toolkit, not settable as optimizer hyper-parameters.
+_RESERVED = {"self", "params", "lr", "weight_decay", "amsgrad", "maximize", "foreach",
+             "capturable", "differentiable", "fused", "decoupled_weight_decay"}
+
+
+def check_optimizer_name(name: str) -> None:
+    if name not in OPTIMIZER_CLASSES:
+        raise ConfigError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+
+
+def settable_hyperparameters(name: str) -> list[str]:
+    signature = inspect.signature(OPTIMIZER_CLASSES[name].__init__)
+    return sorted(set(signature.parameters) - _RESERVED)
+
+
+def resolve_hyperparameters(name: str, overrides: dict | None = None) -> dict:
+    """The paper's hyper-parameters of an optimizer (learning rate excluded), with overrides."""
+    check_optimizer_name(name)
+    values = {k: v for k, v in defaults.OPTIMIZER_DEFAULTS[name].items() if k != "lr"}
+    allowed = settable_hyperparameters(name)
+    for key, value in (overrides or {}).items():
+        if key not in allowed:
+            raise ConfigError(f"optimizer {name} has no hyper-parameter {key!r}; "
+                              f"valid: {', '.join(allowed)}")
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def default_lr(name: str, dataset: str | None = None) -> float:
+    """The paper's base learning rate for an optimizer (Adam uses 1e-4 on ImageNet)."""
+    check_optimizer_name(name)
+    if dataset == "imagenet" and name == "adam":
+        return defaults.IMAGENET_ADAM_LR
+    return defaults.OPTIMIZER_DEFAULTS[name]["lr"]
+
+
+def is_batchnorm_param(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def param_groups(model: nn.Module, lr: float, gamma_lr_scale: float = 1.0,
+                 beta_lr_scale: float = 1.0) -> list[dict]:
+    """Three groups: BatchNorm gamma, BatchNorm beta, everything else, each with its own
+    learning-rate scale (supplement Table 3). Empty groups are left out."""
+    gammas, betas = [], []
+    for module in model.modules():
+        if is_batchnorm_param(module) and module.affine:
+            gammas.append(module.weight)
+            betas.append(module.bias)
+    special = {id(p) for p in gammas + betas}
+    others = [p for p in model.parameters() if id(p) not in special]
+    groups = [("weights", others, 1.0), ("bn_gamma", gammas, gamma_lr_scale),
+              ("bn_beta", betas, beta_lr_scale)]
+    return [{"params": params, "lr": lr * scale, "lr_scale": scale, "name": name}
+            for name, params, scale in groups if params]
+
+
+def build_optimizer(name: str, groups: list[dict], hyperparameters: dict
+                    ) -> torch.optim.Optimizer:
+    check_optimizer_name(name)
+    extra = {"amsgrad": True} if name == "amsgrad" else {}
+    return OPTIMIZER_CLASSES[name](groups, weight_decay=0.0, **extra, **hyperparameters)

@@ -1,0 +1,189 @@
+"""The configuration of one training run: defaults from the paper, validation, YAML I/O.
+
+A config is checked completely before any work starts; every error is one clear line.
+`resolved()` turns paper defaults (learning rate, schedule, hyper-parameters) into
+explicit values, and that resolved config is what a run folder records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from implicit_sparsity import defaults
+from implicit_sparsity.data.registry import get_dataset_entry
+from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.models.registry import get_model_entry, parse_width
+from implicit_sparsity.optim.optimizers import default_lr, resolve_hyperparameters
+from implicit_sparsity.optim.regularization import check_regularizer
+from implicit_sparsity.optim.schedule import StepSchedule, same_iterations_epochs
+
+
+@dataclass
+class TrainConfig:
+    # what is trained, on what
+    model: str = "basicnet"
+    width: str = "1"                     # multiplier, or a BasicNet variant like 64-0.5x
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    train_subset: int | None = None      # fixed, seeded subsets for quick runs
+    test_subset: int | None = None
+    subset_seed: int = 0
+    # how
+    optimizer: str = "adam"
+    lr: float | None = None              # None: the paper's base rate for the optimizer
+    optimizer_args: dict = field(default_factory=dict)  # e.g. {betas: [0.9, 0.999]}
+    regularizer: str = defaults.DEFAULT_REGULARIZER     # none | l2 | wd
+    lam: float = defaults.DEFAULT_LAMBDA
+    regularize_bn: bool = True           # the paper regularizes BN gamma and beta too
+    gamma_lr_scale: float = 1.0
+    beta_lr_scale: float = 1.0
+    batch_size: int = defaults.DEFAULT_BATCH_SIZE
+    epochs: list[int] | None = None      # stage lengths; None: the paper's for the data set
+    lr_decay: float = defaults.LR_DECAY_FACTOR
+    same_iterations_as: int | None = None  # scale epochs to keep this batch size's iterations
+    negative_slope: float = 0.0          # > 0: Leaky ReLU
+    beta_init: float = defaults.BETA_INIT
+    flip: bool = True
+    crop_padding: int = 0
+    seed: int = 0
+    # where and how fast (results do not depend on these)
+    device: str = "auto"
+    eval_batch_size: int = 500
+    num_workers: int = 4
+    # what is recorded
+    gamma_threshold: float = defaults.GAMMA_THRESHOLD
+
+    # ---------------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        """Check every field; raise ConfigError with one line naming the problem."""
+        get_model_entry(self.model)
+        entry = get_dataset_entry(self.dataset)
+        parse_width(self.width)
+        resolve_hyperparameters(self.optimizer, self.optimizer_args)
+        check_regularizer(self.regularizer, self.lam)
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_subset", "test_subset", "same_iterations_as"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1 when given, got {value}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        for name in ("gamma_lr_scale", "beta_lr_scale", "negative_slope", "gamma_threshold"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.crop_padding < 0 or self.num_workers < 0:
+            raise ConfigError("crop_padding and num_workers must be >= 0")
+        if self.epochs is not None:
+            StepSchedule(tuple(self.epochs), self.lr_decay)
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if entry.streaming and self.crop_padding:
+            raise ConfigError(f"{self.dataset} uses its own crop (resize 256, crop 224); "
+                              "crop_padding does not apply")
+        return self
+
+    def resolved(self) -> "TrainConfig":
+        """A validated copy with every paper default made explicit."""
+        self.validate()
+        entry = get_dataset_entry(self.dataset)
+        schedule = defaults.PAPER_SCHEDULES[self._schedule_key(entry.schedule)]
+        epochs = list(self.epochs) if self.epochs is not None else list(schedule["epochs"])
+        if self.same_iterations_as is not None:
+            epochs = list(same_iterations_epochs(epochs, self.batch_size,
+                                                 self.same_iterations_as))
+        hyper = resolve_hyperparameters(self.optimizer, self.optimizer_args)
+        return dataclasses.replace(
+            self, width=str(self.width),
+            lr=float(self.lr) if self.lr is not None else default_lr(self.optimizer, self.dataset),
+            optimizer_args={k: list(v) if isinstance(v, tuple) else v for k, v in hyper.items()},
+            epochs=epochs, same_iterations_as=None)
+
+    def _schedule_key(self, family: str) -> str:
+        if family == "imagenet-basicnet" and self.model in ("vgg11", "vgg16"):
+            return f"imagenet-{self.model}"
+        return family
+
+    # ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from plain values (YAML or flags), coercing types; unknown keys fail."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: "
+                              f"{', '.join(known)}")
+        return cls(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})
+
+    def save_yaml(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+#: Fields that change where or how fast a run computes, not what it computes.
+RESULT_NEUTRAL_FIELDS = ("data_dir", "device", "eval_batch_size", "num_workers")
+
+
+def result_fields(config: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL_FIELDS}
+
+
+def _coerce(name: str, annotation: str, value: Any) -> Any:
+    """YAML reads `1e-4` as a string and flags come as strings: convert by the field type."""
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise ConfigError(f"{name} must not be empty")
+    try:
+        if annotation.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "yes", "1")
+            return bool(value)
+        if annotation.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if annotation.startswith("float"):
+            return float(value)
+        if annotation.startswith("list[int]"):
+            items = value if isinstance(value, (list, tuple)) else str(value).replace(
+                ",", " ").split()
+            return [int(v) for v in items]
+        if annotation.startswith("dict"):
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot read {value!r} as {annotation}") from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config with `yaml.safe_load`; one clear error if that is not possible."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config {path} is not valid YAML{where}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config {path} must be a mapping of keys to values")
+    return values

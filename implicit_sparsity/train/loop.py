@@ -1,0 +1,215 @@
+"""One training run, readable top to bottom: config -> data, model, optimizer -> epochs.
+
+Everything random in epoch `e` (data order, augmentation, dropout) is derived from
+`(seed, e)`, and a checkpoint is written atomically after each epoch, so a killed run
+resumes from its last checkpoint and ends exactly where an uninterrupted run ends.
+Metrics are accumulated on the device and read once per epoch (no per-step host sync).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from implicit_sparsity.data import Augmentation, get_dataset_entry, load_dataset
+from implicit_sparsity.errors import RunStateError
+from implicit_sparsity.measure.scale import gamma_sparsity, total
+from implicit_sparsity.models import build_model, get_model_entry
+from implicit_sparsity.optim import (Regularizer, StepSchedule, apply_schedule, build_optimizer,
+                                     param_groups, regularized_step)
+from implicit_sparsity.optim.optimizers import is_batchnorm_param
+from implicit_sparsity.train import run_dir as rd
+from implicit_sparsity.train.config import TrainConfig, result_fields
+
+#: Called after each finished epoch with (epoch, model, metrics); may raise to stop.
+EpochCallback = Callable[[int, nn.Module, dict], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: TrainConfig
+    model: nn.Module
+    metrics: list[dict]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunStateError(f"device {name} asked for, but PyTorch sees no CUDA device")
+    return device
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in one epoch (1-based), fixed by the run's seed."""
+    return seed * 1_000_003 + epoch
+
+
+def build_for_config(config: TrainConfig, device: torch.device):
+    """The data set (on the device) and the freshly initialized model of a resolved config."""
+    entry = get_dataset_entry(config.dataset)
+    min_size = get_model_entry(config.model).min_input_size(entry.head)
+    data = load_dataset(config.dataset, config.data_dir, device=device,
+                        train_subset=config.train_subset, test_subset=config.test_subset,
+                        subset_seed=config.subset_seed, min_size=min_size,
+                        num_workers=config.num_workers)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, in_channels=data.in_channels,
+                        num_classes=entry.num_classes, head=entry.head,
+                        input_size=data.image_size, width=config.width,
+                        negative_slope=config.negative_slope, beta_init=config.beta_init)
+    return data, model.to(device)
+
+
+def regularized_params(model: nn.Module, include_bn: bool) -> list[nn.Parameter]:
+    if include_bn:
+        return list(model.parameters())
+    bn = {id(p) for m in model.modules() if is_batchnorm_param(m) for p in m.parameters()}
+    return [p for p in model.parameters() if id(p) not in bn]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches) -> tuple[float, float]:
+    """(mean cross-entropy, % error) over an iterable of batches, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = correct = count = None
+    for x, y in batches:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        hits = (logits.argmax(1) == y).sum()
+        loss_sum = loss if loss_sum is None else loss_sum + loss
+        correct = hits if correct is None else correct + hits
+        count = len(y) if count is None else count + len(y)
+    model.train(was_training)
+    if count is None:
+        return float("nan"), float("nan")
+    return loss_sum.item() / count, 100.0 * (1.0 - correct.item() / count)
+
+
+def prepare_run_dir(out: Path, config: TrainConfig) -> bool:
+    """Create the run folder, or check that it holds a resumable run of this config.
+
+    Returns True when a checkpoint exists to resume from. A finished run, a folder of a
+    different config, or a non-empty folder that is not a run is refused (nothing lost).
+    """
+    if rd.is_finished(out):
+        raise RunStateError(f"run {out} is already finished; it is never overwritten "
+                            f"(choose another --out)")
+    config_path = out / rd.CONFIG
+    if config_path.is_file():
+        from implicit_sparsity.train.config import load_config_file
+
+        saved = result_fields(TrainConfig.from_dict(load_config_file(config_path)))
+        wanted = result_fields(config)
+        differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        if differ:
+            raise RunStateError(f"{out} holds a run with another config (differs in: "
+                                f"{', '.join(differ)}); choose another --out")
+        return (out / rd.CHECKPOINT).is_file()
+    if out.exists() and any(out.iterdir()):
+        raise RunStateError(f"{out} exists and is not a run folder; refusing to write into it")
+    out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallback, ...] = (),
+          verbose: bool = True) -> RunResult:
+    """Train one run into folder `out`, resuming it if it holds a checkpoint."""
+    config = config.resolved()  # every check before any work
+    out = Path(out)
+    device = resolve_device(config.device)
+    resume = prepare_run_dir(out, config)
+    data, model = build_for_config(config, device)
+
+    schedule = StepSchedule(tuple(config.epochs), config.lr_decay)
+    groups = param_groups(model, config.lr, config.gamma_lr_scale, config.beta_lr_scale)
+    optimizer = build_optimizer(config.optimizer, groups, config.optimizer_args)
+    regularizer = Regularizer(config.regularizer, config.lam,
+                              regularized_params(model, config.regularize_bn))
+    aug = Augmentation(flip=config.flip, crop_padding=config.crop_padding)
+
+    start_epoch = 0
+    if resume:
+        state = rd.load_checkpoint(out / rd.CHECKPOINT, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"]
+        rd.truncate_metrics(out, start_epoch)
+    else:
+        config.save_yaml(out / rd.CONFIG)
+        rd.save_bn_snapshot(model, out, 0)
+
+    say = tqdm.write if verbose else (lambda *_: None)
+    say(f"{'resuming' if resume else 'training'} {config.model} (width {config.width}) on "
+        f"{config.dataset} [{data.num_train} train / {data.num_test} test] with "
+        f"{config.optimizer} lr {config.lr:g}, {config.regularizer} {config.lam:g}, "
+        f"batch {config.batch_size}, epochs {config.epochs} -> {out}"
+        + (f" (from epoch {start_epoch})" if resume else ""))
+    steps = data.steps_per_epoch(config.batch_size)
+    epochs_bar = tqdm(range(start_epoch + 1, schedule.total_epochs + 1), desc="epochs",
+                      initial=start_epoch, total=schedule.total_epochs, disable=None)
+    started = time.perf_counter()
+    for epoch in epochs_bar:
+        factor = schedule.factor(epoch - 1)
+        apply_schedule(optimizer, config.lr, factor)
+        torch.manual_seed(epoch_seed(config.seed, epoch))  # dropout, if any
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        wrong = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        epoch_start = time.perf_counter()
+        batches = data.train_batches(config.batch_size, epoch_seed(config.seed, epoch), aug)
+        for x, y in tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False,
+                         disable=None):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            regularized_step(optimizer, regularizer, factor)
+            loss_sum += loss.detach() * len(y)
+            wrong += (logits.detach().argmax(1) != y).sum()
+            seen += len(y)
+        train_seconds = time.perf_counter() - epoch_start
+        test_loss, test_error = evaluate(model, data.test_batches(config.eval_batch_size))
+        layers = gamma_sparsity(model, config.gamma_threshold)
+        metrics = {
+            "epoch": epoch, "lr": config.lr * factor,
+            "train_loss": loss_sum.item() / seen, "train_error": 100.0 * wrong.item() / seen,
+            "test_loss": test_loss, "test_error": test_error,
+            "sparsity_gamma": {l.name: l.percent for l in layers},
+            "sparsity_gamma_total": total(layers).percent,
+            "inactive_gamma": {l.name: l.inactive for l in layers},
+            "train_seconds": train_seconds, "images_per_second": seen / train_seconds,
+        }
+        rd.save_bn_snapshot(model, out, epoch)
+        rd.append_metrics(out, metrics)
+        rd.atomic_torch_save({"format": 1, "epoch": epoch, "model": model.state_dict(),
+                              "optimizer": optimizer.state_dict(), "config": config.to_dict(),
+                              "data_stats": {"mean": data.mean, "std": data.std}},
+                             out / rd.CHECKPOINT)
+        epochs_bar.set_postfix(test_err=f"{test_error:.1f}",
+                               sparsity=f"{metrics['sparsity_gamma_total']:.0f}%")
+        if epochs_bar.disable:  # no bar on a non-terminal: one line per epoch instead
+            say(f"epoch {epoch}/{schedule.total_epochs}: train loss {metrics['train_loss']:.3f}"
+                f", test error {test_error:.2f}%, sparsity by |gamma| "
+                f"{metrics['sparsity_gamma_total']:.1f}%")
+        for callback in callbacks:
+            callback(epoch, model, metrics)
+
+    all_metrics = rd.read_metrics(out)
+    summary = {"final": all_metrics[-1] if all_metrics else {},
+               "epochs": schedule.total_epochs,
+               "wall_seconds_this_session": time.perf_counter() - started}
+    rd.atomic_write_text(out / rd.SUMMARY, json.dumps(summary, indent=2))
+    return RunResult(out, config, model, all_metrics)

@@ -1,0 +1,75 @@
+"""Small data sets written in each real format, read back by the real loaders."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from implicit_sparsity.data.formats import write_idx
+
+torch.set_num_threads(2)
+
+
+def class_pattern_images(n: int, classes: int, channels: int, size: int, seed: int):
+    """Images whose class is visible (a bright band at a class-dependent row), so that a
+    tiny model can learn something; labels cycle through all classes."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    images = rng.integers(0, 60, size=(n, channels, size, size), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        row = int(label * size / classes)
+        images[i, :, row:row + max(1, size // classes), :] = 220
+    return images, labels.astype(np.int64)
+
+
+def write_fashion_mnist(folder: Path, n_train=120, n_test=60, gz=True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = class_pattern_images(n, 10, 1, 28, seed)
+        write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images[:, 0])
+        write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels.astype(np.uint8))
+    return folder
+
+
+def write_cifar_pickle(path: Path, images: np.ndarray, labels: np.ndarray, key: str) -> None:
+    with open(path, "wb") as f:
+        pickle.dump({b"data": images.reshape(len(images), -1), key.encode(): labels.tolist(),
+                     b"batch_label": b"synthetic"}, f)
+
+
+def write_cifar10(folder: Path, per_batch=8, n_test=10) -> Path:
+    inner = folder / "cifar-10-batches-py"
+    inner.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 6):
+        images, labels = class_pattern_images(per_batch, 10, 3, 32, i)
+        write_cifar_pickle(inner / f"data_batch_{i}", images, labels, "labels")
+    images, labels = class_pattern_images(n_test, 10, 3, 32, 9)
+    write_cifar_pickle(inner / "test_batch", images, labels, "labels")
+    return folder
+
+
+def write_cifar100(folder: Path, n_train=30, n_test=10) -> Path:
+    inner = folder / "cifar-100-python"
+    inner.mkdir(parents=True, exist_ok=True)
+    for name, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        images, labels = class_pattern_images(n, 100, 3, 32, seed)
+        labels = (labels * 7) % 100
+        write_cifar_pickle(inner / name, images, labels, "fine_labels")
+    return folder
+
+
+def save_png(path: Path, chw: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(chw.transpose(1, 2, 0)).save(path)
+
+
+@pytest.fixture
+def fashion_dir(tmp_path) -> Path:
+    return write_fashion_mnist(tmp_path / "fashion")

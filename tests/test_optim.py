@@ -1,0 +1,174 @@
+"""Every optimizer x regularizer against updates computed by hand from the definitions.
+
+The references below are written from the optimizers' published update rules and the
+paper's definitions of L2 (lambda*theta added to the gradient) and WD (theta*(1-lambda_t)
+after the step, lambda_t following the learning-rate schedule)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from implicit_sparsity import defaults
+from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.optim import (OPTIMIZERS, Regularizer, StepSchedule, apply_schedule,
+                                     build_optimizer, param_groups, regularized_step,
+                                     resolve_hyperparameters, same_iterations_epochs)
+
+THETA0 = np.array([0.8, -0.3, 1.5, -2.0])
+GRADS = [np.array([0.5, -1.0, 0.02, 0.3]), np.array([-0.2, -0.4, 0.01, 0.6])]
+FACTORS = [1.0, 0.1]  # lr_t / lr_0 at each step: the second step is after a decay
+LAM = 0.05
+
+
+def reference(name, reg, lr0):
+    """Two steps by hand. Returns theta after both."""
+    h = resolve_hyperparameters(name)
+    theta = THETA0.copy()
+    state = {}
+    for t, (g_main, factor) in enumerate(zip(GRADS, FACTORS), start=1):
+        lr = lr0 * factor
+        g = g_main + LAM * theta if reg == "l2" else g_main.copy()
+        if name == "sgd":
+            buf = g if t == 1 else h["momentum"] * state["buf"] + g
+            state["buf"] = buf
+            theta = theta - lr * buf
+        elif name in ("adam", "amsgrad"):
+            b1, b2 = h["betas"]
+            m = b1 * state.get("m", 0) + (1 - b1) * g
+            v = b2 * state.get("v", 0) + (1 - b2) * g * g
+            state["m"], state["v"] = m, v
+            if name == "amsgrad":
+                v = np.maximum(state.get("vmax", 0), v)
+                state["vmax"] = v
+            theta = theta - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + h["eps"])
+        elif name == "adamax":
+            b1, b2 = h["betas"]
+            m = b1 * state.get("m", 0) + (1 - b1) * g
+            u = np.maximum(b2 * state.get("u", 0), np.abs(g) + h["eps"])
+            state["m"], state["u"] = m, u
+            theta = theta - lr / (1 - b1 ** t) * m / u
+        elif name == "rmsprop":
+            v = h["alpha"] * state.get("v", 0) + (1 - h["alpha"]) * g * g
+            state["v"] = v
+            theta = theta - lr * g / (np.sqrt(v) + h["eps"])
+        elif name == "adagrad":
+            s = state.get("s", 0) + g * g
+            state["s"] = s
+            theta = theta - lr * g / (np.sqrt(s) + h["eps"])
+        elif name == "adadelta":
+            rho, eps = h["rho"], h["eps"]
+            v = rho * state.get("v", 0) + (1 - rho) * g * g
+            delta = np.sqrt(state.get("u", 0) + eps) / np.sqrt(v + eps) * g
+            state["v"], state["u"] = v, rho * state.get("u", 0) + (1 - rho) * delta * delta
+            theta = theta - lr * delta
+        if reg == "wd":
+            theta = theta * (1 - LAM * factor)
+    return theta
+
+
+def ours(name, reg, lr0):
+    module = nn.Linear(4, 1, bias=False).double()
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor(THETA0, dtype=torch.float64).reshape(1, 4))
+    optimizer = build_optimizer(name, param_groups(module, lr0), resolve_hyperparameters(name))
+    regularizer = Regularizer(reg, LAM, module.parameters())
+    for g, factor in zip(GRADS, FACTORS):
+        apply_schedule(optimizer, lr0, factor)
+        optimizer.zero_grad()
+        # a loss whose gradient is exactly g: the main objective's gradient
+        (module.weight.reshape(-1) * torch.tensor(g, dtype=torch.float64)).sum().backward()
+        regularized_step(optimizer, regularizer, factor)
+    return module.weight.detach().reshape(-1).numpy()
+
+
+@pytest.mark.parametrize("reg", defaults.REGULARIZERS)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_two_updates_match_the_hand_computation(name, reg):
+    lr0 = defaults.OPTIMIZER_DEFAULTS[name]["lr"]
+    expected = reference(name, reg, lr0)
+    assert np.allclose(ours(name, reg, lr0), expected, rtol=1e-10, atol=1e-12)
+    if reg != "none":  # the regularizer really changed the result
+        assert not np.allclose(expected, reference(name, "none", lr0), rtol=1e-6, atol=0)
+
+
+def test_l2_and_wd_differ_for_adam_and_wd_is_not_adamw():
+    l2, wd = ours("adam", "l2", 1e-3), ours("adam", "wd", 1e-3)
+    assert not np.allclose(l2, wd)
+    # AdamW decays by lr * wd before its step; the paper's WD by lambda_t after it
+    module = nn.Linear(4, 1, bias=False).double()
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor(THETA0).reshape(1, 4))
+    adamw = torch.optim.AdamW(module.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=LAM)
+    for g, factor in zip(GRADS, FACTORS):
+        adamw.param_groups[0]["lr"] = 1e-3 * factor
+        adamw.zero_grad()
+        (module.weight.reshape(-1) * torch.tensor(g)).sum().backward()
+        adamw.step()
+    assert not np.allclose(module.weight.detach().reshape(-1).numpy(), wd, rtol=1e-4)
+
+
+def test_paper_hyperparameters_are_the_defaults():
+    adam = torch.optim.Adam
+    optimizer = build_optimizer("adam", param_groups(nn.Linear(2, 2), 1e-3),
+                                resolve_hyperparameters("adam"))
+    assert isinstance(optimizer, adam)
+    group = optimizer.param_groups[0]
+    assert group["betas"] == (0.9, 0.99) and group["eps"] == 1e-8 and group["weight_decay"] == 0
+    amsgrad = build_optimizer("amsgrad", param_groups(nn.Linear(2, 2), 1e-3),
+                              resolve_hyperparameters("amsgrad"))
+    assert amsgrad.param_groups[0]["amsgrad"] is True
+    sgd = build_optimizer("sgd", param_groups(nn.Linear(2, 2), 0.1),
+                          resolve_hyperparameters("sgd"))
+    assert sgd.param_groups[0]["momentum"] == 0.9
+    adadelta = resolve_hyperparameters("adadelta")
+    assert adadelta == {"rho": 0.9, "eps": 1e-6}
+
+
+def test_unknown_hyperparameter_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="valid: .*betas"):
+        resolve_hyperparameters("adam", {"momentum": 0.9})
+    with pytest.raises(ConfigError, match="valid optimizers: sgd, adam"):
+        resolve_hyperparameters("lamb")
+
+
+def test_bn_gamma_and_beta_get_their_own_learning_rate_scale():
+    model = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.BatchNorm2d(3))
+    groups = param_groups(model, 1e-3, gamma_lr_scale=0.1, beta_lr_scale=0.5)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["bn_gamma"]["params"][0] is model[1].weight
+    assert by_name["bn_beta"]["params"][0] is model[1].bias
+    optimizer = build_optimizer("adam", groups, resolve_hyperparameters("adam"))
+    apply_schedule(optimizer, 1e-3, 0.1)
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == pytest.approx({"weights": 1e-4, "bn_gamma": 1e-5, "bn_beta": 5e-5})
+    before = model[1].weight.detach().clone()
+    model(torch.randn(4, 1, 3, 3)).pow(2).sum().backward()
+    optimizer.step()
+    # Adam's first step moves each parameter by ~lr (|m_hat / sqrt(v_hat)| = 1)
+    moved = (model[1].weight.detach() - before).abs()
+    assert torch.allclose(moved, torch.full_like(moved, 1e-5), rtol=1e-3)
+
+
+def test_regularizer_checks_its_inputs():
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        Regularizer("l2", 1.0, [])
+    with pytest.raises(ConfigError, match="valid regularizers: none, l2, wd"):
+        Regularizer("l1", 0.1, [])
+
+
+def test_step_schedule_and_same_iterations():
+    schedule = StepSchedule((250, 75))
+    assert schedule.total_epochs == 325
+    assert [schedule.factor(e) for e in (0, 249, 250, 324)] == [1.0, 1.0, 0.1, 0.1]
+    three = StepSchedule((2, 1, 1))
+    assert [three.factor(e) for e in range(4)] == pytest.approx([1, 1, 0.1, 0.01])
+    # batch 80 at the iterations of batch 40: twice the epochs
+    assert same_iterations_epochs((250, 75), 80, 40) == (500, 150)
+    assert same_iterations_epochs((250, 75, 75), 120, 40) == (750, 225, 225)
+    assert same_iterations_epochs((3, 1), 20, 40) == (2, 1)  # rounded, at least 1
+    with pytest.raises(ConfigError):
+        StepSchedule((0, 0))
+    assert math.isclose(StepSchedule((1, 1), decay=5).factor(1), 0.2)
