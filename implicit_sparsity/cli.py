@@ -77,10 +77,14 @@ def cmd_models(args) -> int:
           f"classes, {entry.head} head), width {args.width}:")
     for name, model_entry in MODELS.items():
         size = max(entry.image_size, model_entry.min_input_size(entry.head))
-        with torch.device("meta"):  # shapes only, no memory or init cost
-            model = build_model(name, in_channels=entry.in_channels,
-                                num_classes=entry.num_classes, head=entry.head,
-                                input_size=size, width=args.width)
+        try:
+            with torch.device("meta"):  # shapes only, no memory or init cost
+                model = build_model(name, in_channels=entry.in_channels,
+                                    num_classes=entry.num_classes, head=entry.head,
+                                    input_size=size, width=args.width)
+        except ConfigError as error:
+            print(f"  {name:9s} {error}")
+            continue
         filters = [block.conv.out_channels for _, block in feature_layers(model)]
         total = sum(p.numel() for p in model.parameters())
         print(f"  {name:9s} conv params {conv_param_count(model):>11,}  all params {total:>12,}"
@@ -92,11 +96,9 @@ def cmd_models(args) -> int:
 
 
 def cmd_datasets(args) -> int:
-    from implicit_sparsity.data import DATASETS
+    from implicit_sparsity.data import DATASETS, locate
     from implicit_sparsity.data.registry import candidate_dirs
     from implicit_sparsity.errors import DatasetNotFoundError
-
-    from implicit_sparsity.data import locate
 
     for name, entry in DATASETS.items():
         try:

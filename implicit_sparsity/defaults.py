@@ -41,8 +41,6 @@ DEFAULT_LAMBDA = 1e-4
 # --- Schedules (section 2.1; supplement section 4) -----------------------------------------
 #: The learning rate is divided by this at each stage boundary.
 LR_DECAY_FACTOR = 10.0
-#: Mini-batch size of the paper's CIFAR / ObjectNet3D / TinyImageNet runs.
-DEFAULT_BATCH_SIZE = 40
 #: Epochs at the base rate, then at base/10, (then base/100), per data set family.
 PAPER_SCHEDULES: dict[str, dict] = {
     "cifar": {"batch_size": 40, "epochs": (250, 75)},

@@ -43,7 +43,7 @@ class TrainConfig:
     regularize_bn: bool = True           # the paper regularizes BN gamma and beta too
     gamma_lr_scale: float = 1.0
     beta_lr_scale: float = 1.0
-    batch_size: int = defaults.DEFAULT_BATCH_SIZE
+    batch_size: int | None = None        # None: the paper's for the data set (40 mostly)
     epochs: list[int] | None = None      # stage lengths; None: the paper's for the data set
     lr_decay: float = defaults.LR_DECAY_FACTOR
     same_iterations_as: int | None = None  # scale epochs to keep this batch size's iterations
@@ -67,10 +67,9 @@ class TrainConfig:
         parse_width(self.width)
         resolve_hyperparameters(self.optimizer, self.optimizer_args)
         check_regularizer(self.regularizer, self.lam)
-        for name in ("batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("train_subset", "test_subset", "same_iterations_as"):
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        for name in ("batch_size", "train_subset", "test_subset", "same_iterations_as"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1 when given, got {value}")
@@ -96,15 +95,15 @@ class TrainConfig:
         entry = get_dataset_entry(self.dataset)
         schedule = defaults.PAPER_SCHEDULES[self._schedule_key(entry.schedule)]
         epochs = list(self.epochs) if self.epochs is not None else list(schedule["epochs"])
+        batch_size = self.batch_size if self.batch_size is not None else schedule["batch_size"]
         if self.same_iterations_as is not None:
-            epochs = list(same_iterations_epochs(epochs, self.batch_size,
-                                                 self.same_iterations_as))
+            epochs = list(same_iterations_epochs(epochs, batch_size, self.same_iterations_as))
         hyper = resolve_hyperparameters(self.optimizer, self.optimizer_args)
         return dataclasses.replace(
             self, width=str(self.width),
             lr=float(self.lr) if self.lr is not None else default_lr(self.optimizer, self.dataset),
             optimizer_args={k: list(v) if isinstance(v, tuple) else v for k, v in hyper.items()},
-            epochs=epochs, same_iterations_as=None)
+            epochs=epochs, batch_size=batch_size, same_iterations_as=None)
 
     def _schedule_key(self, family: str) -> str:
         if family == "imagenet-basicnet" and self.model in ("vgg11", "vgg16"):

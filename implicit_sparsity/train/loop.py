@@ -97,8 +97,8 @@ def evaluate(model: nn.Module, batches) -> tuple[float, float]:
     return loss_sum.item() / count, 100.0 * (1.0 - correct.item() / count)
 
 
-def prepare_run_dir(out: Path, config: TrainConfig) -> bool:
-    """Create the run folder, or check that it holds a resumable run of this config.
+def check_run_dir(out: Path, config: TrainConfig) -> bool:
+    """Check that `out` is new or holds a resumable run of this config (creates nothing).
 
     Returns True when a checkpoint exists to resume from. A finished run, a folder of a
     different config, or a non-empty folder that is not a run is refused (nothing lost).
@@ -119,7 +119,6 @@ def prepare_run_dir(out: Path, config: TrainConfig) -> bool:
         return (out / rd.CHECKPOINT).is_file()
     if out.exists() and any(out.iterdir()):
         raise RunStateError(f"{out} exists and is not a run folder; refusing to write into it")
-    out.mkdir(parents=True, exist_ok=True)
     return False
 
 
@@ -129,8 +128,9 @@ def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallbac
     config = config.resolved()  # every check before any work
     out = Path(out)
     device = resolve_device(config.device)
-    resume = prepare_run_dir(out, config)
-    data, model = build_for_config(config, device)
+    resume = check_run_dir(out, config)
+    data, model = build_for_config(config, device)  # a missing data set fails here
+    out.mkdir(parents=True, exist_ok=True)
 
     schedule = StepSchedule(tuple(config.epochs), config.lr_decay)
     groups = param_groups(model, config.lr, config.gamma_lr_scale, config.beta_lr_scale)
@@ -190,6 +190,7 @@ def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallbac
             "sparsity_gamma": {l.name: l.percent for l in layers},
             "sparsity_gamma_total": total(layers).percent,
             "inactive_gamma": {l.name: l.inactive for l in layers},
+            "features": {l.name: l.features for l in layers},
             "train_seconds": train_seconds, "images_per_second": seen / train_seconds,
         }
         rd.save_bn_snapshot(model, out, epoch)

@@ -1,0 +1,69 @@
+"""The command line: listing, training from flags and YAML, one-line errors, the demo."""
+
+import pytest
+
+from implicit_sparsity.cli import main
+from implicit_sparsity.train import read_metrics
+
+
+def test_models_lists_counts_and_filters(capsys):
+    assert main(["models", "--dataset", "cifar10"]) == 0
+    out = capsys.readouterr().out
+    assert "4,649,664" in out and "[64, 128, 128, 256, 256, 512, 512]" in out
+    assert "vgg19" in out
+    assert main(["models", "--dataset", "fashion-mnist", "--width", "32-0.25x"]) == 0
+    out = capsys.readouterr().out
+    assert "[32, 32, 32, 64, 64, 128, 128]" in out and "takes a plain multiplier" in out
+    assert main(["models", "--dataset", "fashion-mnist", "--width", "0.5"]) == 0
+    assert "padded 28->32" in capsys.readouterr().out
+
+
+def test_datasets_says_where_each_one_is(capsys, fashion_dir):
+    assert main(["datasets", "--data-dir", str(fashion_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"found at {fashion_dir}" in out
+    assert "cifar-10-python.tar.gz" in out  # how to get a missing one
+
+
+def test_train_from_yaml_with_flag_overrides(tmp_path, fashion_dir, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"dataset: fashion-mnist\ndata_dir: {fashion_dir}\nwidth: '0.0625'\n"
+                      "optimizer: sgd\nregularizer: wd\nlam: 5e-4\nepochs: [3]\n")
+    out = tmp_path / "run"
+    code = main(["train", "--config", str(config), "--epochs", "1", "1", "--lambda", "1e-3",
+                 "--no-flip", "--optimizer-args", "{momentum: 0.5}", "--out", str(out)])
+    assert code == 0
+    assert "finished" in capsys.readouterr().out
+    saved = (out / "config.yaml").read_text()
+    assert "lam: 0.001" in saved and "flip: false" in saved and "momentum: 0.5" in saved
+    assert len(read_metrics(out)) == 2
+    # running the same command again does not overwrite the finished run
+    assert main(["train", "--config", str(config), "--epochs", "1", "1", "--lambda", "1e-3",
+                 "--no-flip", "--optimizer-args", "{momentum: 0.5}", "--out", str(out)]) == 2
+    assert "already finished" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--optimizer", "lamb"], "valid optimizers: sgd, adam, amsgrad"),
+    (["train", "--model", "resnet50"], "valid models: basicnet"),
+    (["train", "--dataset", "svhn"], "valid data sets: fashion-mnist"),
+    (["train", "--lambda", "2"], "lambda must be in [0, 1)"),
+    (["train", "--batch-size", "0"], "batch_size must be >= 1"),
+    (["train", "--config", "/no/such/file.yaml"], "cannot read config /no/such/file.yaml"),
+    (["train", "--dataset", "cifar10", "--data-dir", "/no/such/dir"], "cifar10 not found"),
+])
+def test_bad_input_is_one_line_on_stderr(tmp_path, capsys, argv, message):
+    assert main(argv + ["--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_quick_demo_prints_the_layer_table(tmp_path, fashion_dir, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--data-dir", str(fashion_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "Adam + L2" in out and "SGD + L2" in out and "(116)" in out
+    assert (tmp_path / "quick" / "adam-l2" / "summary.json").is_file()
+    # a second demo reuses the finished runs
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--data-dir", str(fashion_dir)]) == 0
+    assert out.splitlines()[-1] == capsys.readouterr().out.splitlines()[-1]
