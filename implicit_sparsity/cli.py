@@ -111,6 +111,53 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+# --- analyze -------------------------------------------------------------------------------
+def cmd_analyze(args) -> int:
+    import json
+
+    from implicit_sparsity.measure.report import analyze
+    from implicit_sparsity.train.loop import resolve_device
+    from implicit_sparsity.train.restore import load_trained, load_training_data
+
+    device = resolve_device(args.device)
+    run = load_trained(args.path, device)
+    batches, samples = None, None
+    if args.criterion != "gamma":
+        data = load_training_data(run, device, args.data_dir)
+        batches = lambda: data.train_eval_batches(args.batch_size)  # noqa: E731
+        samples = data.num_train
+    print(f"{run.config.model} (width {run.config.width}) trained on {run.config.dataset} "
+          f"with {run.config.optimizer} + {run.config.regularizer} {run.config.lam:g}, "
+          f"epoch {run.epoch}" + (f"; activations over {samples} training images"
+                                  if samples else ""))
+    report = analyze(run.model, batches, criterion=args.criterion,
+                     gamma_threshold=args.gamma_threshold,
+                     activation_threshold=args.activation_threshold,
+                     universality=not args.no_universality)
+    print(report.table())
+    if args.json:
+        payload = {"source": str(args.path), "epoch": run.epoch,
+                   "config": run.config.to_dict(), **report.to_dict()}
+        Path(args.json).write_text(json.dumps(payload, indent=1))
+        print(f"wrote {args.json}")
+    if args.plots:
+        from implicit_sparsity.measure.plots import (plot_bn_history, plot_layer_sparsity,
+                                                     plot_universality)
+        from implicit_sparsity.train import load_bn_history
+
+        folder = Path(args.plots)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = [plot_layer_sparsity(report, folder / "layer_sparsity.png")]
+        if any(l.universality is not None for l in report.layers):
+            written.append(plot_universality(report, folder / "universality.png"))
+        history = load_bn_history(run.run_dir) if run.run_dir else {}
+        if history:
+            written.append(plot_bn_history(history, folder / "gamma_beta_history.png"))
+        for path in written:
+            print(f"wrote {path}")
+    return 0
+
+
 # --- demo ----------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from implicit_sparsity.demo import run_demo
@@ -142,6 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     datasets = sub.add_parser("datasets", help="list the data sets and where they are")
     datasets.add_argument("--data-dir", default=None)
     datasets.set_defaults(func=cmd_datasets)
+
+    from implicit_sparsity import defaults
+
+    analyze = sub.add_parser("analyze", help="per-layer sparsity (|gamma| and activation), "
+                             "universality, % params, of a run folder or checkpoint")
+    analyze.add_argument("path", help="a run folder or a checkpoint.pt")
+    analyze.add_argument("--criterion", choices=("gamma", "activation", "both"), default="both")
+    analyze.add_argument("--json", default=None, help="write the per-layer figures as JSON")
+    analyze.add_argument("--plots", default=None, help="folder for PNG figures")
+    analyze.add_argument("--data-dir", default=None, help="where the training data is now")
+    analyze.add_argument("--batch-size", type=int, default=500)
+    analyze.add_argument("--device", default="auto")
+    analyze.add_argument("--gamma-threshold", type=float, default=defaults.GAMMA_THRESHOLD)
+    analyze.add_argument("--activation-threshold", type=float,
+                         default=defaults.ACTIVATION_THRESHOLD)
+    analyze.add_argument("--no-universality", action="store_true",
+                         help="skip the second pass over the corpus")
+    analyze.set_defaults(func=cmd_analyze)
 
     demo = sub.add_parser("demo", help="Adam + L2 vs SGD + L2 on Fashion-MNIST, offline")
     demo.add_argument("--out", default="runs/demo")

@@ -175,3 +175,33 @@ def test_shipped_configs_resolve():
     resolved = {f.name: TrainConfig.from_dict(load_config_file(f)).resolved() for f in files}
     assert resolved["cifar10-basicnet-adam-l2.yaml"].epochs == [250, 75]
     assert resolved["cifar100-basicnet-adam-l2-batch160.yaml"].epochs == [1000, 300]
+
+
+def test_sigkilled_cli_run_resumes_to_the_same_end(fashion_dir, tmp_path):
+    """A real kill -9 in the middle of training, then the same command again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "implicit_sparsity", "train", "--data-dir", str(fashion_dir),
+            "--width", "0.0625", "--epochs", "12", "3", "--lambda", "1e-3", "--seed", "5",
+            "--out", str(out)]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = len(read_metrics(out))
+    assert killed_at < 15, "the run was killed before it finished"
+    assert subprocess.run(argv, capture_output=True).returncode == 0
+
+    straight = train(TrainConfig(data_dir=str(fashion_dir), width="0.0625", epochs=[12, 3],
+                                 lam=1e-3, seed=5), tmp_path / "straight", verbose=False)
+    resumed = load_checkpoint(out / CHECKPOINT)["model"]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed[key]), key
+    assert [m["epoch"] for m in read_metrics(out)] == list(range(1, 16))

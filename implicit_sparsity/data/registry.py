@@ -201,12 +201,14 @@ def locate(entry: DatasetEntry, data_dir: str | Path | None) -> Path:
 
 def load_dataset(name: str, data_dir: str | Path | None = None, *, device="cpu",
                  train_subset: int | None = None, test_subset: int | None = None,
-                 subset_seed: int = 0, min_size: int = 0, num_workers: int = 4):
+                 subset_seed: int = 0, min_size: int = 0, num_workers: int = 4,
+                 mean: list[float] | None = None, std: list[float] | None = None):
     """Read a data set and put it where training needs it.
 
     In-memory data sets come back as `DeviceTensorData` (uint8 on `device`); images smaller
     than `min_size` are zero-padded up to it (e.g. 28x28 Fashion-MNIST for VGG's five
     pools). ImageNet comes back as `StreamingImageData`. Subsets are fixed by `subset_seed`.
+    `mean` / `std` (per channel, in [0, 1] units) default to the training images' own.
     """
     entry = get_dataset_entry(name)
     folder = locate(entry, data_dir)
@@ -222,7 +224,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, device="cpu",
         if not train_files or not test_files:
             raise DatasetNotFoundError(f"{name}: no images found under {folder}")
         return StreamingImageData(train_files, train_y, test_files, test_y,
-                                  entry.num_classes, device, num_workers)
+                                  entry.num_classes, device, num_workers, mean, std)
     train_x, train_y, test_x, test_y = entry.read(folder)
     if len(train_y) == 0 or len(test_y) == 0:
         raise DatasetNotFoundError(f"{name}: no images found under {folder}")
@@ -233,4 +235,4 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, device="cpu",
     if test_idx is not None:
         test_x, test_y = test_x[test_idx], test_y[test_idx]
     return DeviceTensorData(pad_to(train_x, min_size), train_y, pad_to(test_x, min_size), test_y,
-                            entry.num_classes, torch.device(device))
+                            entry.num_classes, torch.device(device), mean, std)

@@ -1,0 +1,114 @@
+"""Sparsity by activation and feature universality over a whole corpus (sections 2.1, 3).
+
+For each feature, |activation| is max-pooled over the feature plane, per sample. Sparsity:
+a feature is inactive when that value never exceeds 1e-12 on any sample (model in eval
+mode). Universality: the pooled values are normalized by their max over the corpus, and a
+feature's universality is the % of samples whose normalized value exceeds 1e-3.
+
+Running maxima (and, for universality, counts in a second pass) are kept on the device in
+float32 by small recorder modules spliced into the traced graph: one forward per batch, no
+host synchronisation per batch, memory independent of the corpus size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from implicit_sparsity import defaults
+from implicit_sparsity.measure.features import TracedModel, trace_features
+
+
+class _Recorder(nn.Module):
+    """Passes its input through; keeps per-channel statistics of its pooled |values|."""
+
+    def __init__(self, channels: int, device):
+        super().__init__()
+        self.max = torch.zeros(channels, device=device)
+        self.count = torch.zeros(channels, device=device, dtype=torch.long)
+        self.samples = torch.zeros((), device=device, dtype=torch.long)
+        self.counting = False
+        self.threshold = defaults.UNIVERSALITY_THRESHOLD
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.detach().float().abs().amax(dim=tuple(range(2, x.dim())))  # [B, C]
+        if self.counting:
+            # normalized value > threshold  <=>  pooled > threshold * max (max > 0)
+            limit = self.threshold * self.max
+            self.count += ((pooled > limit) & (self.max > 0)).sum(0)
+        else:
+            torch.maximum(self.max, pooled.amax(0), out=self.max)
+            self.samples += pooled.shape[0]
+        return x
+
+
+@dataclass
+class ActivationStats:
+    """Per feature (by name): max pooled |activation| over the corpus and universality (%)."""
+
+    max_activation: dict[str, torch.Tensor]
+    universality: dict[str, torch.Tensor] | None
+    samples: int
+
+    def inactive(self, threshold: float = defaults.ACTIVATION_THRESHOLD
+                 ) -> dict[str, torch.Tensor]:
+        """Features whose max pooled |activation| does not exceed the threshold."""
+        return {name: m <= threshold for name, m in self.max_activation.items()}
+
+
+def _instrument(traced: TracedModel, device) -> dict[str, _Recorder]:
+    gm = traced.graph_module
+    nodes = {n.name: n for n in gm.graph.nodes}
+    recorders: dict[str, _Recorder] = {}
+    for i, feature in enumerate(traced.features):
+        node = nodes[feature.output_node]
+        recorder = _Recorder(feature.num_features, device)
+        target = f"_sparsity_recorder_{i}"
+        gm.add_submodule(target, recorder)
+        with gm.graph.inserting_after(node):
+            record = gm.graph.call_module(target, (node,))
+        node.replace_all_uses_with(record, delete_user_cb=lambda user: user is not record)
+        recorders[feature.name] = recorder
+    gm.recompile()
+    return recorders
+
+
+@torch.no_grad()
+def activation_statistics(model: nn.Module, batches: Iterable, *, universality: bool = True,
+                          universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD) -> ActivationStats:
+    """One pass over `batches` (inputs, or (inputs, labels) pairs) for the maxima, and a
+    second one for universality when asked. `batches` must be re-iterable for the second
+    pass (a list, or an object whose __iter__ starts over); a callable returning a fresh
+    iterator also works. The model is evaluated in eval mode, in float32."""
+    traced = trace_features(model)  # a fresh trace: the recorders go into its graph only
+    device = next(model.parameters()).device
+    recorders = _instrument(traced, device)
+    gm = traced.graph_module
+    was_training = model.training
+    gm.eval()
+
+    def run_pass():
+        source = batches() if callable(batches) else batches
+        with torch.autocast(device.type, enabled=False):
+            for batch in source:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                gm(x.to(device, non_blocking=True).float())
+
+    try:
+        run_pass()
+        uni = None
+        if universality:
+            for r in recorders.values():
+                r.counting, r.threshold = True, universality_threshold
+            run_pass()
+            samples = next(iter(recorders.values())).samples.clamp(min=1) if recorders else 1
+            uni = {name: (100.0 * r.count.float() / samples).cpu()
+                   for name, r in recorders.items()}
+        samples = int(next(iter(recorders.values())).samples) if recorders else 0
+        return ActivationStats({name: r.max.cpu() for name, r in recorders.items()}, uni,
+                               samples)
+    finally:
+        model.train(was_training)

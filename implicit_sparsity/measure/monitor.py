@@ -1,0 +1,101 @@
+"""A monitor to call from any training loop once per epoch.
+
+    monitor = SparsityMonitor("runs/mine", data=lambda: ((x, y) for x, y in train_loader))
+    for epoch in range(1, epochs + 1):
+        ...train...
+        monitor(epoch, model)
+
+It appends a line per call to `LOG_DIR/sparsity.jsonl` (per-layer % inactive by |gamma|,
+and by activation when `data` is given), saves every BatchNorm layer's gamma and beta to
+`LOG_DIR/bn_history/` (readable by `load_bn_history`, plotted by `plot_bn_history`), and
+writes TensorBoard scalars and gamma / beta histograms when TensorBoard is installed. It
+has the signature of the training loop's epoch callbacks, so `train(callbacks=(monitor,))`
+works too. `lightning_callback(monitor)` wraps it for PyTorch Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from implicit_sparsity import defaults
+from implicit_sparsity.measure.report import analyze
+from implicit_sparsity.train.run_dir import bn_layer_names, save_bn_snapshot
+
+
+class SparsityMonitor:
+    def __init__(self, log_dir: str | Path, *, data=None, every: int = 1,
+                 gamma_threshold: float = defaults.GAMMA_THRESHOLD,
+                 activation_threshold: float = defaults.ACTIVATION_THRESHOLD,
+                 tensorboard: bool | None = None):
+        """`data`: the training corpus for sparsity by activation (a re-iterable of batches
+        or a callable returning an iterator); None measures |gamma| only. `tensorboard`:
+        None uses it when installed, True requires it, False never uses it."""
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.data, self.every = data, every
+        self.gamma_threshold, self.activation_threshold = gamma_threshold, activation_threshold
+        self.writer = None
+        if tensorboard is not False:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.log_dir / "tensorboard"))
+            except ImportError:
+                if tensorboard:
+                    raise
+        self.records: list[dict] = []
+
+    def __call__(self, epoch: int, model: nn.Module, metrics: dict | None = None) -> dict | None:
+        if epoch % self.every:
+            return None
+        report = analyze(model, self.data,
+                         criterion="both" if self.data is not None else "gamma",
+                         gamma_threshold=self.gamma_threshold,
+                         activation_threshold=self.activation_threshold, universality=False)
+        record = {"epoch": epoch}
+        for criterion in ("gamma", "activation"):
+            total = report.total(criterion)
+            if total is None:
+                continue
+            record[f"sparsity_{criterion}"] = {
+                l.name: l.percent(getattr(l, f"inactive_{criterion}")) for l in report.layers
+                if getattr(l, f"inactive_{criterion}") is not None}
+            record[f"sparsity_{criterion}_total"] = 100.0 * total[0] / total[1]
+            record[f"params_pruned_{criterion}"] = report.percent_params_pruned(criterion)
+        with open(self.log_dir / "sparsity.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        save_bn_snapshot(model, self.log_dir, epoch)
+        if self.writer is not None:
+            self._tensorboard(epoch, model, record)
+        self.records.append(record)
+        return record
+
+    def _tensorboard(self, epoch: int, model: nn.Module, record: dict) -> None:
+        for key, value in record.items():
+            if key.endswith("_total"):
+                self.writer.add_scalar(f"sparsity/{key}", value, epoch)
+        for name, bn in bn_layer_names(model).items():
+            self.writer.add_histogram(f"gamma/{name}", bn.weight.detach().cpu(), epoch)
+            self.writer.add_histogram(f"beta/{name}", bn.bias.detach().cpu(), epoch)
+        self.writer.flush()
+
+
+def lightning_callback(monitor: SparsityMonitor):
+    """A PyTorch Lightning callback calling `monitor` at the end of each training epoch."""
+    try:
+        from lightning.pytorch import Callback
+    except ImportError:
+        try:
+            from pytorch_lightning import Callback
+        except ImportError:
+            raise ImportError("lightning_callback needs PyTorch Lightning: "
+                              "pip install lightning") from None
+
+    class SparsityCallback(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            monitor(trainer.current_epoch + 1, pl_module)
+
+    return SparsityCallback()

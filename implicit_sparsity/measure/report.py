@@ -1,0 +1,164 @@
+"""Per-layer sparsity report of any CNN: by |gamma|, by activation, universality, % params.
+
+`analyze(model, batches)` is the Python API behind `implicit-sparsity analyze`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from implicit_sparsity import defaults
+from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.measure.activation import activation_statistics
+from implicit_sparsity.measure.features import (count_conv_params, require_batchnorm,
+                                                trace_features)
+from implicit_sparsity.measure.scale import inactive_by_gamma
+
+CRITERIA = ("gamma", "activation", "both")
+#: Universality histogram bins (% of the corpus), as on the x-axis of the paper's Fig. 3.
+UNIVERSALITY_BINS = tuple(range(0, 101, 10))
+
+
+@dataclass
+class LayerReport:
+    name: str
+    features: int
+    has_batchnorm: bool
+    coupled: bool
+    inactive_gamma: int | None = None
+    inactive_activation: int | None = None
+    agree: int | None = None          # features on which both criteria give the same verdict
+    universality: list[float] | None = None
+
+    def percent(self, count: int | None) -> float | None:
+        return None if count is None else 100.0 * count / self.features
+
+    def universality_histogram(self) -> dict | None:
+        if self.universality is None:
+            return None
+        counts = torch.histc(torch.tensor(self.universality), bins=len(UNIVERSALITY_BINS) - 1,
+                             min=0, max=100)
+        return {"edges": list(UNIVERSALITY_BINS), "counts": [int(c) for c in counts],
+                "zero": sum(1 for u in self.universality if u == 0.0)}
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "features": self.features,
+                "has_batchnorm": self.has_batchnorm, "coupled": self.coupled,
+                "inactive_gamma": self.inactive_gamma,
+                "inactive_activation": self.inactive_activation, "agree": self.agree,
+                "percent_gamma": self.percent(self.inactive_gamma),
+                "percent_activation": self.percent(self.inactive_activation),
+                "universality_histogram": self.universality_histogram(),
+                "universality": self.universality}
+
+
+@dataclass
+class SparsityReport:
+    layers: list[LayerReport]
+    conv_params: int
+    conv_params_kept: dict[str, int] = field(default_factory=dict)  # criterion -> kept
+    samples: int | None = None
+    thresholds: dict = field(default_factory=dict)
+
+    def total(self, criterion: str) -> tuple[int, int] | None:
+        """(inactive, features) over all conv layers, or None if not measured."""
+        counts = [getattr(l, f"inactive_{criterion}") for l in self.layers]
+        counted = [(c, l.features) for c, l in zip(counts, self.layers) if c is not None]
+        if not counted:
+            return None
+        return sum(c for c, _ in counted), sum(n for _, n in counted)
+
+    def percent_params_pruned(self, criterion: str) -> float | None:
+        if criterion not in self.conv_params_kept:
+            return None
+        return 100.0 * (1 - self.conv_params_kept[criterion] / self.conv_params)
+
+    def to_dict(self) -> dict:
+        totals = {}
+        for criterion in ("gamma", "activation"):
+            t = self.total(criterion)
+            totals[criterion] = None if t is None else {
+                "inactive": t[0], "features": t[1], "percent": 100.0 * t[0] / t[1],
+                "percent_params_pruned": self.percent_params_pruned(criterion)}
+        return {"layers": [l.to_dict() for l in self.layers], "total": totals,
+                "conv_params": self.conv_params, "conv_params_kept": self.conv_params_kept,
+                "samples": self.samples, "thresholds": self.thresholds}
+
+    def table(self) -> str:
+        """The layout of the paper's Table 2: % inactive per layer, total, % params pruned."""
+        width = max(7, max(len(l.name) for l in self.layers) + 1)
+        head = f"{'':15s}" + "".join(f"{l.name:>{width}s}" for l in self.layers)
+        sizes = f"{'':15s}" + "".join(f"{f'({l.features})':>{width}s}" for l in self.layers)
+        total_features = sum(l.features for l in self.layers)
+        lines = [head + f"{'Total':>9s}{'% Param':>12s}",
+                 sizes + f"{f'({total_features})':>9s}{f'({self.conv_params})':>12s}"]
+        labels = {"gamma": f"|gamma| < {self.thresholds.get('gamma', 0):g}",
+                  "activation": f"act <= {self.thresholds.get('activation', 0):g}"}
+        for criterion in ("gamma", "activation"):
+            t = self.total(criterion)
+            if t is None:
+                continue
+            cells = "".join(
+                f"{'-' if l.percent(getattr(l, f'inactive_{criterion}')) is None else round(l.percent(getattr(l, f'inactive_{criterion}'))):>{width}}"
+                for l in self.layers)
+            lines.append(f"{labels[criterion]:15s}{cells}{100.0 * t[0] / t[1]:9.1f}"
+                         f"{self.percent_params_pruned(criterion):12.1f}")
+        return "\n".join(lines)
+
+
+def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str = "both",
+            gamma_threshold: float = defaults.GAMMA_THRESHOLD,
+            activation_threshold: float = defaults.ACTIVATION_THRESHOLD,
+            universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD,
+            universality: bool = True) -> SparsityReport:
+    """Measure a model's conv-feature sparsity.
+
+    `batches` (the training corpus, re-iterable or a callable returning an iterator) is
+    needed for the activation criterion and universality. Sparsity by |gamma| needs
+    BatchNorm after the convolutions; a model without raises NoBatchNormError (activation
+    still works for it).
+    """
+    if criterion not in CRITERIA:
+        raise ConfigError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+    use_gamma = criterion in ("gamma", "both")
+    use_activation = criterion in ("activation", "both")
+    if use_activation and batches is None:
+        raise ConfigError("sparsity by activation needs the training corpus (batches)")
+    traced = trace_features(model)
+    features = traced.features
+    if use_gamma:
+        require_batchnorm(features)
+    layers = [LayerReport(f.name, f.num_features, f.bn is not None, f.coupled)
+              for f in features]
+    dead_gamma: dict[str, torch.Tensor] = {}
+    if use_gamma:
+        for f in features:
+            if f.bn is not None:
+                dead_gamma[f.name] = inactive_by_gamma(f.bn.weight, gamma_threshold).cpu()
+    stats = None
+    dead_act: dict[str, torch.Tensor] = {}
+    if use_activation:
+        stats = activation_statistics(model, batches, universality=universality,
+                                      universality_threshold=universality_threshold)
+        dead_act = stats.inactive(activation_threshold)
+    for layer in layers:
+        g, a = dead_gamma.get(layer.name), dead_act.get(layer.name)
+        layer.inactive_gamma = None if g is None else int(g.sum())
+        layer.inactive_activation = None if a is None else int(a.sum())
+        if g is not None and a is not None:
+            layer.agree = int((g == a).sum())
+        if stats is not None and stats.universality is not None:
+            layer.universality = [round(float(u), 4) for u in stats.universality[layer.name]]
+    conv_params, _ = count_conv_params(features, traced.input_feature)
+    kept = {}
+    for name, dead in (("gamma", dead_gamma), ("activation", dead_act)):
+        if dead:
+            kept[name] = count_conv_params(features, traced.input_feature,
+                                           {k: ~v for k, v in dead.items()})[1]
+    return SparsityReport(layers, conv_params, kept, stats.samples if stats else None,
+                          {"gamma": gamma_threshold, "activation": activation_threshold,
+                           "universality": universality_threshold})

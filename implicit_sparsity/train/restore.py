@@ -1,0 +1,66 @@
+"""Bring a trained model (and its training corpus) back from a run folder or checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from implicit_sparsity.data import get_dataset_entry, load_dataset
+from implicit_sparsity.errors import RunStateError
+from implicit_sparsity.models import build_model, get_model_entry
+from implicit_sparsity.train import run_dir as rd
+from implicit_sparsity.train.config import TrainConfig
+
+
+@dataclass
+class TrainedRun:
+    config: TrainConfig
+    model: nn.Module
+    epoch: int
+    data_stats: dict
+    run_dir: Path | None
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    path = Path(path)
+    candidate = path / rd.CHECKPOINT if path.is_dir() else path
+    if not candidate.is_file():
+        raise RunStateError(f"no checkpoint at {candidate} (expected a run folder or a "
+                            f"{rd.CHECKPOINT} file)")
+    return candidate
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
+    """The model of a run folder or checkpoint, rebuilt from its saved config, in eval mode."""
+    file = checkpoint_path(path)
+    try:
+        state = rd.load_checkpoint(file, map_location=device)
+    except Exception as error:
+        raise RunStateError(f"cannot load checkpoint {file}: {str(error).splitlines()[0]}"
+                            ) from None
+    config = TrainConfig.from_dict(state["config"])
+    entry = get_dataset_entry(config.dataset)
+    size = max(entry.image_size, get_model_entry(config.model).min_input_size(entry.head))
+    model = build_model(config.model, in_channels=entry.in_channels,
+                        num_classes=entry.num_classes, head=entry.head, input_size=size,
+                        width=config.width, negative_slope=config.negative_slope,
+                        beta_init=config.beta_init)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return TrainedRun(config, model, state["epoch"], state.get("data_stats", {}),
+                      file.parent if file.name == rd.CHECKPOINT else None)
+
+
+def load_training_data(run: TrainedRun, device, data_dir: str | None = None):
+    """The run's data (same subsets), normalized with the statistics it was trained with."""
+    config = run.config
+    entry = get_dataset_entry(config.dataset)
+    min_size = get_model_entry(config.model).min_input_size(entry.head)
+    return load_dataset(config.dataset, data_dir or config.data_dir, device=device,
+                        train_subset=config.train_subset, test_subset=config.test_subset,
+                        subset_seed=config.subset_seed, min_size=min_size,
+                        num_workers=config.num_workers, mean=run.data_stats.get("mean"),
+                        std=run.data_stats.get("std"))
