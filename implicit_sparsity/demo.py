@@ -20,10 +20,10 @@ class DemoSettings:
     """Chosen so that both runs finish within 10 minutes on 2 CPU cores."""
 
     width: str = "0.25"          # BasicNet at a quarter of the paper's widths
-    train_subset: int = 20_000   # of Fashion-MNIST's 60,000 training images
+    train_subset: int = 30_000   # of Fashion-MNIST's 60,000 training images
     test_subset: int | None = None  # the whole 10,000-image test set
-    epochs: tuple[int, ...] = (8, 2)  # base rate, then /10: the paper's schedule, shortened
-    lam: float = 1e-3            # L2 strength, the same for both optimizers
+    epochs: tuple[int, ...] = (12, 3)  # base rate, then /10: the paper's schedule, shortened
+    lam: float = 2e-3            # L2 strength, the same for both optimizers
     batch_size: int = 40         # the paper's
     seed: int = 0
 
@@ -81,4 +81,7 @@ def run_demo(out: Path = Path("runs/demo"), data_dir: str | None = None,
     adam, sgd = rows[0][1]["sparsity_gamma_total"], rows[1][1]["sparsity_gamma_total"]
     print(f"\nAdam + L2 switched off {adam:.1f}% of the conv filters, SGD + L2 {sgd:.1f}% "
           f"(runs in {out}).")
+    print("The paper (Tables 1, 2): with L2, Adam switches off far more filters than SGD, "
+          "mostly in the later layers; SGD's sparsity sits in the early layers. "
+          f"See `implicit-sparsity analyze {out}/adam-l2 --plots DIR` for more.")
     return rows
