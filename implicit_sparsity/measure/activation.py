@@ -25,8 +25,9 @@ from implicit_sparsity.measure.features import TracedModel, trace_features
 class _Recorder(nn.Module):
     """Passes its input through; keeps per-channel statistics of its pooled |values|."""
 
-    def __init__(self, channels: int, device):
+    def __init__(self, channels: int, device, nonnegative: bool):
         super().__init__()
+        self.nonnegative = nonnegative  # after a ReLU, |x| = x: one reduction, no copy
         self.max = torch.zeros(channels, device=device)
         self.count = torch.zeros(channels, device=device, dtype=torch.long)
         self.samples = torch.zeros((), device=device, dtype=torch.long)
@@ -34,7 +35,12 @@ class _Recorder(nn.Module):
         self.threshold = defaults.UNIVERSALITY_THRESHOLD
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x.detach().float().abs().amax(dim=tuple(range(2, x.dim())))  # [B, C]
+        flat = x.detach().float().flatten(2)  # [B, C, H*W]
+        if self.nonnegative:
+            pooled = flat.amax(dim=2)
+        else:
+            low, high = torch.aminmax(flat, dim=2)
+            pooled = torch.maximum(high, -low)  # max |x| without materializing |x|
         if self.counting:
             # normalized value > threshold  <=>  pooled > threshold * max (max > 0)
             limit = self.threshold * self.max
@@ -65,7 +71,7 @@ def _instrument(traced: TracedModel, device) -> dict[str, _Recorder]:
     recorders: dict[str, _Recorder] = {}
     for i, feature in enumerate(traced.features):
         node = nodes[feature.output_node]
-        recorder = _Recorder(feature.num_features, device)
+        recorder = _Recorder(feature.num_features, device, feature.nonnegative_output)
         target = f"_sparsity_recorder_{i}"
         gm.add_submodule(target, recorder)
         with gm.graph.inserting_after(node):

@@ -64,6 +64,7 @@ class Feature:
     has_activation: bool
     consumers: list[str] = field(default_factory=list)  # module paths reading its channels
     coupled: bool = False             # its channels reach an add / cat / other op
+    nonnegative_output: bool = False  # a ReLU follows: the output is never negative
 
     @property
     def num_features(self) -> int:
@@ -96,6 +97,15 @@ def _is_activation(gm, node) -> bool:
         return isinstance(module, ACTIVATION_MODULES)
     if node.op == "call_function":
         return node.target in ACTIVATION_FUNCTIONS
+    return node.op == "call_method" and node.target in ACTIVATION_METHODS
+
+
+def _is_plain_relu(gm, node) -> bool:
+    module = _module(gm, node)
+    if module is not None:
+        return type(module) in (nn.ReLU, nn.ReLU6)
+    if node.op == "call_function":
+        return node.target in (F.relu, torch.relu, F.relu_, torch.relu_, F.relu6)
     return node.op == "call_method" and node.target in ACTIVATION_METHODS
 
 
@@ -157,7 +167,8 @@ def trace_features(model: nn.Module) -> TracedModel:
         coupled = not _ends_in_consumers(gm, output, consumers)
         features.append(Feature(node.target, node.target, conv,
                                 bn_node.target if bn_node is not None else None, bn,
-                                output.name, has_act, consumers, coupled))
+                                output.name, has_act, consumers, coupled,
+                                has_act and _is_plain_relu(gm, act)))
     if features and all(id(f.conv) in blocks for f in features):
         order = sorted(features, key=lambda f: blocks[id(f.conv)])
         for i, f in enumerate(order):
