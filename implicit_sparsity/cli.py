@@ -158,6 +158,53 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+# --- prune ---------------------------------------------------------------------------------
+def cmd_prune(args) -> int:
+    import json
+
+    import torch
+
+    from implicit_sparsity.prune import prune_model
+    from implicit_sparsity.prune.slim_io import check_before_writing, load_slim, save_slim
+    from implicit_sparsity.train.loop import resolve_device
+    from implicit_sparsity.train.restore import load_trained, load_training_data
+
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = load_trained(args.checkpoint, device)
+    data = load_training_data(run, device, args.data_dir)
+    corpus = lambda: data.train_eval_batches(args.batch_size)  # noqa: E731
+    test = list(data.test_batches(args.batch_size))
+    example = next(iter(data.test_batches(64)))[0]
+    print(f"pruning {run.config.model} (width {run.config.width}, {run.config.dataset}, "
+          f"epoch {run.epoch}) by {args.criterion}; proof on {data.num_test} test images")
+    result = prune_model(run.model, example, criterion=args.criterion,
+                         corpus=corpus if args.criterion == "activation" else None,
+                         check_data=test, gamma_threshold=args.gamma_threshold,
+                         activation_threshold=args.activation_threshold, fold_bn=args.fold_bn,
+                         latency_batches=() if args.no_latency else (1, 64),
+                         threads=args.threads)
+    print(result.table())
+    check_before_writing(result, args.tolerance, args.force)
+    files = save_slim(result, args.out, example, config=run.config.to_dict(),
+                      tolerance=args.tolerance, force=args.force,
+                      extra={"source": str(args.checkpoint), "epoch": run.epoch})
+    # the written files give the same outputs as the model in memory
+    reloaded = load_slim(files["slim"], device)
+    exported = torch.export.load(files["exported"]).module()
+    with torch.no_grad():
+        expected = result.model(example)
+        drift = max((reloaded(example) - expected).abs().max().item(),
+                    (exported(example) - expected).abs().max().item())
+    print(f"wrote {args.out} (slim.pt, slim.pt2, prune_report.json); reloaded "
+          f"outputs differ by at most {drift:.1e}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
 # --- demo ----------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from implicit_sparsity.demo import run_demo
@@ -207,6 +254,29 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--no-universality", action="store_true",
                          help="skip the second pass over the corpus")
     analyze.set_defaults(func=cmd_analyze)
+
+    prune = sub.add_parser("prune", help="remove dead filters for real, prove predictions "
+                           "did not change, measure the speed-up")
+    prune.add_argument("checkpoint", help="a run folder or a checkpoint.pt")
+    prune.add_argument("--out", required=True, help="folder for the slim model and report")
+    prune.add_argument("--criterion", choices=("gamma", "activation"), default="gamma")
+    prune.add_argument("--json", default=None, help="also write the report here")
+    prune.add_argument("--tolerance", type=float, default=1e-4,
+                       help="largest max|delta logits| / max|logits| accepted (and no test "
+                            "prediction may change)")
+    prune.add_argument("--force", action="store_true",
+                       help="write even if predictions changed (the report says so)")
+    prune.add_argument("--fold-bn", action="store_true",
+                       help="fold BatchNorm into the convolutions for deployment")
+    prune.add_argument("--data-dir", default=None)
+    prune.add_argument("--device", default="auto")
+    prune.add_argument("--batch-size", type=int, default=500)
+    prune.add_argument("--threads", type=int, default=None, help="CPU threads (latency)")
+    prune.add_argument("--no-latency", action="store_true")
+    prune.add_argument("--gamma-threshold", type=float, default=defaults.GAMMA_THRESHOLD)
+    prune.add_argument("--activation-threshold", type=float,
+                       default=defaults.ACTIVATION_THRESHOLD)
+    prune.set_defaults(func=cmd_prune)
 
     demo = sub.add_parser("demo", help="Adam + L2 vs SGD + L2 on Fashion-MNIST, offline")
     demo.add_argument("--out", default="runs/demo")

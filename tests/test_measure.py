@@ -11,6 +11,7 @@ from implicit_sparsity.cli import main
 from implicit_sparsity.measure import (ModelTraceError, NoBatchNormError,
                                        activation_statistics, analyze, trace_features)
 from implicit_sparsity.models import build_model, feature_layers
+from resnets import TinyResNet
 
 
 def tiny_basicnet():
@@ -106,39 +107,6 @@ def test_universality_on_hand_made_activations():
     assert stats.universality["conv"].item() == pytest.approx(60.0)
     strict = activation_statistics(model, [images_with_max(values)], universality_threshold=0.05)
     assert strict.universality["conv"].item() == pytest.approx(20.0)
-
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)  # one module used twice, as torchvision does
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                      nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + (x if self.down is None else self.down(x)))
-
-
-class TinyResNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(8), nn.ReLU(inplace=True))
-        self.layer1 = Block(8, 8, 1)
-        self.layer2 = Block(8, 16, 2)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.layer2(self.layer1(self.stem(x)))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
 def test_residual_model_features_and_coupling():

@@ -15,6 +15,7 @@ whose channels reach anything else (a residual add, a concatenation, a product) 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.fx
@@ -65,6 +66,7 @@ class Feature:
     consumers: list[str] = field(default_factory=list)  # module paths reading its channels
     coupled: bool = False             # its channels reach an add / cat / other op
     nonnegative_output: bool = False  # a ReLU follows: the output is never negative
+    activation: Callable[[torch.Tensor], torch.Tensor] | None = None  # applies the act
 
     @property
     def num_features(self) -> int:
@@ -98,6 +100,17 @@ def _is_activation(gm, node) -> bool:
     if node.op == "call_function":
         return node.target in ACTIVATION_FUNCTIONS
     return node.op == "call_method" and node.target in ACTIVATION_METHODS
+
+
+def _activation_fn(gm, node) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation of a traced node as a function of one tensor (on a copy)."""
+    module = _module(gm, node)
+    rest, kwargs = node.args[1:], dict(node.kwargs)
+    if module is not None:
+        return lambda t: module(t.clone())
+    if node.op == "call_function":
+        return lambda t: node.target(t.clone(), *rest, **kwargs)
+    return lambda t: getattr(t.clone(), node.target)(*rest, **kwargs)
 
 
 def _is_plain_relu(gm, node) -> bool:
@@ -168,7 +181,8 @@ def trace_features(model: nn.Module) -> TracedModel:
         features.append(Feature(node.target, node.target, conv,
                                 bn_node.target if bn_node is not None else None, bn,
                                 output.name, has_act, consumers, coupled,
-                                has_act and _is_plain_relu(gm, act)))
+                                has_act and _is_plain_relu(gm, act),
+                                _activation_fn(gm, act) if has_act else None))
     if features and all(id(f.conv) in blocks for f in features):
         order = sorted(features, key=lambda f: blocks[id(f.conv)])
         for i, f in enumerate(order):

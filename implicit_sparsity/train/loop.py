@@ -22,12 +22,13 @@ from tqdm import tqdm
 from implicit_sparsity.data import Augmentation, get_dataset_entry, load_dataset
 from implicit_sparsity.errors import RunStateError
 from implicit_sparsity.measure.scale import gamma_sparsity, total
-from implicit_sparsity.models import build_model, get_model_entry
+from implicit_sparsity.models import get_model_entry
 from implicit_sparsity.optim import (Regularizer, StepSchedule, apply_schedule, build_optimizer,
                                      param_groups, regularized_step)
 from implicit_sparsity.optim.optimizers import is_batchnorm_param
 from implicit_sparsity.train import run_dir as rd
 from implicit_sparsity.train.config import TrainConfig, result_fields
+from implicit_sparsity.train.restore import build_model_for
 
 #: Called after each finished epoch with (epoch, model, metrics); may raise to stop.
 EpochCallback = Callable[[int, nn.Module, dict], None]
@@ -64,11 +65,7 @@ def build_for_config(config: TrainConfig, device: torch.device):
                         subset_seed=config.subset_seed, min_size=min_size,
                         num_workers=config.num_workers)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, in_channels=data.in_channels,
-                        num_classes=entry.num_classes, head=entry.head,
-                        input_size=data.image_size, width=config.width,
-                        negative_slope=config.negative_slope, beta_init=config.beta_init)
-    return data, model.to(device)
+    return data, build_model_for(config).to(device)
 
 
 def regularized_params(model: nn.Module, include_bn: bool) -> list[nn.Parameter]:

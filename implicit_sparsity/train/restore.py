@@ -33,6 +33,21 @@ def checkpoint_path(path: str | Path) -> Path:
     return candidate
 
 
+def input_size_for(config: TrainConfig) -> int:
+    """The side of the images the config's model sees (after any padding)."""
+    entry = get_dataset_entry(config.dataset)
+    return max(entry.image_size, get_model_entry(config.model).min_input_size(entry.head))
+
+
+def build_model_for(config: TrainConfig) -> nn.Module:
+    """The (freshly initialized) network a config describes, without loading its data."""
+    entry = get_dataset_entry(config.dataset)
+    return build_model(config.model, in_channels=entry.in_channels,
+                       num_classes=entry.num_classes, head=entry.head,
+                       input_size=input_size_for(config), width=config.width,
+                       negative_slope=config.negative_slope, beta_init=config.beta_init)
+
+
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
     """The model of a run folder or checkpoint, rebuilt from its saved config, in eval mode."""
     file = checkpoint_path(path)
@@ -42,12 +57,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
         raise RunStateError(f"cannot load checkpoint {file}: {str(error).splitlines()[0]}"
                             ) from None
     config = TrainConfig.from_dict(state["config"])
-    entry = get_dataset_entry(config.dataset)
-    size = max(entry.image_size, get_model_entry(config.model).min_input_size(entry.head))
-    model = build_model(config.model, in_channels=entry.in_channels,
-                        num_classes=entry.num_classes, head=entry.head, input_size=size,
-                        width=config.width, negative_slope=config.negative_slope,
-                        beta_init=config.beta_init)
+    model = build_model_for(config)
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return TrainedRun(config, model, state["epoch"], state.get("data_stats", {}),

@@ -1,0 +1,52 @@
+"""The proof that pruning changed nothing: outputs before and after on the same data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Equivalence:
+    samples: int
+    max_abs_diff: float           # max |logits before - logits after|
+    max_abs_logit: float
+    changed_predictions: int      # samples whose argmax changed
+    error_before: float | None    # % test error, when labels are given
+    error_after: float | None
+
+    @property
+    def relative_diff(self) -> float:
+        return self.max_abs_diff / max(self.max_abs_logit, 1e-12)
+
+    def holds(self, tolerance: float) -> bool:
+        return self.relative_diff <= tolerance and self.changed_predictions == 0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "relative_diff": self.relative_diff}
+
+
+@torch.no_grad()
+def compare_outputs(before: nn.Module, after: nn.Module, batches) -> Equivalence:
+    """Run both models (eval mode) over `batches` of inputs or (inputs, labels)."""
+    before.eval()
+    after.eval()
+    samples = changed = wrong_before = wrong_after = 0
+    max_diff = max_logit = 0.0
+    labelled = False
+    for batch in (batches() if callable(batches) else batches):
+        x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        a, b = before(x).float(), after(x).float()
+        max_diff = max(max_diff, (a - b).abs().max().item())
+        max_logit = max(max_logit, a.abs().max().item())
+        changed += int((a.argmax(1) != b.argmax(1)).sum())
+        if y is not None:
+            labelled = True
+            wrong_before += int((a.argmax(1) != y).sum())
+            wrong_after += int((b.argmax(1) != y).sum())
+        samples += len(x)
+    error = (lambda wrong: 100.0 * wrong / samples if labelled and samples else None)
+    return Equivalence(samples, max_diff, max_logit, changed, error(wrong_before),
+                       error(wrong_after))

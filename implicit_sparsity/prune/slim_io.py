@@ -1,0 +1,113 @@
+"""Saving a slim model so that it loads back without pickled code.
+
+    slim.pt               tensors and plain data (weights_only=True): the run's config and
+                          the slim state dict; `load_slim` rebuilds the network from the config
+                          and gives each layer the saved (smaller) shapes
+    slim.pt2              a torch.export program (any batch size):
+                          `torch.export.load("slim.pt2").module()` needs no code of ours
+    prune_report.json     the per-layer figures, the proof and the cost
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from implicit_sparsity.errors import ImplicitSparsityError, RunStateError
+from implicit_sparsity.prune.api import DEFAULT_TOLERANCE, PruneResult
+from implicit_sparsity.train.run_dir import atomic_torch_save, atomic_write_text
+
+SLIM = "slim.pt"
+EXPORTED = "slim.pt2"
+REPORT = "prune_report.json"
+FORMAT = "implicit-sparsity-slim/1"
+
+
+class EquivalenceError(ImplicitSparsityError):
+    """The slim model's predictions differ from the original's beyond the tolerance."""
+
+
+def check_before_writing(result: PruneResult, tolerance: float, force: bool) -> None:
+    if result.equivalence is None:
+        raise EquivalenceError("no proof: compare outputs on data (check_data) before saving")
+    if result.verified(tolerance) or force:
+        return
+    e = result.equivalence
+    raise EquivalenceError(
+        f"refusing to write: predictions changed (max |delta logits| {e.max_abs_diff:.2e}, "
+        f"{e.relative_diff:.2e} of max |logit| > tolerance {tolerance:g}, or "
+        f"{e.changed_predictions} of {e.samples} predictions changed); --force writes it "
+        "anyway, at the risk of a model that no longer predicts what the original did")
+
+
+def save_slim(result: PruneResult, out: str | Path, example_input: torch.Tensor,
+              config: dict | None = None, tolerance: float = DEFAULT_TOLERANCE,
+              force: bool = False, extra: dict | None = None) -> dict[str, Path]:
+    """Write the slim model (both formats) and its report into folder `out`."""
+    check_before_writing(result, tolerance, force)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = result.model.eval()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({"format": FORMAT, "config": config, "state_dict": state}, out / SLIM)
+    example = example_input[:2].expand(2, *example_input.shape[1:]).contiguous()
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, out / EXPORTED)
+    report = {**result.to_dict(), "tolerance": tolerance, "forced": bool(
+        force and not result.verified(tolerance)), **(extra or {})}
+    atomic_write_text(out / REPORT, json.dumps(report, indent=1))
+    return {"slim": out / SLIM, "exported": out / EXPORTED, "report": out / REPORT}
+
+
+def adopt_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Resize `model`'s layers to the tensors of a slim state dict, in place: layers take the
+    saved shapes, biases added by folding appear, folded BatchNorms become identities."""
+    for path, module in list(model.named_modules()):
+        prefix = f"{path}." if path else ""
+        own = {k[len(prefix):]: v for k, v in state.items()
+               if k.startswith(prefix) and "." not in k[len(prefix):]}
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and "weight" not in own:
+            parent_path, _, child = path.rpartition(".")
+            parent = model.get_submodule(parent_path) if parent_path else model
+            setattr(parent, child, nn.Identity())  # folded into its conv
+            continue
+        for name, tensor in own.items():
+            if name in module._parameters or name == "bias":
+                setattr(module, name, nn.Parameter(torch.empty_like(tensor)))
+            elif name in module._buffers:
+                module._buffers[name] = torch.empty_like(tensor)
+        if isinstance(module, nn.Conv2d):
+            module.out_channels = module.weight.shape[0]
+            module.in_channels = module.weight.shape[1] * module.groups
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = module.weight.shape
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.num_features = own["weight"].shape[0]
+    return model
+
+
+def load_slim(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Load `slim.pt` (or a folder holding it) as a module of ours, in eval mode."""
+    from implicit_sparsity.train.config import TrainConfig
+    from implicit_sparsity.train.restore import build_model_for
+
+    path = Path(path)
+    file = path / SLIM if path.is_dir() else path
+    try:
+        saved = torch.load(file, map_location=device, weights_only=True)
+    except (OSError, RuntimeError) as error:
+        raise RunStateError(f"cannot load slim model {file}: {str(error).splitlines()[0]}"
+                            ) from None
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise RunStateError(f"{file} is not a slim model of implicit-sparsity")
+    if saved.get("config") is None:
+        raise RunStateError(f"{file} has no config to rebuild the network from; load "
+                            f"{EXPORTED} with torch.export.load instead")
+    model = build_model_for(TrainConfig.from_dict(saved["config"]))
+    adopt_shapes(model, saved["state_dict"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval()
