@@ -185,6 +185,14 @@ def cmd_prune(args) -> int:
                          activation_threshold=args.activation_threshold, fold_bn=args.fold_bn,
                          latency_batches=() if args.no_latency else (1, 64),
                          threads=args.threads)
+    if device.type != "cpu" and not args.no_latency:  # the CPU figures too
+        import copy
+
+        from implicit_sparsity.prune.cost import latency_table
+
+        result.latency += latency_table(copy.deepcopy(run.model).cpu(),
+                                        copy.deepcopy(result.model).cpu(), example.cpu(),
+                                        (1, 64), args.threads)
     print(result.table())
     check_before_writing(result, args.tolerance, args.force)
     files = save_slim(result, args.out, example, config=run.config.to_dict(),

@@ -218,3 +218,25 @@ def test_analyze_command(fashion_dir, tmp_path, capsys):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
     assert main(["analyze", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_lightning_callback_needs_lightning_or_says_so(tmp_path):
+    from implicit_sparsity.measure import SparsityMonitor
+    from implicit_sparsity.measure.monitor import lightning_callback
+
+    monitor = SparsityMonitor(tmp_path, tensorboard=False)
+    try:
+        import lightning  # noqa: F401
+    except ImportError:
+        try:
+            import pytorch_lightning  # noqa: F401
+        except ImportError:
+            with pytest.raises(ImportError, match="pip install lightning"):
+                lightning_callback(monitor)
+            return
+    callback = lightning_callback(monitor)
+
+    class Trainer:
+        current_epoch = 0
+    callback.on_train_epoch_end(Trainer(), tiny_basicnet())
+    assert (tmp_path / "sparsity.jsonl").read_text().count("\n") == 1
