@@ -12,6 +12,7 @@ Each pass is timed `--repeats` times, alternating, and the medians are compared.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -80,17 +81,11 @@ def main() -> None:
     if device.type == "cuda":
         peaks = []
         for n in (args.images // 4, args.images):
-            subset = lambda n=n: data.train_eval_batches(args.batch_size)  # noqa: E731
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            stop = n // args.batch_size
-
-            def limited(stop=stop):
-                for i, batch in enumerate(subset()):
-                    if i >= stop:
-                        break
-                    yield batch
-            activation_statistics(model, limited, universality=True)
+            first_n = lambda n=n: itertools.islice(  # noqa: E731
+                data.train_eval_batches(args.batch_size), n // args.batch_size)
+            activation_statistics(model, first_n, universality=True)
             peaks.append(torch.cuda.max_memory_allocated() - base)
         print(f"peak GPU memory above resident data: {peaks[0] / 2**20:.1f} MiB for "
               f"{args.images // 4} images, {peaks[1] / 2**20:.1f} MiB for {args.images}")

@@ -76,7 +76,8 @@ def _instrument(traced: TracedModel, device) -> dict[str, _Recorder]:
         gm.add_submodule(target, recorder)
         with gm.graph.inserting_after(node):
             record = gm.graph.call_module(target, (node,))
-        node.replace_all_uses_with(record, delete_user_cb=lambda user: user is not record)
+        node.replace_all_uses_with(record,
+                                   delete_user_cb=lambda user, new=record: user is not new)
         recorders[feature.name] = recorder
     gm.recompile()
     return recorders
@@ -84,7 +85,8 @@ def _instrument(traced: TracedModel, device) -> dict[str, _Recorder]:
 
 @torch.no_grad()
 def activation_statistics(model: nn.Module, batches: Iterable, *, universality: bool = True,
-                          universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD) -> ActivationStats:
+                          universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD
+                          ) -> ActivationStats:
     """One pass over `batches` (inputs, or (inputs, labels) pairs) for the maxima, and a
     second one for universality when asked. `batches` must be re-iterable for the second
     pass (a list, or an object whose __iter__ starts over); a callable returning a fresh

@@ -102,9 +102,8 @@ class SparsityReport:
             t = self.total(criterion)
             if t is None:
                 continue
-            cells = "".join(
-                f"{'-' if l.percent(getattr(l, f'inactive_{criterion}')) is None else round(l.percent(getattr(l, f'inactive_{criterion}'))):>{width}}"
-                for l in self.layers)
+            percents = [l.percent(getattr(l, f"inactive_{criterion}")) for l in self.layers]
+            cells = "".join(f"{'-' if p is None else round(p):>{width}}" for p in percents)
             lines.append(f"{labels[criterion]:15s}{cells}{100.0 * t[0] / t[1]:9.1f}"
                          f"{self.percent_params_pruned(criterion):12.1f}")
         return "\n".join(lines)
