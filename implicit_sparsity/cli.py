@@ -213,6 +213,34 @@ def cmd_prune(args) -> int:
     return 0
 
 
+# --- simulate ------------------------------------------------------------------------------
+def cmd_simulate(args) -> int:
+    import json
+
+    from implicit_sparsity.study.simulate import plot_simulation, simulate
+
+    result = simulate(args.optimizers, args.regularizers, args.lambdas, args.steps, args.seed)
+    level = 1e-3
+    print(f"a scalar from 1 under simulated low gradients, {args.steps} iterations; value at "
+          f"the end (and the first iteration with |value| < {level:g}):")
+    lams = list(result.settings["lambdas"])
+    print(f"{'optimizer':10s}{'reg':>4s}" + "".join(f"{f'lambda {lam:g}':>20s}" for lam in lams))
+    for name, by_reg in result.curves.items():
+        for reg in by_reg:
+            cells = []
+            for lam in lams:
+                reached = result.steps_to(name, reg, lam, level)
+                cells.append(f"{result.final(name, reg, lam):.3f} ({reached or '-'})")
+            print(f"{name:10s}{reg:>4s}" + "".join(f"{c:>20s}" for c in cells))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict()))
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_simulation(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 # --- demo ----------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from implicit_sparsity.demo import run_demo
@@ -285,6 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--activation-threshold", type=float,
                        default=defaults.ACTIVATION_THRESHOLD)
     prune.set_defaults(func=cmd_prune)
+
+    sim = defaults.SIMULATION
+    simulate = sub.add_parser("simulate", help="the low-gradient simulation of the paper's "
+                              "Fig. 4: a scalar under L2 / WD with each optimizer")
+    simulate.add_argument("--optimizers", nargs="+", default=list(sim["optimizers"]))
+    simulate.add_argument("--regularizers", nargs="+", default=["l2", "wd"],
+                          choices=["l2", "wd"])
+    simulate.add_argument("--lambdas", nargs="+", type=float, default=list(sim["lambdas"]))
+    simulate.add_argument("--steps", type=int, default=sim["steps"])
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--json", default=None, help="write the curves as JSON")
+    simulate.add_argument("--plot", default=None, help="write the figure (PNG or PDF)")
+    simulate.set_defaults(func=cmd_simulate)
 
     demo = sub.add_parser("demo", help="Adam + L2 vs SGD + L2 on Fashion-MNIST, offline")
     demo.add_argument("--out", default="runs/demo")

@@ -63,6 +63,14 @@ BASICNET_POOL_AFTER = (1, 3, 5)
 #: Width variants of section 5.1 / Table 6: (filters of C1, multiplier of C2..C7).
 BASICNET_WIDTH_VARIANTS = {"64-1x": (64, 1.0), "64-0.5x": (64, 0.5), "32-0.25x": (32, 0.25)}
 
+# --- The low-gradient simulation (Fig. 4, supplement Fig. 3) -------------------------------
+#: A scalar starting at 1 sees zero-mean gradients of std 1e-3 for 100 iterations, then 1e-5.
+SIMULATION = {"initial": 1.0, "high_std": 1e-3, "high_steps": 100, "low_std": 1e-5,
+              "steps": 10_000,
+              "optimizers": ("sgd", "adam", "amsgrad", "adagrad", "adadelta", "rmsprop",
+                             "adamax"),
+              "lambdas": (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)}
+
 #: BatchNorm initialization (supplement section 4).
 GAMMA_INIT = 1.0
 BETA_INIT = 0.0

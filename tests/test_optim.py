@@ -172,3 +172,26 @@ def test_step_schedule_and_same_iterations():
     with pytest.raises(ConfigError):
         StepSchedule((0, 0))
     assert math.isclose(StepSchedule((1, 1), decay=5).factor(1), 0.2)
+
+
+@pytest.mark.parametrize("reg", ["l2", "wd"])
+def test_a_tensor_of_lambdas_equals_separate_runs(reg):
+    lams = torch.tensor([0.0, 1e-3, 0.05], dtype=torch.float64)
+
+    def run(theta0, lam):
+        p = nn.Parameter(torch.tensor(theta0, dtype=torch.float64))
+        optimizer = build_optimizer("adam", param_groups(nn.ParameterList([p]), 1e-2),
+                                    resolve_hyperparameters("adam"))
+        regularizer = Regularizer(reg, lam, [p])
+        for g, factor in zip(GRADS, FACTORS):
+            apply_schedule(optimizer, 1e-2, factor)
+            p.grad = torch.full_like(p, float(g[0]))
+            regularized_step(optimizer, regularizer, factor)
+        return p.detach()
+
+    together = run([0.8, 0.8, 0.8], lams)
+    separate = torch.cat([run([0.8], float(lam)) for lam in lams])
+    assert torch.allclose(together, separate, rtol=1e-12, atol=0)
+    assert len(set(together.tolist())) == 3
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        Regularizer(reg, torch.tensor([0.1, 1.5]), [nn.Parameter(torch.zeros(2))])

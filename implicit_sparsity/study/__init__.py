@@ -1,0 +1,1 @@
+"""Reproducing the paper's study: the low-gradient simulation, experiment specs, sweeps."""

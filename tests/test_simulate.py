@@ -1,0 +1,53 @@
+"""The low-gradient simulation reproduces the paper's claims (Fig. 4, supplement Fig. 3)."""
+
+import json
+
+import pytest
+
+from implicit_sparsity.cli import main
+from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.study.simulate import simulate
+
+
+@pytest.fixture(scope="module")
+def result():
+    return simulate(optimizers=("sgd", "adam", "amsgrad"), lambdas=(1e-4, 1e-5), steps=3000,
+                    progress=False)
+
+
+def test_adam_l2_drives_the_scalar_down_far_faster(result):
+    lam = 1e-4
+    adam_l2 = result.final("adam", "l2", lam)
+    assert abs(adam_l2) < 0.05
+    assert result.final("adam", "wd", lam) > 0.5      # WD: (1 - 1e-4)^3000 ~ 0.74
+    assert result.final("sgd", "l2", lam) > 0.5
+    assert result.steps_to("adam", "l2", lam, 0.05) < 2500
+    assert result.steps_to("adam", "wd", lam, 0.05) is None
+    # even a ten times smaller lambda with Adam + L2 beats the others at 1e-4
+    assert result.final("adam", "l2", 1e-5) < result.final("sgd", "l2", 1e-4)
+
+
+def test_amsgrad_shrinks_it_less_than_adam(result):
+    assert result.final("amsgrad", "l2", 1e-4) > 10 * abs(result.final("adam", "l2", 1e-4))
+
+
+def test_curves_start_at_one_and_are_seeded(result):
+    assert all(v[0] == 1.0 for by_reg in result.curves.values() for by_lam in by_reg.values()
+               for v in by_lam.values())
+    again = simulate(optimizers=("adam",), lambdas=(1e-4,), steps=300, progress=False)
+    twice = simulate(optimizers=("adam",), lambdas=(1e-4,), steps=300, progress=False)
+    other = simulate(optimizers=("adam",), lambdas=(1e-4,), steps=300, seed=1, progress=False)
+    assert again.curves == twice.curves and again.curves != other.curves
+    with pytest.raises(ConfigError, match="valid optimizers"):
+        simulate(optimizers=("lion",))
+
+
+def test_simulate_command(tmp_path, capsys):
+    assert main(["simulate", "--optimizers", "adam", "sgd", "--lambdas", "1e-4",
+                 "--steps", "500", "--json", str(tmp_path / "s.json"),
+                 "--plot", str(tmp_path / "s.png")]) == 0
+    out = capsys.readouterr().out
+    assert "lambda 0.0001" in out and "adam" in out
+    curves = json.loads((tmp_path / "s.json").read_text())["curves"]
+    assert set(curves) == {"adam", "sgd"} and set(curves["adam"]) == {"l2", "wd"}
+    assert (tmp_path / "s.png").stat().st_size > 1000
