@@ -241,6 +241,44 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+# --- sweep / report ------------------------------------------------------------------------
+def _overrides(pairs: list[str]) -> dict:
+    values = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes KEY=VALUE, got {pair!r}")
+        values[key.strip()] = yaml.safe_load(value)
+    return values
+
+
+def cmd_sweep(args) -> int:
+    from implicit_sparsity.study.report import collect, render
+    from implicit_sparsity.study.spec import load_spec
+    from implicit_sparsity.study.sweep import run_sweep
+
+    spec = load_spec(args.spec)
+    out = Path(args.out) if args.out else Path("runs") / (spec.name + ("-quick" if args.quick
+                                                                      else ""))
+    run_sweep(spec, out, quick=args.quick, workers=args.workers, data_dir=args.data_dir,
+              overrides=_overrides(args.set), executor=args.executor)
+    print(render(*collect(out)))
+    print(f"sweep folder: {out} (implicit-sparsity report {out} for LaTeX / CSV)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from implicit_sparsity.study.report import collect, render
+
+    text = render(*collect(args.sweep_dir), fmt=args.format)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
 # --- demo ----------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from implicit_sparsity.demo import run_demo
@@ -326,6 +364,25 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--json", default=None, help="write the curves as JSON")
     simulate.add_argument("--plot", default=None, help="write the figure (PNG or PDF)")
     simulate.set_defaults(func=cmd_simulate)
+
+    sweep = sub.add_parser("sweep", help="run every run of an experiment spec (finished runs "
+                           "are skipped, interrupted ones resume) and print its table")
+    sweep.add_argument("spec", help="a spec name (experiments/NAME.yaml) or a YAML path")
+    sweep.add_argument("--out", default=None, help="sweep folder (default: runs/SPEC[-quick])")
+    sweep.add_argument("--quick", action="store_true", help="the spec's CPU-sized scale-down")
+    sweep.add_argument("--executor", default="local", choices=["local"])
+    sweep.add_argument("--workers", type=int, default=None,
+                       help="runs at a time (default: GPUs, or half the CPU cores)")
+    sweep.add_argument("--data-dir", default=None)
+    sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config key in every run (e.g. dataset=fashion-mnist)")
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = sub.add_parser("report", help="a sweep's table beside the paper's numbers")
+    report.add_argument("sweep_dir")
+    report.add_argument("--format", choices=["markdown", "latex", "csv"], default="markdown")
+    report.add_argument("--out", default=None, help="write to this file")
+    report.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="Adam + L2 vs SGD + L2 on Fashion-MNIST, offline")
     demo.add_argument("--out", default="runs/demo")

@@ -1,0 +1,143 @@
+"""Turn a sweep into the paper's table: mean ± std over seeds, the paper's numbers beside.
+
+Formats: Markdown, LaTeX, CSV (long form: one line per cell and value).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.study.spec import normalize_labels
+from implicit_sparsity.study.sweep import EVALUATION
+
+VALUE_NAMES = {**{f"layers.C{i}.sparsity_gamma": f"C{i} % by γ" for i in range(1, 20)},"sparsity_activation": "% sparsity by act.", "sparsity_gamma": "% sparsity by γ",
+               "test_error": "test err", "pruned_test_error": "pruned test err",
+               "params_pruned": "% params pruned", "train_loss": "train loss",
+               "test_loss": "test loss"}
+
+
+def collect(out: str | Path) -> tuple[dict, list[dict]]:
+    """(spec, records): one record per evaluated run, its labels and figures."""
+    out = Path(out)
+    if not (out / "index.json").is_file():
+        raise ConfigError(f"{out} is not a sweep folder (no index.json)")
+    spec = yaml.safe_load((out / "spec.yaml").read_text())["spec"]
+    index = json.loads((out / "index.json").read_text())
+    records = []
+    for key, entry in index.items():
+        path = out / "runs" / key / EVALUATION
+        if path.is_file():
+            records.append({**entry["labels"], "seed": entry["seed"], "key": key,
+                            **json.loads(path.read_text())})
+    return spec, records
+
+
+def _get(record: dict, name: str):
+    """A value by dotted path: "layers.C1.sparsity_gamma"."""
+    value = record
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _key(record: dict, names: list[str]) -> tuple:
+    return tuple(record.get(n) for n in names)
+
+
+def aggregate(spec: dict, records: list[dict]) -> dict:
+    """{(row, column): {value: (mean, std, n, paper)}} over seeds."""
+    table = spec.get("table") or {}
+    rows, columns = table.get("rows", []), table.get("columns", [])
+    values = table.get("values", ["sparsity_gamma", "test_error"])
+    paper = {}
+    for entry in spec.get("paper") or []:
+        labels = normalize_labels({k: entry[k] for k in rows + columns if k in entry})
+        paper[(_key(labels, rows), _key(labels, columns))] = entry
+    cells: dict = {}
+    for record in records:
+        cells.setdefault((_key(record, rows), _key(record, columns)), []).append(record)
+    result = {}
+    for cell, members in cells.items():
+        result[cell] = {}
+        for value in values:
+            numbers = [_get(m, value) for m in members if _get(m, value) is not None]
+            mean = statistics.fmean(numbers) if numbers else None
+            std = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
+            result[cell][value] = (mean, std, len(numbers), paper.get(cell, {}).get(value))
+    return result
+
+
+def _fmt(mean, std, n) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
+
+
+def render(spec: dict, records: list[dict], fmt: str = "markdown") -> str:
+    table = spec.get("table") or {}
+    rows, columns = table.get("rows", []), table.get("columns", [])
+    values = table.get("values", ["sparsity_gamma", "test_error"])
+    cells = aggregate(spec, records)
+    row_keys = sorted({r for r, _ in cells}, key=str)
+    row_keys = [r for r in _spec_order(spec, rows)] + [r for r in row_keys
+                                                      if r not in _spec_order(spec, rows)]
+    row_keys = [r for r in row_keys if any((r, c) in cells for c in _columns(cells))]
+    col_keys = _columns(cells)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(rows + columns + ["value", "mean", "std", "n", "paper"])
+        for r in row_keys:
+            for c in col_keys:
+                for value, (mean, std, n, paper) in cells.get((r, c), {}).items():
+                    writer.writerow(list(r) + list(c) + [value, mean, std, n, paper])
+        return buffer.getvalue()
+    header = rows + [f"{' '.join(map(str, c))} {VALUE_NAMES.get(v, v)} {who}".strip()
+                     for c in col_keys for v in values for who in ("(ours)", "(paper)")]
+    body = []
+    for r in row_keys:
+        line = [str(x) for x in r]
+        for c in col_keys:
+            for v in values:
+                mean, std, n, paper = cells.get((r, c), {}).get(v, (None, 0, 0, None))
+                line += [_fmt(mean, std, n), "-" if paper is None else f"{paper:g}"]
+        body.append(line)
+    if fmt == "latex":
+        spec_cols = "l" * len(rows) + "r" * (len(header) - len(rows))
+        lines = [f"\\begin{{tabular}}{{{spec_cols}}}", "\\hline",
+                 " & ".join(h.replace("%", "\\%").replace("±", "$\\pm$") for h in header)
+                 + " \\\\", "\\hline"]
+        lines += [" & ".join(x.replace("±", "$\\pm$") for x in line) + " \\\\"
+                  for line in body]
+        lines += ["\\hline", "\\end{tabular}"]
+        return "\n".join(lines)
+    if fmt != "markdown":
+        raise ConfigError(f"unknown format {fmt!r}; valid: markdown, latex, csv")
+    title = f"**{spec.get('title', spec.get('name'))}**\n\n"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(line) + " |" for line in body]
+    return title + "\n".join(lines)
+
+
+def _columns(cells) -> list[tuple]:
+    return sorted({c for _, c in cells}, key=str)
+
+
+def _spec_order(spec: dict, rows: list[str]) -> list[tuple]:
+    """Rows in the order of the spec's variants (the paper's order)."""
+    order = []
+    for variant in spec.get("variants") or []:
+        labels = normalize_labels(variant)
+        key = tuple(labels.get(n) for n in rows)
+        if key not in order:
+            order.append(key)
+    return order

@@ -1,0 +1,135 @@
+"""Run every run of an experiment spec, on this machine, skipping what is already done.
+
+    OUT/spec.yaml                  the spec as it was run (and whether --quick)
+    OUT/index.json                 run key -> labels, seed, config
+    OUT/runs/<key>/                a run folder (see train.run_dir) plus evaluation.json
+
+A run is trained (or resumed from its checkpoint), then evaluated: sparsity by |gamma| and
+by activation over its training corpus, % of conv parameters freed, and its dead filters
+removed with the test-set proof (the paper's "Pruned Test Err."). Killing a sweep and
+starting it again loses nothing: finished runs are skipped, interrupted ones resume.
+
+The local executor runs `workers` runs at a time in separate processes, each with
+cores / workers threads, so that they do not oversubscribe the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.study.spec import ExperimentSpec, PlannedRun
+from implicit_sparsity.train.run_dir import atomic_write_text, is_finished
+
+EVALUATION = "evaluation.json"
+
+
+def evaluate_run(run_dir: Path, data_dir: str | None = None) -> dict:
+    """The figures the paper's tables report for one finished run."""
+    from implicit_sparsity.measure.report import analyze
+    from implicit_sparsity.prune import prune_model
+    from implicit_sparsity.train.restore import load_trained, load_training_data
+    from implicit_sparsity.train.run_dir import read_metrics
+
+    trained = load_trained(run_dir)
+    data = load_training_data(trained, "cpu", data_dir)
+    report = analyze(trained.model, lambda: data.train_eval_batches(500))
+    example = next(iter(data.test_batches(64)))[0]
+    pruned = prune_model(trained.model, example, check_data=list(data.test_batches(500)),
+                         latency_batches=())
+    final = read_metrics(run_dir)[-1]
+    gamma, activation = report.total("gamma"), report.total("activation")
+    evaluation = {
+        "train_loss": final["train_loss"], "test_loss": final["test_loss"],
+        "test_error": final["test_error"],
+        "sparsity_gamma": 100.0 * gamma[0] / gamma[1],
+        "sparsity_activation": 100.0 * activation[0] / activation[1],
+        "params_pruned": report.percent_params_pruned("gamma"),
+        "pruned_test_error": pruned.equivalence.error_after,
+        "changed_predictions": pruned.equivalence.changed_predictions,
+        "layers": {l.name: {"features": l.features,
+                            "sparsity_gamma": l.percent(l.inactive_gamma),
+                            "sparsity_activation": l.percent(l.inactive_activation),
+                            "universality_histogram": l.universality_histogram()}
+                   for l in report.layers},
+    }
+    atomic_write_text(Path(run_dir) / EVALUATION, json.dumps(evaluation, indent=1))
+    return evaluation
+
+
+def execute_run(config_dict: dict, run_dir: str, threads: int, data_dir: str | None) -> str:
+    """Train (or resume) and evaluate one run; the body of a worker process."""
+    from implicit_sparsity.train import TrainConfig, train
+
+    torch.set_num_threads(threads)
+    run_dir = Path(run_dir)
+    if not is_finished(run_dir):
+        train(TrainConfig.from_dict(config_dict), run_dir, verbose=False)
+    if not (run_dir / EVALUATION).is_file():
+        evaluate_run(run_dir, data_dir)
+    return run_dir.name
+
+
+def default_workers() -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def write_index(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(exist_ok=True)
+    previous = out / "spec.yaml"
+    payload = {"spec": spec.__dict__, "quick": quick}
+    if previous.is_file():
+        old = yaml.safe_load(previous.read_text())
+        if old.get("spec", {}).get("name") != spec.name or old.get("quick") != quick:
+            raise ConfigError(f"{out} holds a sweep of {old.get('spec', {}).get('name')} "
+                              f"(quick: {old.get('quick')}); choose another --out")
+    atomic_write_text(previous, yaml.safe_dump(payload, sort_keys=False))
+    index = {p.key: {"labels": p.labels, "seed": p.seed, "config": p.config.to_dict()}
+             for p in planned}
+    atomic_write_text(out / "index.json", json.dumps(index, indent=1, default=str))
+
+
+def run_sweep(spec: ExperimentSpec, out: str | Path, *, quick: bool = False,
+              workers: int | None = None, data_dir: str | None = None,
+              overrides: dict | None = None, executor: str = "local") -> list[str]:
+    """Train and evaluate every run of `spec` under `out`; returns the keys of all runs."""
+    if executor != "local":
+        raise ConfigError(f"unknown executor {executor!r}; available: local")
+    overrides = dict(overrides or {})
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    planned = spec.expand(quick=quick, overrides=overrides)
+    out = Path(out)
+    write_index(spec, planned, out, quick)
+    todo = [p for p in planned if not (out / "runs" / p.key / EVALUATION).is_file()]
+    print(f"sweep {spec.name}: {len(planned)} runs, {len(planned) - len(todo)} already done, "
+          f"{len(todo)} to run" + (" (quick)" if quick else ""))
+    if not todo:
+        return [p.key for p in planned]
+    workers = max(1, min(workers or default_workers(), len(todo)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    jobs = [(p.config.to_dict(), str(out / "runs" / p.key), threads, data_dir) for p in todo]
+    bar = tqdm(total=len(jobs), desc=f"{spec.name} runs", disable=None)
+    if workers == 1:
+        for job in jobs:
+            execute_run(*job)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(execute_run, *job) for job in jobs]
+            for future in as_completed(futures):
+                future.result()  # a failed run stops the sweep with its error
+                bar.update()
+    bar.close()
+    return [p.key for p in planned]

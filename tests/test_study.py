@@ -1,0 +1,103 @@
+"""Experiment specs, sweeps and reports, on a tiny spec over small real files."""
+
+import csv
+import io
+import json
+
+import pytest
+
+from implicit_sparsity.cli import main
+from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.study.report import collect, render
+from implicit_sparsity.study.spec import load_spec
+from implicit_sparsity.study.sweep import run_sweep
+
+SPEC = """
+name: tiny
+title: "tiny: Adam vs SGD with L2"
+base: {{model: basicnet, dataset: fashion-mnist, data_dir: {data}, width: "0.0625",
+        epochs: [2], batch_size: 40}}
+variants:
+  - {{optimizer: adam, regularizer: l2, lam: 1e-3}}
+  - {{optimizer: sgd, regularizer: l2, lam: 1e-3}}
+seeds: [0, 1]
+quick: {{epochs: [1], seeds: [0]}}
+table: {{rows: [optimizer, regularizer, lam], columns: [],
+        values: [sparsity_gamma, sparsity_activation, test_error, pruned_test_error]}}
+paper:
+  - {{optimizer: adam, regularizer: l2, lam: 1e-3, sparsity_gamma: 85, test_error: 13.1}}
+"""
+
+
+@pytest.fixture
+def spec_path(tmp_path, fashion_dir):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SPEC.format(data=fashion_dir))
+    return path
+
+
+def test_spec_expansion_is_stable_and_keyed_by_config(spec_path):
+    spec = load_spec(spec_path)
+    runs = spec.expand()
+    assert len(runs) == 4 and [r.seed for r in runs] == [0, 1, 0, 1]
+    assert runs[0].labels == {"optimizer": "adam", "regularizer": "l2", "lam": 1e-3}
+    assert runs[0].config.lr == 1e-3 and runs[2].config.lr == 0.1  # paper defaults
+    assert [r.key for r in spec.expand()] == [r.key for r in runs]
+    assert len({r.key for r in runs}) == 4
+    quick = spec.expand(quick=True)
+    assert len(quick) == 2 and quick[0].config.epochs == [1]
+    assert quick[0].key != runs[0].key
+
+
+def test_shipped_specs_load():
+    for name, runs in (("table1", 210), ("table2", 24), ("table3", 42)):
+        spec = load_spec(name)
+        assert len(spec.expand()) == runs and spec.paper
+    table3 = {tuple(r.labels.values()): r.config for r in load_spec("table3").expand()}
+    # batch 160 on the iterations of batch 40: four times the epochs
+    assert table3[("cifar10", 1e-4, 160)].epochs == [1000, 300]
+    stand_in = load_spec("table1").expand(quick=True, overrides={"dataset": "fashion-mnist"})
+    assert len(stand_in) == 35 and {r.config.dataset for r in stand_in} == {"fashion-mnist"}
+    with pytest.raises(ConfigError, match="no experiment spec 'table99'"):
+        load_spec("table99")
+
+
+def test_sweep_skips_finished_runs_and_resumes_the_rest(spec_path, tmp_path):
+    spec = load_spec(spec_path)
+    out = tmp_path / "sweep"
+    keys = run_sweep(spec, out, quick=True, workers=1)
+    assert all((out / "runs" / k / "evaluation.json").is_file() for k in keys)
+    evaluation = json.loads((out / "runs" / keys[0] / "evaluation.json").read_text())
+    assert set(evaluation["layers"]) == {f"C{i}" for i in range(1, 8)}
+    assert evaluation["changed_predictions"] == 0
+    # an interrupted run: its evaluation (and summary) missing, its checkpoint there
+    (out / "runs" / keys[1] / "evaluation.json").unlink()
+    (out / "runs" / keys[1] / "summary.json").unlink()
+    stamp = (out / "runs" / keys[0] / "evaluation.json").stat().st_mtime_ns
+    run_sweep(spec, out, quick=True, workers=1)
+    assert (out / "runs" / keys[1] / "evaluation.json").is_file()
+    assert (out / "runs" / keys[0] / "evaluation.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="holds a sweep of tiny"):
+        run_sweep(spec, out, quick=False, workers=1)
+
+
+def test_parallel_workers_and_report_formats(spec_path, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec_path), "--out", str(out), "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "| adam | l2 | 0.001 |" in printed and "± " in printed  # mean ± std of 2 seeds
+    spec, records = collect(out)
+    assert len(records) == 4
+    markdown = render(spec, records)
+    adam_row = next(line for line in markdown.splitlines() if line.startswith("| adam"))
+    assert "| 85 |" in adam_row and "| 13.1 |" in adam_row  # the paper's numbers beside
+    rows = list(csv.DictReader(io.StringIO(render(spec, records, "csv"))))
+    adam_gamma = [r for r in rows if r["optimizer"] == "adam" and r["value"] == "sparsity_gamma"]
+    assert adam_gamma[0]["n"] == "2" and adam_gamma[0]["paper"] == "85"
+    per_seed = [json.loads((out / "runs" / r["key"] / "evaluation.json").read_text())
+                ["sparsity_gamma"] for r in records if r["optimizer"] == "adam"]
+    assert float(adam_gamma[0]["mean"]) == pytest.approx(sum(per_seed) / 2)
+    latex = render(spec, records, "latex")
+    assert latex.startswith("\\begin{tabular}") and "$\\pm$" in latex
+    assert main(["report", str(out), "--format", "csv", "--out", str(tmp_path / "t.csv")]) == 0
+    assert (tmp_path / "t.csv").read_text().startswith("optimizer,regularizer,lam,value")
