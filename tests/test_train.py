@@ -100,6 +100,8 @@ def test_folder_of_another_config_or_not_a_run_is_refused(fashion_dir, tmp_path)
     (other / "notes.txt").write_text("mine")
     with pytest.raises(RunStateError, match="not a run folder"):
         train(tiny_config(fashion_dir), other, verbose=False)
+    with pytest.raises(RunStateError, match="is a file"):
+        train(tiny_config(fashion_dir), other / "notes.txt", verbose=False)
 
 
 @pytest.mark.parametrize("regularizer", ["none", "wd"])

@@ -100,6 +100,8 @@ def check_run_dir(out: Path, config: TrainConfig) -> bool:
     Returns True when a checkpoint exists to resume from. A finished run, a folder of a
     different config, or a non-empty folder that is not a run is refused (nothing lost).
     """
+    if out.exists() and not out.is_dir():
+        raise RunStateError(f"{out} is a file, not a run folder")
     if rd.is_finished(out):
         raise RunStateError(f"run {out} is already finished; it is never overwritten "
                             f"(choose another --out)")
