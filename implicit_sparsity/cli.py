@@ -260,8 +260,12 @@ def cmd_sweep(args) -> int:
     spec = load_spec(args.spec)
     out = Path(args.out) if args.out else Path("runs") / (spec.name + ("-quick" if args.quick
                                                                       else ""))
+    slurm = {"partition": args.slurm_partition, "timeout_min": args.slurm_time,
+             "cpus_per_task": args.slurm_cpus, "gpus_per_task": args.slurm_gpus,
+             "array_parallelism": args.slurm_parallel, "runs_per_job": args.runs_per_job}
     run_sweep(spec, out, quick=args.quick, workers=args.workers, data_dir=args.data_dir,
-              overrides=_overrides(args.set), executor=args.executor)
+              overrides=_overrides(args.set), executor=args.executor,
+              slurm={k: v for k, v in slurm.items() if v is not None})
     print(render(*collect(out)))
     print(f"sweep folder: {out} (implicit-sparsity report {out} for LaTeX / CSV)")
     return 0
@@ -370,12 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("spec", help="a spec name (experiments/NAME.yaml) or a YAML path")
     sweep.add_argument("--out", default=None, help="sweep folder (default: runs/SPEC[-quick])")
     sweep.add_argument("--quick", action="store_true", help="the spec's CPU-sized scale-down")
-    sweep.add_argument("--executor", default="local", choices=["local"])
+    sweep.add_argument("--executor", default="local", choices=["local", "slurm"],
+                       help="local: worker processes here; slurm: a job array via submitit")
     sweep.add_argument("--workers", type=int, default=None,
                        help="runs at a time (default: GPUs, or half the CPU cores)")
     sweep.add_argument("--data-dir", default=None)
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key in every run (e.g. dataset=fashion-mnist)")
+    for flag, kind, text in (
+            ("--slurm-partition", str, "SLURM partition"),
+            ("--slurm-time", int, "minutes per job (default 1440)"),
+            ("--slurm-cpus", int, "CPUs per job, also its torch threads (default 2)"),
+            ("--slurm-gpus", int, "GPUs per job (default 0)"),
+            ("--slurm-parallel", int, "array tasks running at once (default 64)"),
+            ("--runs-per-job", int, "short runs packed into one job (default 1)")):
+        sweep.add_argument(flag, type=kind, default=None, help=text)
     sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="a sweep's table beside the paper's numbers")

@@ -207,3 +207,46 @@ def test_sigkilled_cli_run_resumes_to_the_same_end(fashion_dir, tmp_path):
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed[key]), key
     assert [m["epoch"] for m in read_metrics(out)] == list(range(1, 16))
+
+
+def test_distributed_batches_split_each_global_batch_evenly():
+    import numpy as np
+
+    from implicit_sparsity.data import Augmentation
+    from implicit_sparsity.data.device_data import DeviceTensorData
+
+    train = np.zeros((23, 1, 2, 2), dtype=np.uint8)
+    data = DeviceTensorData(train, np.arange(23), train, np.arange(23), num_classes=23)
+    single = [y.tolist() for _, y in data.train_batches(8, 5, Augmentation(flip=False))]
+    shares = [[y.tolist() for _, y in data.train_batches(8, 5, Augmentation(flip=False), r, 2)]
+              for r in range(2)]
+    # the same global batches; the trailing 7 do not split over 2 processes: dropped
+    assert [sorted(a + b) for a, b in zip(*shares)] == [sorted(b) for b in single[:2]]
+    assert all(len(a) == len(b) == 4 for a, b in zip(*shares))
+    assert data.steps_per_epoch(8, world=2) == 2 and data.steps_per_epoch(8) == 3
+
+
+def test_data_parallel_run_with_torchrun_on_two_cpu_processes(fashion_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", "2", "-m", "implicit_sparsity", "train",
+            "--data-dir", str(fashion_dir), "--width", "0.0625", "--epochs", "2", "1",
+            "--batch-size", "20", "--lambda", "1e-3", "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = read_metrics(out)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2
+    state = load_checkpoint(out / CHECKPOINT)
+    assert state["epoch"] == 3 and "C1" in load_bn_history(out)
+    # every one of the 120 training images was seen once per epoch, across both processes
+    assert [m["train_samples"] for m in metrics] == [120, 120, 120]
+    assert not list(out.glob("*.tmp"))
+    with pytest.raises(ConfigError, match="divisible by the 2 processes"):
+        from implicit_sparsity.train.distributed import Cluster, check_batch
+        check_batch(25, Cluster(world=2))

@@ -111,18 +111,28 @@ class DeviceTensorData:
         """uint8 images -> float32 with the training set's per-channel mean and std."""
         return x.float() * self._scale - self._shift
 
-    def train_batches(self, batch_size: int, seed: int, aug: Augmentation
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of shuffled, augmented batches; everything random comes from `seed`."""
+    def train_batches(self, batch_size: int, seed: int, aug: Augmentation, rank: int = 0,
+                      world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled, augmented batches; everything random comes from `seed`.
+
+        In a distributed run (`world` processes) every process draws the same global
+        batches and keeps its share `rank::world` of each."""
         order = torch.randperm(self.num_train, generator=torch.Generator().manual_seed(seed))
         order = order.to(self.device)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        # A trailing batch of one sample is dropped: BatchNorm cannot train on it.
-        end = self.num_train - (1 if batch_size > 1 and self.num_train % batch_size == 1 else 0)
-        for start in range(0, end, batch_size):
-            index = order[start:start + batch_size]
+        generator = torch.Generator(device=self.device).manual_seed(seed + 7919 * rank)
+        for start in range(0, self._epoch_end(batch_size, world), batch_size):
+            index = order[start:start + batch_size][rank::world]
             x = random_crop_flip(self.train_images[index], aug, generator)
             yield self.normalize(x), self.train_labels[index]
+
+    def _epoch_end(self, batch_size: int, world: int) -> int:
+        """Where an epoch's batches stop. A trailing batch of one sample is dropped
+        (BatchNorm cannot train on it); in a distributed run, so is a trailing batch that
+        does not split evenly between the processes."""
+        rest = self.num_train % batch_size
+        if (batch_size > 1 and rest == 1) or (world > 1 and rest % world):
+            return self.num_train - rest
+        return self.num_train
 
     def _plain_batches(self, images, labels, batch_size):
         for start in range(0, len(labels), batch_size):
@@ -136,6 +146,5 @@ class DeviceTensorData:
         """The training corpus without augmentation (for measurements over it)."""
         return self._plain_batches(self.train_images, self.train_labels, batch_size)
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        steps = -(-self.num_train // batch_size)
-        return steps - (1 if batch_size > 1 and self.num_train % batch_size == 1 else 0)
+    def steps_per_epoch(self, batch_size: int, world: int = 1) -> int:
+        return -(-self._epoch_end(batch_size, world) // batch_size)

@@ -69,10 +69,18 @@ class StreamingImageData:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return x.float() * self._scale - self._shift
 
-    def _loader(self, dataset, batch_size, shuffle, seed=0, drop_single=False):
+    def _loader(self, dataset, batch_size, shuffle, seed=0, drop_single=False, rank=0,
+                world=1):
         generator = torch.Generator().manual_seed(seed)
-        sampler = (torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle
-                   else torch.utils.data.SequentialSampler(dataset))
+        if world > 1:  # each process its own share, batch_size / world per step
+            sampler = torch.utils.data.DistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                drop_last=True)
+            batch_size //= world
+        elif shuffle:
+            sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+        else:
+            sampler = torch.utils.data.SequentialSampler(dataset)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda", generator=generator,
@@ -83,10 +91,12 @@ class StreamingImageData:
             yield (self.normalize(x.to(self.device, non_blocking=True)),
                    y.to(self.device, non_blocking=True))
 
-    def train_batches(self, batch_size: int, seed: int, aug: Augmentation
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, batch_size: int, seed: int, aug: Augmentation, rank: int = 0,
+                      world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch; `aug` is not used: ImageNet has its own crop and flip (above)."""
         dataset = ImageFileDataset(self.train_files, self.train_labels, train=True)
-        return self._loader(dataset, batch_size, shuffle=True, seed=seed, drop_single=True)
+        return self._loader(dataset, batch_size, shuffle=True, seed=seed, drop_single=True,
+                            rank=rank, world=world)
 
     def test_batches(self, batch_size: int):
         return self._loader(ImageFileDataset(self.test_files, self.test_labels, False),
@@ -96,6 +106,8 @@ class StreamingImageData:
         return self._loader(ImageFileDataset(self.train_files, self.train_labels, False),
                             batch_size, shuffle=False)
 
-    def steps_per_epoch(self, batch_size: int) -> int:
+    def steps_per_epoch(self, batch_size: int, world: int = 1) -> int:
+        if world > 1:
+            return (self.num_train // world) // (batch_size // world)
         steps = -(-self.num_train // batch_size)
         return steps - (1 if batch_size > 1 and self.num_train % batch_size == 1 else 0)

@@ -76,10 +76,10 @@ def aggregate(spec: dict, records: list[dict]) -> dict:
     return result
 
 
-def _fmt(mean, std, n) -> str:
+def _fmt(mean, std, n, digits: int = 1) -> str:
     if mean is None:
         return "-"
-    return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
 
 
 def render(spec: dict, records: list[dict], fmt: str = "markdown") -> str:
@@ -109,7 +109,8 @@ def render(spec: dict, records: list[dict], fmt: str = "markdown") -> str:
         for c in col_keys:
             for v in values:
                 mean, std, n, paper = cells.get((r, c), {}).get(v, (None, 0, 0, None))
-                line += [_fmt(mean, std, n), "-" if paper is None else f"{paper:g}"]
+                digits = 2 if v.endswith("loss") else 1
+                line += [_fmt(mean, std, n, digits), "-" if paper is None else f"{paper:g}"]
         body.append(line)
     if fmt == "latex":
         spec_cols = "l" * len(rows) + "r" * (len(header) - len(rows))

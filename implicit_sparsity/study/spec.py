@@ -31,7 +31,7 @@ from implicit_sparsity.train.config import TrainConfig, load_config_file, result
 #: Where specs are looked up by name (a path works too).
 SPEC_DIR = Path(__file__).resolve().parents[2] / "experiments"
 SPEC_KEYS = {"name", "title", "paper_ref", "base", "grid", "variants", "seeds", "quick",
-             "table", "paper", "notes"}
+             "table", "paper", "notes", "slurm"}
 
 
 @dataclass
@@ -55,6 +55,7 @@ class ExperimentSpec:
     table: dict = field(default_factory=dict)
     paper: list = field(default_factory=list)
     notes: str = ""
+    slurm: dict = field(default_factory=dict)  # SLURM settings (see study.sweep)
 
     def expand(self, quick: bool = False, overrides: dict | None = None) -> list[PlannedRun]:
         """Every run of the spec, resolved (paper defaults explicit), in a stable order.

@@ -10,7 +10,9 @@ removed with the test-set proof (the paper's "Pruned Test Err."). Killing a swee
 starting it again loses nothing: finished runs are skipped, interrupted ones resume.
 
 The local executor runs `workers` runs at a time in separate processes, each with
-cores / workers threads, so that they do not oversubscribe the machine.
+cores / workers threads, so that they do not oversubscribe the machine. The slurm executor
+submits the runs to a SLURM cluster through submitit, as a job array with `runs_per_job`
+runs packed into each job (many short runs cost fewer scheduler slots), and waits for them.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None) -> dict:
     return evaluation
 
 
+def execute_runs(jobs: list[tuple]) -> list[str]:
+    """Several runs, one after the other: the body of one SLURM job."""
+    return [execute_run(*job) for job in jobs]
+
+
 def execute_run(config_dict: dict, run_dir: str, threads: int, data_dir: str | None) -> str:
     """Train (or resume) and evaluate one run; the body of a worker process."""
     from implicit_sparsity.train import TrainConfig, train
@@ -100,12 +107,55 @@ def write_index(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quic
     atomic_write_text(out / "index.json", json.dumps(index, indent=1, default=str))
 
 
+#: SLURM settings a spec's `slurm:` section or the command line may give.
+SLURM_DEFAULTS = {"partition": None, "timeout_min": 24 * 60, "cpus_per_task": 2,
+                  "gpus_per_task": 0, "mem_gb": None, "array_parallelism": 64,
+                  "runs_per_job": 1}
+
+
+def run_on_slurm(jobs: list[tuple], out: Path, name: str, options: dict) -> None:
+    """Submit `jobs` as a SLURM job array through submitit and wait for every result."""
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("the slurm executor needs submitit: pip install "
+                          "'implicit-sparsity[slurm]'") from None
+    settings = {**SLURM_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    unknown = sorted(set(settings) - set(SLURM_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown SLURM setting(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(SLURM_DEFAULTS)}")
+    executor = submitit.AutoExecutor(folder=out / "slurm", cluster="slurm")
+    parameters = {"name": name, "timeout_min": int(settings["timeout_min"]),
+                  "cpus_per_task": int(settings["cpus_per_task"]),
+                  "slurm_array_parallelism": int(settings["array_parallelism"])}
+    if settings["partition"]:
+        parameters["slurm_partition"] = settings["partition"]
+    if settings["gpus_per_task"]:
+        parameters["gpus_per_node"] = int(settings["gpus_per_task"])
+    if settings["mem_gb"]:
+        parameters["mem_gb"] = settings["mem_gb"]
+    executor.update_parameters(**parameters)
+    threads = int(settings["cpus_per_task"])
+    per_job = max(1, int(settings["runs_per_job"]))
+    jobs = [(config, run_dir, threads, data_dir) for config, run_dir, _, data_dir in jobs]
+    chunks = [jobs[i:i + per_job] for i in range(0, len(jobs), per_job)]
+    submitted = executor.map_array(execute_runs, chunks)
+    print(f"submitted {len(chunks)} SLURM job(s) for {len(jobs)} run(s): "
+          f"{submitted[0].job_id.split('_')[0]} (logs in {out / 'slurm'})")
+    bar = tqdm(total=len(jobs), desc=f"{name} runs", disable=None)
+    for job in submitit.helpers.as_completed(submitted):
+        bar.update(len(job.result()))  # a failed job raises with its log
+    bar.close()
+
+
 def run_sweep(spec: ExperimentSpec, out: str | Path, *, quick: bool = False,
               workers: int | None = None, data_dir: str | None = None,
-              overrides: dict | None = None, executor: str = "local") -> list[str]:
+              overrides: dict | None = None, executor: str = "local",
+              slurm: dict | None = None) -> list[str]:
     """Train and evaluate every run of `spec` under `out`; returns the keys of all runs."""
-    if executor != "local":
-        raise ConfigError(f"unknown executor {executor!r}; available: local")
+    if executor not in ("local", "slurm"):
+        raise ConfigError(f"unknown executor {executor!r}; available: local, slurm")
     overrides = dict(overrides or {})
     if data_dir is not None:
         overrides["data_dir"] = data_dir
@@ -116,6 +166,10 @@ def run_sweep(spec: ExperimentSpec, out: str | Path, *, quick: bool = False,
     print(f"sweep {spec.name}: {len(planned)} runs, {len(planned) - len(todo)} already done, "
           f"{len(todo)} to run" + (" (quick)" if quick else ""))
     if not todo:
+        return [p.key for p in planned]
+    if executor == "slurm":
+        jobs = [(p.config.to_dict(), str(out / "runs" / p.key), 0, data_dir) for p in todo]
+        run_on_slurm(jobs, out, spec.name, {**(spec.slurm or {}), **(slurm or {})})
         return [p.key for p in planned]
     workers = max(1, min(workers or default_workers(), len(todo)))
     threads = max(1, (os.cpu_count() or 1) // workers)

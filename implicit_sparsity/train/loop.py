@@ -26,6 +26,7 @@ from implicit_sparsity.models import get_model_entry
 from implicit_sparsity.optim import (Regularizer, StepSchedule, apply_schedule, build_optimizer,
                                      param_groups, regularized_step)
 from implicit_sparsity.optim.optimizers import is_batchnorm_param
+from implicit_sparsity.train import distributed
 from implicit_sparsity.train import run_dir as rd
 from implicit_sparsity.train.config import TrainConfig, result_fields
 from implicit_sparsity.train.restore import build_model_for
@@ -126,10 +127,21 @@ def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallbac
     """Train one run into folder `out`, resuming it if it holds a checkpoint."""
     config = config.resolved()  # every check before any work
     out = Path(out)
-    device = resolve_device(config.device)
+    cluster, device_name = distributed.join(config.device)
+    try:
+        return _train(config, out, cluster, resolve_device(device_name), callbacks, verbose)
+    finally:
+        distributed.leave(cluster)
+
+
+def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device: torch.device,
+           callbacks: tuple[EpochCallback, ...], verbose: bool) -> RunResult:
+    distributed.check_batch(config.batch_size, cluster)
     resume = check_run_dir(out, config)
     data, model = build_for_config(config, device)  # a missing data set fails here
-    out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(cluster)  # every process has checked the folder before rank 0 writes
+    if cluster.main:
+        out.mkdir(parents=True, exist_ok=True)
 
     schedule = StepSchedule(tuple(config.epochs), config.lr_decay)
     groups = param_groups(model, config.lr, config.gamma_lr_scale, config.beta_lr_scale)
@@ -144,20 +156,28 @@ def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallbac
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
-        rd.truncate_metrics(out, start_epoch)
-    else:
+        distributed.barrier(cluster)  # all have read the metrics before rank 0 truncates
+        if cluster.main:
+            rd.truncate_metrics(out, start_epoch)
+    elif cluster.main:
         config.save_yaml(out / rd.CONFIG)
         rd.save_bn_snapshot(model, out, 0)
+    net = model  # what the training steps call: DDP's wrapper in a distributed run
+    if cluster.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    say = tqdm.write if verbose else (lambda *_: None)
+    say = tqdm.write if verbose and cluster.main else (lambda *_: None)
     say(f"{'resuming' if resume else 'training'} {config.model} (width {config.width}) on "
         f"{config.dataset} [{data.num_train} train / {data.num_test} test] with "
         f"{config.optimizer} lr {config.lr:g}, {config.regularizer} {config.lam:g}, "
         f"batch {config.batch_size}, epochs {config.epochs} -> {out}"
-        + (f" (from epoch {start_epoch})" if resume else ""))
-    steps = data.steps_per_epoch(config.batch_size)
+        + (f" (from epoch {start_epoch})" if resume else "")
+        + (f", {cluster.world} processes" if cluster.world > 1 else ""))
+    steps = data.steps_per_epoch(config.batch_size, cluster.world)
     epochs_bar = tqdm(range(start_epoch + 1, schedule.total_epochs + 1), desc="epochs",
-                      initial=start_epoch, total=schedule.total_epochs, disable=None)
+                      initial=start_epoch, total=schedule.total_epochs,
+                      disable=None if cluster.main else True)
     started = time.perf_counter()
     for epoch in epochs_bar:
         factor = schedule.factor(epoch - 1)
@@ -166,12 +186,13 @@ def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallbac
         model.train()
         loss_sum = torch.zeros((), device=device)
         wrong = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
+        seen = torch.zeros((), device=device, dtype=torch.long)
         epoch_start = time.perf_counter()
-        batches = data.train_batches(config.batch_size, epoch_seed(config.seed, epoch), aug)
+        batches = data.train_batches(config.batch_size, epoch_seed(config.seed, epoch), aug,
+                                     cluster.rank, cluster.world)
         for x, y in tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False,
-                         disable=None):
-            logits = model(x)
+                         disable=None if cluster.main else True):
+            logits = net(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -179,6 +200,9 @@ def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallbac
             loss_sum += loss.detach() * len(y)
             wrong += (logits.detach().argmax(1) != y).sum()
             seen += len(y)
+        for total_ in (loss_sum, wrong, seen):  # over all processes
+            distributed.all_sum(total_, cluster)
+        seen = int(seen.item())
         train_seconds = time.perf_counter() - epoch_start
         test_loss, test_error = evaluate(model, data.test_batches(config.eval_batch_size))
         layers = gamma_sparsity(model, config.gamma_threshold)
@@ -190,26 +214,33 @@ def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallbac
             "sparsity_gamma_total": total(layers).percent,
             "inactive_gamma": {l.name: l.inactive for l in layers},
             "features": {l.name: l.features for l in layers},
-            "train_seconds": train_seconds, "images_per_second": seen / train_seconds,
+            "train_samples": seen, "train_seconds": train_seconds,
+            "images_per_second": seen / train_seconds,
         }
-        rd.save_bn_snapshot(model, out, epoch)
-        rd.append_metrics(out, metrics)
-        rd.atomic_torch_save({"format": 1, "epoch": epoch, "model": model.state_dict(),
-                              "optimizer": optimizer.state_dict(), "config": config.to_dict(),
-                              "data_stats": {"mean": data.mean, "std": data.std}},
-                             out / rd.CHECKPOINT)
+        if cluster.main:
+            rd.save_bn_snapshot(model, out, epoch)
+            rd.append_metrics(out, metrics)
+            rd.atomic_torch_save({"format": 1, "epoch": epoch, "model": model.state_dict(),
+                                  "optimizer": optimizer.state_dict(),
+                                  "config": config.to_dict(),
+                                  "data_stats": {"mean": data.mean, "std": data.std}},
+                                 out / rd.CHECKPOINT)
+        distributed.barrier(cluster)
         epochs_bar.set_postfix(test_err=f"{test_error:.1f}",
                                sparsity=f"{metrics['sparsity_gamma_total']:.0f}%")
         if epochs_bar.disable:  # no bar on a non-terminal: one line per epoch instead
             say(f"epoch {epoch}/{schedule.total_epochs}: train loss {metrics['train_loss']:.3f}"
                 f", test error {test_error:.2f}%, sparsity by |gamma| "
                 f"{metrics['sparsity_gamma_total']:.1f}%")
-        for callback in callbacks:
-            callback(epoch, model, metrics)
+        if cluster.main:
+            for callback in callbacks:
+                callback(epoch, model, metrics)
 
     all_metrics = rd.read_metrics(out)
-    summary = {"final": all_metrics[-1] if all_metrics else {},
-               "epochs": schedule.total_epochs,
-               "wall_seconds_this_session": time.perf_counter() - started}
-    rd.atomic_write_text(out / rd.SUMMARY, json.dumps(summary, indent=2))
+    if cluster.main:
+        summary = {"final": all_metrics[-1] if all_metrics else {},
+                   "epochs": schedule.total_epochs, "processes": cluster.world,
+                   "wall_seconds_this_session": time.perf_counter() - started}
+        rd.atomic_write_text(out / rd.SUMMARY, json.dumps(summary, indent=2))
+    distributed.barrier(cluster)
     return RunResult(out, config, model, all_metrics)
