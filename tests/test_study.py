@@ -58,6 +58,10 @@ def test_shipped_specs_load():
     assert table3[("cifar10", 1e-4, 160)].epochs == [1000, 300]
     stand_in = load_spec("table1").expand(quick=True, overrides={"dataset": "fashion-mnist"})
     assert len(stand_in) == 35 and {r.config.dataset for r in stand_in} == {"fashion-mnist"}
+    subset = load_spec("table1").expand(where={"optimizer": ["adam"], "lam": ["1e-4", "1e-3"]})
+    assert len(subset) == 4 * 2 * 3  # L2 and WD at 1e-3 and 1e-4, 2 data sets, 3 seeds
+    assert {(r.labels["optimizer"], r.labels["lam"]) for r in subset} == {("adam", 1e-4),
+                                                                         ("adam", 1e-3)}
     with pytest.raises(ConfigError, match="no experiment spec 'table99'"):
         load_spec("table99")
 

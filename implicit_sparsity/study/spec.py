@@ -57,11 +57,13 @@ class ExperimentSpec:
     notes: str = ""
     slurm: dict = field(default_factory=dict)  # SLURM settings (see study.sweep)
 
-    def expand(self, quick: bool = False, overrides: dict | None = None) -> list[PlannedRun]:
+    def expand(self, quick: bool = False, overrides: dict | None = None,
+               where: dict | None = None) -> list[PlannedRun]:
         """Every run of the spec, resolved (paper defaults explicit), in a stable order.
 
         `quick` applies the spec's stated scale-down; `overrides` (e.g. a data_dir or a
-        stand-in data set) apply to every run last."""
+        stand-in data set) apply to every run last; `where` ({key: [values]}) keeps only
+        the runs whose labels take one of the given values (a subset of the table)."""
         scale = dict(self.quick) if quick else {}
         seeds = scale.pop("seeds", self.seeds)
         overrides = dict(overrides or {})
@@ -79,6 +81,11 @@ class ExperimentSpec:
         keys = [p.key for p in planned]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"spec {self.name}: two runs resolve to the same config")
+        for key, values in (where or {}).items():
+            wanted = [normalize_labels({key: v})[key] for v in values]
+            planned = [p for p in planned if p.labels.get(key) in wanted]
+        if where and not planned:
+            raise ConfigError(f"spec {self.name}: no run matches {where}")
         return planned
 
 

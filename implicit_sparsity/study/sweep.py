@@ -152,14 +152,14 @@ def run_on_slurm(jobs: list[tuple], out: Path, name: str, options: dict) -> None
 def run_sweep(spec: ExperimentSpec, out: str | Path, *, quick: bool = False,
               workers: int | None = None, data_dir: str | None = None,
               overrides: dict | None = None, executor: str = "local",
-              slurm: dict | None = None) -> list[str]:
+              slurm: dict | None = None, where: dict | None = None) -> list[str]:
     """Train and evaluate every run of `spec` under `out`; returns the keys of all runs."""
     if executor not in ("local", "slurm"):
         raise ConfigError(f"unknown executor {executor!r}; available: local, slurm")
     overrides = dict(overrides or {})
     if data_dir is not None:
         overrides["data_dir"] = data_dir
-    planned = spec.expand(quick=quick, overrides=overrides)
+    planned = spec.expand(quick=quick, overrides=overrides, where=where)
     out = Path(out)
     write_index(spec, planned, out, quick)
     todo = [p for p in planned if not (out / "runs" / p.key / EVALUATION).is_file()]
