@@ -66,6 +66,22 @@ def test_shipped_specs_load():
         load_spec("table99")
 
 
+def test_every_shipped_spec_resolves_and_its_paper_numbers_match_its_runs():
+    from implicit_sparsity.study.spec import SPEC_DIR, normalize_labels
+
+    specs = sorted(SPEC_DIR.glob("*.yaml"))
+    assert len(specs) >= 15
+    for path in specs:
+        spec = load_spec(path)
+        keys = spec.table["rows"] + spec.table["columns"]
+        planned = {tuple(r.labels.get(k) for k in keys) for r in spec.expand()}
+        assert spec.paper, path.name
+        for entry in spec.paper:
+            labels = normalize_labels({k: entry[k] for k in keys})
+            assert tuple(labels[k] for k in keys) in planned, (path.name, entry)
+            assert set(entry) - set(keys) <= set(spec.table["values"]), (path.name, entry)
+
+
 def test_sweep_skips_finished_runs_and_resumes_the_rest(spec_path, tmp_path):
     spec = load_spec(spec_path)
     out = tmp_path / "sweep"

@@ -168,6 +168,16 @@ DATASETS: dict[str, DatasetEntry] = {e.name: e for e in (
                  "train/<class>/ and val/<class>/ folders", _class_folder_finder("objectnet3d"),
                  _read_objectnet3d),
 )}
+# The task-difficulty study (section 3): the same renderings on a clean and a cluttered
+# background, as two data sets so that runs on them are told apart.
+for _variant in ("clean", "cluttered"):
+    _name = f"objectnet3d-{_variant}"
+    DATASETS[_name] = DatasetEntry(
+        _name, f"ObjectNet3D renderings, {_variant} background (class folders, 64x64)",
+        30, 3, 64, "cifar", "cifar", _name,
+        f"render the 30 classes of the supplement on a {_variant} background into "
+        "train/<class>/ and val/<class>/ folders", _class_folder_finder(_name),
+        _read_objectnet3d)
 
 
 def get_dataset_entry(name: str) -> DatasetEntry:
