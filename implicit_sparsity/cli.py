@@ -275,12 +275,18 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from implicit_sparsity.study.report import collect, render
 
-    text = render(*collect(args.sweep_dir), fmt=args.format)
+    spec, records = collect(args.sweep_dir)
+    text = render(spec, records, fmt=args.format)
     if args.out:
         Path(args.out).write_text(text + "\n")
         print(f"wrote {args.out}")
     else:
         print(text)
+    if args.figures:
+        from implicit_sparsity.study.figures import write_figures
+
+        for path in write_figures(args.sweep_dir, spec, records, args.figures):
+            print(f"wrote {path}")
     return 0
 
 
@@ -398,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("sweep_dir")
     report.add_argument("--format", choices=["markdown", "latex", "csv"], default="markdown")
     report.add_argument("--out", default=None, help="write to this file")
+    report.add_argument("--figures", default=None,
+                        help="folder for the figures (layer-wise bars, universality, gamma / "
+                             "beta over epochs), PNG and PDF")
     report.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="Adam + L2 vs SGD + L2 on Fashion-MNIST, offline")

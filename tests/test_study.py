@@ -119,5 +119,10 @@ def test_parallel_workers_and_report_formats(spec_path, tmp_path, capsys):
     assert float(adam_gamma[0]["mean"]) == pytest.approx(sum(per_seed) / 2)
     latex = render(spec, records, "latex")
     assert latex.startswith("\\begin{tabular}") and "$\\pm$" in latex
-    assert main(["report", str(out), "--format", "csv", "--out", str(tmp_path / "t.csv")]) == 0
+    assert main(["report", str(out), "--format", "csv", "--out", str(tmp_path / "t.csv"),
+                 "--figures", str(tmp_path / "figures")]) == 0
     assert (tmp_path / "t.csv").read_text().startswith("optimizer,regularizer,lam,value")
+    for stem in ("layer_sparsity", "universality", "gamma_beta_1", "gamma_beta_2"):
+        for suffix in ("png", "pdf"):
+            assert (tmp_path / "figures" / f"{stem}.{suffix}").stat().st_size > 1000
+    assert "optimizer=sgd" in (tmp_path / "figures" / "index.txt").read_text()

@@ -85,6 +85,12 @@ def execute_run(config_dict: dict, run_dir: str, threads: int, data_dir: str | N
     return run_dir.name
 
 
+def _claim_gpu(gpus) -> None:
+    """Worker initializer: each worker process takes one GPU for all its runs."""
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
+
+
 def default_workers() -> int:
     if torch.cuda.is_available():
         return torch.cuda.device_count()
@@ -180,7 +186,14 @@ def run_sweep(spec: ExperimentSpec, out: str | Path, *, quick: bool = False,
             execute_run(*job)
             bar.update()
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        context = get_context("spawn")
+        gpus = None
+        if torch.cuda.is_available():  # one GPU per worker, round robin
+            gpus = context.Manager().Queue()
+            for i in range(workers):
+                gpus.put(i % torch.cuda.device_count())
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_claim_gpu,
+                                 initargs=(gpus,)) as pool:
             futures = [pool.submit(execute_run, *job) for job in jobs]
             for future in as_completed(futures):
                 future.result()  # a failed run stops the sweep with its error
