@@ -121,23 +121,30 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
                 gamma_threshold: float = defaults.GAMMA_THRESHOLD,
                 activation_threshold: float = defaults.ACTIVATION_THRESHOLD,
                 fold_bn: bool = False, latency_batches: tuple[int, ...] = (1, 64),
-                threads: int | None = None, min_run_time: float = 0.5) -> PruneResult:
+                threads: int | None = None, min_run_time: float = 0.5,
+                selection: dict[str, torch.Tensor] | None = None) -> PruneResult:
     """Remove the dead filters of a copy of `model`.
 
     `example_input`: one input batch (shapes for tracing and MACs). `corpus`: the training
     corpus, for the activation criterion. `check_data`: batches (inputs or (inputs,
     labels)) on which outputs before and after are compared, the proof. `latency_batches`:
-    batch sizes at which latency is measured (empty: none).
+    batch sizes at which latency is measured (empty: none). `selection`: masks of filters
+    to remove whatever they compute (an explicit method's choice, see
+    `implicit_sparsity.explicit`); predictions then change, and fine-tuning follows.
     """
     model.eval()
-    dead, strength = dead_masks(model, criterion, corpus, gamma_threshold,
-                                activation_threshold)
+    if selection is not None:
+        dead, strength, criterion = selection, None, "selection"
+    else:
+        dead, strength = dead_masks(model, criterion, corpus, gamma_threshold,
+                                    activation_threshold)
     slim = copy.deepcopy(model).eval()
     example = example_input[:1]
     before_traced = trace_features(model)
     macs_before = macs(model, example)
     traced = trace_features(slim)
-    decisions = remove_dead_filters(slim, traced, dead, example, strength)
+    decisions = remove_dead_filters(slim, traced, dead, example, strength,
+                                    exact=selection is None)
     folded = fold_batchnorm(slim, traced) if fold_bn else 0
     macs_after = macs(slim, example)
     equivalence = compare_outputs(model, slim, check_data) if check_data is not None else None

@@ -97,11 +97,14 @@ def _fold_constant(model: nn.Module, feature: Feature, channel: int, total_chann
 
 def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, torch.Tensor],
                         example_input: torch.Tensor,
-                        strength: dict[str, torch.Tensor] | None = None
-                        ) -> list[LayerDecision]:
+                        strength: dict[str, torch.Tensor] | None = None,
+                        exact: bool = True) -> list[LayerDecision]:
     """Prune `model` in place. `dead[name]` marks each feature's dead channels (original
     indices); `strength[name]` (e.g. |gamma|) picks which dead filter a layer keeps when all
-    are dead. `traced` must come from the same model (its modules are edited in place)."""
+    are dead. `traced` must come from the same model (its modules are edited in place).
+
+    `exact=False` removes every marked filter as it is, live or constant (the explicit
+    methods' pruning, to be followed by fine-tuning): nothing is folded or kept for it."""
     tp = _torch_pruning()
     model.eval()
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
@@ -119,7 +122,7 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
         return mask is not None and bool(mask[remaining[feature.name][current]])
 
     def removable_constant(feature: Feature, original: int) -> bool:
-        return float(constants[feature.name][original]) == 0.0
+        return not exact or float(constants[feature.name][original]) == 0.0
 
     for feature in features:
         decision = decisions[feature.name]

@@ -47,6 +47,8 @@ class TrainConfig:
     epochs: list[int] | None = None      # stage lengths; None: the paper's for the data set
     lr_decay: float = defaults.LR_DECAY_FACTOR
     same_iterations_as: int | None = None  # scale epochs to keep this batch size's iterations
+    l1_gamma: float = 0.0                # Network Slimming's L1 penalty s on BN gamma (not the paper's)
+    init_from: str | None = None         # start from these weights (slim.pt or checkpoint.pt): fine-tuning
     negative_slope: float = 0.0          # > 0: Leaky ReLU
     beta_init: float = defaults.BETA_INIT
     flip: bool = True
@@ -75,7 +77,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1 when given, got {value}")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
-        for name in ("gamma_lr_scale", "beta_lr_scale", "negative_slope", "gamma_threshold"):
+        if self.init_from is not None and not Path(self.init_from).is_file():
+            raise ConfigError(f"init_from: no file {self.init_from}")
+        for name in ("gamma_lr_scale", "beta_lr_scale", "negative_slope", "gamma_threshold",
+                     "l1_gamma"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.crop_padding < 0 or self.num_workers < 0:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from implicit_sparsity.data import Augmentation, get_dataset_entry, load_dataset
 from implicit_sparsity.errors import RunStateError
+from implicit_sparsity.explicit.methods import add_l1_gamma_gradient
 from implicit_sparsity.measure.scale import gamma_sparsity, total
 from implicit_sparsity.models import get_model_entry
 from implicit_sparsity.optim import (Regularizer, StepSchedule, apply_schedule, build_optimizer,
@@ -66,7 +67,23 @@ def build_for_config(config: TrainConfig, device: torch.device):
                         subset_seed=config.subset_seed, min_size=min_size,
                         num_workers=config.num_workers)
     torch.manual_seed(config.seed)
-    return data, build_model_for(config).to(device)
+    model = build_model_for(config)
+    if config.init_from:
+        load_initial_weights(model, config.init_from)
+    return data, model.to(device)
+
+
+def load_initial_weights(model: nn.Module, path: str) -> None:
+    """Start from saved weights: a slim model (its smaller shapes are adopted) or a run's
+    checkpoint. How fine-tuning after explicit pruning reuses the training loop."""
+    from implicit_sparsity.prune.slim_io import adopt_shapes
+
+    saved = rd.load_checkpoint(Path(path))
+    state = saved.get("state_dict") or saved.get("model")
+    if state is None:
+        raise RunStateError(f"{path} holds no model weights")
+    adopt_shapes(model, state)
+    model.load_state_dict(state)
 
 
 def regularized_params(model: nn.Module, include_bn: bool) -> list[nn.Parameter]:
@@ -196,6 +213,7 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            add_l1_gamma_gradient(model, config.l1_gamma)  # Network Slimming only
             regularized_step(optimizer, regularizer, factor)
             loss_sum += loss.detach() * len(y)
             wrong += (logits.detach().argmax(1) != y).sum()
