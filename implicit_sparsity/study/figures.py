@@ -84,7 +84,7 @@ def write_figures(sweep_dir: str | Path, spec: dict, records: list[dict],
         plt.close(fig)
 
     # gamma / beta over training, one figure per table row (first seed)
-    for i, (label, record) in enumerate(firsts.items()):
+    for i, record in enumerate(firsts.values()):
         history = load_bn_history(Path(sweep_dir) / "runs" / record["key"])
         if history:
             stem = f"gamma_beta_{i + 1}"

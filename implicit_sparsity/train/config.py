@@ -47,8 +47,8 @@ class TrainConfig:
     epochs: list[int] | None = None      # stage lengths; None: the paper's for the data set
     lr_decay: float = defaults.LR_DECAY_FACTOR
     same_iterations_as: int | None = None  # scale epochs to keep this batch size's iterations
-    l1_gamma: float = 0.0                # Network Slimming's L1 penalty s on BN gamma (not the paper's)
-    init_from: str | None = None         # start from these weights (slim.pt or checkpoint.pt): fine-tuning
+    l1_gamma: float = 0.0                # Network Slimming's L1 penalty on BN gamma
+    init_from: str | None = None         # start from these weights (slim.pt, checkpoint.pt)
     negative_slope: float = 0.0          # > 0: Leaky ReLU
     beta_init: float = defaults.BETA_INIT
     flip: bool = True
