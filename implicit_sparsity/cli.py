@@ -290,6 +290,29 @@ def cmd_report(args) -> int:
     return 0
 
 
+# --- compare -------------------------------------------------------------------------------
+def cmd_compare(args) -> int:
+    from implicit_sparsity.explicit.compare import compare, comparison_table, plot_tradeoff
+    from implicit_sparsity.train import TrainConfig, load_config_file
+
+    values = load_config_file(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+    base = TrainConfig.from_dict(values).resolved()
+    fractions = None
+    if args.l1_layers:
+        fractions = {k: float(v) for k, v in (item.split("=") for item in args.l1_layers)}
+    points = compare(base, args.out, methods=tuple(args.methods),
+                     implicit_batch_sizes=tuple(args.batch_sizes or ()),
+                     slimming_strength=args.slimming_s, slimming_ratios=tuple(args.ratios),
+                     l1_fractions=fractions, explicit_optimizer=args.explicit_optimizer,
+                     finetune_epochs=tuple(args.finetune_epochs), latency=not args.no_latency,
+                     verbose=True)
+    print(comparison_table(points))
+    path = plot_tradeoff(points, Path(args.out) / "tradeoff.png")
+    print(f"wrote {Path(args.out) / 'comparison.json'} and {path}")
+    return 0
+
+
 # --- demo ----------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from implicit_sparsity.demo import run_demo
@@ -408,6 +431,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for the figures (layer-wise bars, universality, gamma / "
                              "beta over epochs), PNG and PDF")
     report.set_defaults(func=cmd_report)
+
+    compare = sub.add_parser("compare", help="implicit sparsity against Network Slimming and "
+                             "L1-norm filter pruning on the same model and data",
+                             argument_default=argparse.SUPPRESS)
+    compare.add_argument("--config", default=None, help="YAML of the base (implicit) run")
+    compare.add_argument("--out", required=True)
+    compare.add_argument("--methods", nargs="+", default=["implicit", "slimming", "l1norm"],
+                         choices=["implicit", "slimming", "l1norm"])
+    compare.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                         help="implicit: mini-batch sizes to try (same iterations)")
+    compare.add_argument("--slimming-s", type=float, default=1e-4,
+                         help="Network Slimming's L1 strength on gamma")
+    compare.add_argument("--ratios", nargs="+", type=float, default=[0.5],
+                         help="Network Slimming: shares of all filters to remove")
+    compare.add_argument("--l1-layers", nargs="+", default=None, metavar="LAYER=SHARE",
+                         help="L1-norm pruning: per-layer shares (default 0.5 everywhere; "
+                              "VGG-16-A: C1=0.5 C8=0.5 ... C13=0.5)")
+    compare.add_argument("--explicit-optimizer", default="sgd")
+    compare.add_argument("--finetune-epochs", nargs="+", type=int, default=[2])
+    compare.add_argument("--no-latency", action="store_true", default=False)
+    _add_config_flags(compare)
+    compare.set_defaults(func=cmd_compare)
 
     demo = sub.add_parser("demo", help="Adam + L2 vs SGD + L2 on Fashion-MNIST, offline")
     demo.add_argument("--out", default="runs/demo")

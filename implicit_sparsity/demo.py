@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from implicit_sparsity import defaults
-from implicit_sparsity.train import TrainConfig, is_finished, read_metrics, train
+from implicit_sparsity.train import TrainConfig, ensure_trained, is_finished
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,7 @@ def run_demo(out: Path = Path("runs/demo"), data_dir: str | None = None,
         run = out / f"{optimizer}-l2"
         if is_finished(run):
             print(f"{label}: reusing the finished run in {run}")
-            metrics = read_metrics(run)
-        else:
-            metrics = train(demo_config(settings, optimizer, data_dir), run).metrics
+        metrics = ensure_trained(demo_config(settings, optimizer, data_dir), run).metrics
         rows.append((label, metrics[-1]))
     print()
     print(layer_table(rows, defaults.GAMMA_THRESHOLD))

@@ -44,6 +44,18 @@ class RunResult:
     metrics: list[dict]
 
 
+def ensure_trained(config: TrainConfig, out: str | Path, verbose: bool = True) -> RunResult:
+    """Train into `out`, or reuse the finished run there (same config), or resume it."""
+    out = Path(out)
+    if rd.is_finished(out):
+        from implicit_sparsity.train.restore import load_trained
+
+        check_run_dir_config(out, config.resolved())
+        trained = load_trained(out)
+        return RunResult(out, trained.config, trained.model, rd.read_metrics(out))
+    return train(config, out, verbose=verbose)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -112,6 +124,18 @@ def evaluate(model: nn.Module, batches) -> tuple[float, float]:
     return loss_sum.item() / count, 100.0 * (1.0 - correct.item() / count)
 
 
+def check_run_dir_config(out: Path, config: TrainConfig) -> None:
+    """The run folder's saved config must compute what `config` computes."""
+    from implicit_sparsity.train.config import load_config_file
+
+    saved = result_fields(TrainConfig.from_dict(load_config_file(out / rd.CONFIG)))
+    wanted = result_fields(config)
+    differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    if differ:
+        raise RunStateError(f"{out} holds a run with another config (differs in: "
+                            f"{', '.join(differ)}); choose another --out")
+
+
 def check_run_dir(out: Path, config: TrainConfig) -> bool:
     """Check that `out` is new or holds a resumable run of this config (creates nothing).
 
@@ -123,16 +147,8 @@ def check_run_dir(out: Path, config: TrainConfig) -> bool:
     if rd.is_finished(out):
         raise RunStateError(f"run {out} is already finished; it is never overwritten "
                             f"(choose another --out)")
-    config_path = out / rd.CONFIG
-    if config_path.is_file():
-        from implicit_sparsity.train.config import load_config_file
-
-        saved = result_fields(TrainConfig.from_dict(load_config_file(config_path)))
-        wanted = result_fields(config)
-        differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
-        if differ:
-            raise RunStateError(f"{out} holds a run with another config (differs in: "
-                                f"{', '.join(differ)}); choose another --out")
+    if (out / rd.CONFIG).is_file():
+        check_run_dir_config(out, config)
         return (out / rd.CHECKPOINT).is_file()
     if out.exists() and any(out.iterdir()):
         raise RunStateError(f"{out} exists and is not a run folder; refusing to write into it")

@@ -58,6 +58,9 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
                             ) from None
     config = TrainConfig.from_dict(state["config"])
     model = build_model_for(config)
+    from implicit_sparsity.prune.slim_io import adopt_shapes
+
+    adopt_shapes(model, state["model"])  # a fine-tuned slim model has smaller layers
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return TrainedRun(config, model, state["epoch"], state.get("data_stats", {}),

@@ -1,0 +1,183 @@
+"""Implicit sparsity against the explicit methods, on the same model and data.
+
+- implicit: train with the base config (Adam + L2 by default) at one or more mini-batch
+  sizes (the paper's knob, same iterations), remove the dead filters exactly (proof).
+- slimming: train with Network Slimming's L1 penalty on gamma, remove the `ratio` of
+  filters with the smallest |gamma| (one global threshold), fine-tune.
+- l1norm: train without a penalty, remove the filters with the smallest L1 norm per layer
+  (given shares), fine-tune.
+
+Every training is a run folder of ours (resumable, reused when finished); every removal
+goes through `prune_model`. Each operating point reports % filters removed, parameters,
+MACs, measured CPU speed-up at batch 64, test error before and after removal and after
+fine-tuning, and the training cost (seconds, epochs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from implicit_sparsity.explicit.methods import l1_norm_selection, slimming_selection
+from implicit_sparsity.prune import prune_model
+from implicit_sparsity.prune.slim_io import save_slim
+from implicit_sparsity.train import TrainConfig, ensure_trained
+from implicit_sparsity.train.restore import load_trained, load_training_data
+from implicit_sparsity.train.run_dir import atomic_write_text
+
+METHODS = ("implicit", "slimming", "l1norm")
+
+
+@dataclass
+class OperatingPoint:
+    method: str
+    setting: str
+    filters_before: int
+    filters_after: int
+    conv_params_before: int
+    conv_params_after: int
+    macs_before: int
+    macs_after: int
+    speedup_batch64: float | None
+    error_before: float
+    error_pruned: float
+    error_finetuned: float | None
+    train_seconds: float
+    epochs: int
+
+    @property
+    def percent_pruned(self) -> float:
+        return 100.0 * (1 - self.filters_after / self.filters_before)
+
+    @property
+    def final_error(self) -> float:
+        return self.error_finetuned if self.error_finetuned is not None else self.error_pruned
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "percent_pruned": self.percent_pruned}
+
+
+def _cost(metrics: list[dict]) -> tuple[float, int]:
+    return sum(m["train_seconds"] for m in metrics), len(metrics)
+
+
+def _point(method, setting, result, seconds, epochs, finetuned=None) -> OperatingPoint:
+    e = result.equivalence
+    return OperatingPoint(
+        method, setting, sum(l.filters_before for l in result.layers),
+        sum(l.filters_after for l in result.layers), result.params["before"]["conv"],
+        result.params["after"]["conv"], result.macs["before"], result.macs["after"],
+        result.latency[0]["speedup"] if result.latency else None, e.error_before,
+        e.error_after, finetuned, seconds, epochs)
+
+
+def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
+            implicit_batch_sizes: tuple[int, ...] = (), slimming_strength: float = 1e-4,
+            slimming_ratios: tuple[float, ...] = (0.5,), l1_fractions: dict | None = None,
+            explicit_optimizer: str = "sgd", finetune_epochs: tuple[int, ...] = (2,),
+            latency: bool = True, verbose: bool = False) -> list[OperatingPoint]:
+    """Run every method on `base` (resolved, so the paper's defaults are explicit)."""
+    out = Path(out)
+    base = base.resolved()
+    points: list[OperatingPoint] = []
+    latency_batches = (64,) if latency else ()
+
+    def prune(run, selection=None):
+        trained = load_trained(run.run_dir)
+        data = load_training_data(trained, "cpu", base.data_dir)
+        example = next(iter(data.test_batches(64)))[0]
+        result = prune_model(trained.model, example, selection=selection,
+                             check_data=list(data.test_batches(500)),
+                             latency_batches=latency_batches, min_run_time=0.2)
+        return trained, result, example
+
+    def fine_tune(trained, result, example, folder: Path, seconds, epochs):
+        files = save_slim(result, folder / "slim", example, config=trained.config.to_dict(),
+                          force=True, extra={"note": "explicit pruning: predictions change "
+                                             "until fine-tuned"})
+        config = dataclasses.replace(trained.config, init_from=str(files["slim"]),
+                                     epochs=list(finetune_epochs), l1_gamma=0.0)
+        tuned = ensure_trained(config, folder / "finetune", verbose=verbose)
+        more_seconds, more_epochs = _cost(tuned.metrics)
+        return tuned.metrics[-1]["test_error"], seconds + more_seconds, epochs + more_epochs
+
+    if "implicit" in methods:
+        for batch in implicit_batch_sizes or (base.batch_size,):
+            config = dataclasses.replace(base, batch_size=batch, epochs=[
+                max(1, round(e * batch / base.batch_size)) if e else 0 for e in base.epochs])
+            run = ensure_trained(config, out / "implicit" / f"batch{batch}", verbose=verbose)
+            _, result, _ = prune(run)
+            points.append(_point("implicit", f"batch {batch}", result, *_cost(run.metrics)))
+
+    explicit_base = dataclasses.replace(
+        base, optimizer=explicit_optimizer, lr=None, optimizer_args={}).resolved()
+    if "slimming" in methods:
+        config = dataclasses.replace(explicit_base, l1_gamma=slimming_strength)
+        run = ensure_trained(config, out / "slimming" / "train", verbose=verbose)
+        for ratio in slimming_ratios:
+            trained = load_trained(run.run_dir)
+            trained, result, example = prune(run, slimming_selection(trained.model, ratio))
+            error, seconds, epochs = fine_tune(trained, result, example,
+                                               out / "slimming" / f"ratio{ratio:g}",
+                                               *_cost(run.metrics))
+            points.append(dataclasses.replace(
+                _point("slimming", f"ratio {ratio:g}", result, seconds, epochs),
+                error_finetuned=error))
+    if "l1norm" in methods:
+        run = ensure_trained(explicit_base, out / "l1norm" / "train", verbose=verbose)
+        trained = load_trained(run.run_dir)
+        fractions = l1_fractions or {name: 0.5 for name in _layer_names(trained.model)}
+        trained, result, example = prune(run, l1_norm_selection(trained.model, fractions))
+        error, seconds, epochs = fine_tune(trained, result, example, out / "l1norm" / "pruned",
+                                           *_cost(run.metrics))
+        points.append(dataclasses.replace(
+            _point("l1norm", "per-layer shares", result, seconds, epochs),
+            error_finetuned=error))
+    atomic_write_text(out / "comparison.json",
+                      json.dumps([p.to_dict() for p in points], indent=1))
+    return points
+
+
+def _layer_names(model) -> list[str]:
+    from implicit_sparsity.measure.features import trace_features
+
+    return [f.name for f in trace_features(model).features]
+
+
+def comparison_table(points: list[OperatingPoint]) -> str:
+    lines = [f"{'method':10s}{'setting':>18s}{'% pruned':>10s}{'conv params':>24s}"
+             f"{'MACs':>8s}{'speed-up':>10s}{'err':>7s}{'pruned':>8s}{'tuned':>7s}"
+             f"{'train s':>9s}{'epochs':>8s}"]
+    for p in points:
+        params = f"{p.conv_params_before:,} -> {p.conv_params_after:,}"
+        macs = p.macs_before / max(1, p.macs_after)
+        speed = f"{p.speedup_batch64:.2f}x" if p.speedup_batch64 else "-"
+        tuned = f"{p.error_finetuned:.1f}" if p.error_finetuned is not None else "-"
+        lines.append(f"{p.method:10s}{p.setting:>18s}{p.percent_pruned:10.1f}{params:>24s}"
+                     f"{macs:7.2f}x{speed:>10s}{p.error_before:7.1f}{p.error_pruned:8.1f}"
+                     f"{tuned:>7s}{p.train_seconds:9.0f}{p.epochs:8d}")
+    return "\n".join(lines)
+
+
+def plot_tradeoff(points: list[OperatingPoint], path: Path) -> Path:
+    """Test error (after fine-tuning where a method fine-tunes) against % filters removed,
+    one curve per method."""
+    from implicit_sparsity.measure.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for i, method in enumerate(dict.fromkeys(p.method for p in points)):
+        mine = sorted((p for p in points if p.method == method), key=lambda p: p.percent_pruned)
+        ax.plot([p.percent_pruned for p in mine], [p.final_error for p in mine], "o-",
+                color=f"C{i}", label=method)
+        for p in mine:
+            ax.annotate(p.setting, (p.percent_pruned, p.final_error), fontsize=6)
+    ax.set_xlabel("% conv filters removed")
+    ax.set_ylabel("test error (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

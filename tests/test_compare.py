@@ -1,0 +1,48 @@
+"""Implicit sparsity against the explicit baselines, end to end on a tiny model."""
+
+import json
+
+from implicit_sparsity.cli import main
+from implicit_sparsity.explicit.compare import compare
+from implicit_sparsity.models import feature_layers
+from implicit_sparsity.train import TrainConfig
+from implicit_sparsity.train.restore import load_trained
+
+
+def test_all_methods_end_to_end(fashion_dir, tmp_path):
+    base = TrainConfig(data_dir=str(fashion_dir), width="0.0625", epochs=[2], lam=1e-3)
+    points = compare(base, tmp_path, implicit_batch_sizes=(40, 20),
+                     slimming_ratios=(0.25, 0.5), finetune_epochs=(1,), latency=False)
+    assert [(p.method, p.setting) for p in points] == [
+        ("implicit", "batch 40"), ("implicit", "batch 20"), ("slimming", "ratio 0.25"),
+        ("slimming", "ratio 0.5"), ("l1norm", "per-layer shares")]
+    for p in points:
+        assert p.filters_before == 116 and p.filters_after <= 116
+        assert p.conv_params_after <= p.conv_params_before and p.macs_after <= p.macs_before
+    implicit = points[0]
+    assert implicit.error_pruned == implicit.error_before  # exact: the proof holds
+    assert implicit.error_finetuned is None and implicit.epochs == 2
+    assert points[1].epochs == 1  # batch 20 on the iterations of batch 40
+    slim25, slim50, l1 = points[2:]
+    assert 116 - slim25.filters_after == 29 and 116 - slim50.filters_after == 58
+    assert slim50.error_finetuned is not None and slim50.epochs == 3  # 2 + 1 fine-tuning
+    # L1-norm: half of every layer's filters
+    assert l1.filters_after == 2 + 4 + 4 + 8 + 8 + 16 + 16
+    tuned = load_trained(tmp_path / "l1norm" / "pruned" / "finetune").model
+    assert [b.conv.out_channels for _, b in feature_layers(tuned)] == [2, 4, 4, 8, 8, 16, 16]
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved[3]["percent_pruned"] == 50.0
+    # a second call reuses every finished run and gives the same figures
+    again = compare(base, tmp_path, implicit_batch_sizes=(40, 20),
+                    slimming_ratios=(0.25, 0.5), finetune_epochs=(1,), latency=False)
+    assert [p.final_error for p in again] == [p.final_error for p in points]
+
+
+def test_compare_command(fashion_dir, tmp_path, capsys):
+    code = main(["compare", "--out", str(tmp_path), "--data-dir", str(fashion_dir),
+                 "--width", "0.0625", "--epochs", "1", "--methods", "implicit", "slimming",
+                 "--finetune-epochs", "1", "--no-latency"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "implicit" in out and "ratio 0.5" in out
+    assert (tmp_path / "tradeoff.png").stat().st_size > 1000
