@@ -295,19 +295,29 @@ def cmd_compare(args) -> int:
     from implicit_sparsity.explicit.compare import compare, comparison_table, plot_tradeoff
     from implicit_sparsity.train import TrainConfig, load_config_file
 
-    values = load_config_file(args.config) if args.config else {}
-    values.update({k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
-    base = TrainConfig.from_dict(values).resolved()
-    fractions = None
-    if args.l1_layers:
-        fractions = {k: float(v) for k, v in (item.split("=") for item in args.l1_layers)}
-    points = compare(base, args.out, methods=tuple(args.methods),
-                     implicit_batch_sizes=tuple(args.batch_sizes or ()),
-                     slimming_strength=args.slimming_s, slimming_ratios=tuple(args.ratios),
-                     l1_fractions=fractions, explicit_optimizer=args.explicit_optimizer,
-                     finetune_epochs=tuple(args.finetune_epochs), latency=not args.no_latency,
-                     verbose=True)
-    print(comparison_table(points))
+    paper = None
+    if args.spec:
+        from implicit_sparsity.explicit.compare import load_comparison
+
+        spec, base, kwargs = load_comparison(args.spec, quick=args.quick,
+                                             overrides=_overrides(args.set))
+        paper = spec.get("paper")
+        print(f"{spec.get('title', spec.get('name'))}" + (" (quick)" if args.quick else ""))
+    else:
+        values = load_config_file(args.config) if args.config else {}
+        values.update({k: v for k, v in vars(args).items()
+                       if k in TrainConfig.__dataclass_fields__})
+        base = TrainConfig.from_dict(values).resolved()
+        fractions = None
+        if args.l1_layers:
+            fractions = {k: float(v) for k, v in (item.split("=") for item in args.l1_layers)}
+        kwargs = dict(methods=tuple(args.methods),
+                      implicit_batch_sizes=tuple(args.batch_sizes or ()),
+                      slimming_strength=args.slimming_s, slimming_ratios=tuple(args.ratios),
+                      l1_fractions=fractions, explicit_optimizer=args.explicit_optimizer,
+                      finetune_epochs=tuple(args.finetune_epochs))
+    points = compare(base, args.out, latency=not args.no_latency, verbose=True, **kwargs)
+    print(comparison_table(points, paper))
     path = plot_tradeoff(points, Path(args.out) / "tradeoff.png")
     print(f"wrote {Path(args.out) / 'comparison.json'} and {path}")
     return 0
@@ -435,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="implicit sparsity against Network Slimming and "
                              "L1-norm filter pruning on the same model and data",
                              argument_default=argparse.SUPPRESS)
+    compare.add_argument("--spec", default=None,
+                         help="a comparison spec (experiments/compare_*.yaml) instead of flags")
+    compare.add_argument("--quick", action="store_true", default=False,
+                         help="with --spec: its CPU-sized scale-down")
+    compare.add_argument("--set", action="append", metavar="KEY=VALUE", default=None,
+                         help="with --spec: override a base config key (dataset=...)")
     compare.add_argument("--config", default=None, help="YAML of the base (implicit) run")
     compare.add_argument("--out", required=True)
     compare.add_argument("--methods", nargs="+", default=["implicit", "slimming", "l1norm"],

@@ -46,3 +46,22 @@ def test_compare_command(fashion_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "implicit" in out and "ratio 0.5" in out
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000
+
+
+def test_comparison_specs_load_and_one_runs_with_the_paper_beside(fashion_dir, tmp_path, capsys):
+    from implicit_sparsity.explicit.compare import load_comparison
+
+    for name, methods in (("compare_table7", ("implicit", "l1norm")),
+                          ("compare_table9", ("implicit", "slimming")),
+                          ("compare_table10", ("implicit", "slimming"))):
+        spec, base, kwargs = load_comparison(name)
+        assert kwargs["methods"] == methods and spec["paper"]
+        assert base.lam == 1e-4 and base.optimizer == "adam"
+    code = main(["compare", "--spec", "compare_table7", "--quick", "--out", str(tmp_path),
+                 "--set", "dataset=fashion-mnist", "--set", f"data_dir={fashion_dir}",
+                 "--set", "epochs=[1]", "--no-latency"])
+    assert code == 0
+    out = capsys.readouterr().out
+    vgg16_a = next(line for line in out.splitlines() if "VGG-16-A" in line)
+    assert vgg16_a.rstrip().endswith("37, 6.6")  # Li et al.'s numbers beside ours
+    assert "batch 160" in out

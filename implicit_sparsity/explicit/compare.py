@@ -77,6 +77,7 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
             implicit_batch_sizes: tuple[int, ...] = (), slimming_strength: float = 1e-4,
             slimming_ratios: tuple[float, ...] = (0.5,), l1_fractions: dict | None = None,
             explicit_optimizer: str = "sgd", finetune_epochs: tuple[int, ...] = (2,),
+            finetune_lr: float | None = None, l1_label: str = "per-layer shares",
             latency: bool = True, verbose: bool = False) -> list[OperatingPoint]:
     """Run every method on `base` (resolved, so the paper's defaults are explicit)."""
     out = Path(out)
@@ -98,7 +99,8 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
                           force=True, extra={"note": "explicit pruning: predictions change "
                                              "until fine-tuned"})
         config = dataclasses.replace(trained.config, init_from=str(files["slim"]),
-                                     epochs=list(finetune_epochs), l1_gamma=0.0)
+                                     epochs=list(finetune_epochs), l1_gamma=0.0,
+                                     lr=finetune_lr or trained.config.lr)
         tuned = ensure_trained(config, folder / "finetune", verbose=verbose)
         more_seconds, more_epochs = _cost(tuned.metrics)
         return tuned.metrics[-1]["test_error"], seconds + more_seconds, epochs + more_epochs
@@ -133,7 +135,7 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
         error, seconds, epochs = fine_tune(trained, result, example, out / "l1norm" / "pruned",
                                            *_cost(run.metrics))
         points.append(dataclasses.replace(
-            _point("l1norm", "per-layer shares", result, seconds, epochs),
+            _point("l1norm", l1_label, result, seconds, epochs),
             error_finetuned=error))
     atomic_write_text(out / "comparison.json",
                       json.dumps([p.to_dict() for p in points], indent=1))
@@ -146,18 +148,69 @@ def _layer_names(model) -> list[str]:
     return [f.name for f in trace_features(model).features]
 
 
-def comparison_table(points: list[OperatingPoint]) -> str:
+#: Keys of a comparison spec (experiments/compare_*.yaml).
+COMPARISON_KEYS = {"name", "title", "paper_ref", "notes", "base", "quick", "implicit",
+                   "slimming", "l1norm", "paper"}
+
+
+def load_comparison(name_or_path: str, quick: bool = False, overrides: dict | None = None
+                    ) -> tuple[dict, TrainConfig, dict]:
+    """(spec, base config, keyword arguments of `compare`) from a comparison spec;
+    `overrides` (a stand-in data set, a data_dir) apply to the base config last."""
+    from implicit_sparsity.errors import ConfigError
+    from implicit_sparsity.explicit.methods import VGG16_A_FRACTIONS
+    from implicit_sparsity.study.spec import find_spec
+    from implicit_sparsity.train import load_config_file
+
+    spec = load_config_file(find_spec(name_or_path))
+    unknown = sorted(set(spec) - COMPARISON_KEYS)
+    if unknown:
+        raise ConfigError(f"comparison spec: unknown key(s) {', '.join(unknown)}")
+    scale = dict(spec.get("quick") or {}) if quick else {}
+    finetune = scale.pop("finetune_epochs", None)
+    base = TrainConfig.from_dict({**spec["base"], **scale, **(overrides or {})}).resolved()
+    implicit, slimming = spec.get("implicit"), spec.get("slimming")
+    l1norm = spec.get("l1norm")
+    methods = tuple(m for m, section in (("implicit", implicit), ("slimming", slimming),
+                                         ("l1norm", l1norm)) if section is not None)
+    fractions = (l1norm or {}).get("fractions")
+    kwargs = {
+        "methods": methods,
+        "implicit_batch_sizes": tuple((implicit or {}).get("batch_sizes", ())),
+        "slimming_strength": float((slimming or {}).get("strength", 1e-4)),
+        "slimming_ratios": tuple(float(r) for r in (slimming or {}).get("ratios", [0.5])),
+        "l1_fractions": VGG16_A_FRACTIONS if fractions == "vgg16-a" else fractions,
+        "explicit_optimizer": (slimming or l1norm or {}).get("optimizer", "sgd"),
+        "finetune_epochs": tuple(finetune or (slimming or l1norm or {}).get(
+            "finetune_epochs", [2])),
+        "finetune_lr": (slimming or l1norm or {}).get("finetune_lr"),
+        "l1_label": "VGG-16-A" if fractions == "vgg16-a" else "per-layer shares",
+    }
+    return spec, base, kwargs
+
+
+def comparison_table(points: list[OperatingPoint], paper: list[dict] | None = None) -> str:
+    """Our operating points; with `paper`, the paper's % removed and error beside them."""
+    reported = {(e["method"], e["setting"]): e for e in paper or []}
     lines = [f"{'method':10s}{'setting':>18s}{'% pruned':>10s}{'conv params':>24s}"
              f"{'MACs':>8s}{'speed-up':>10s}{'err':>7s}{'pruned':>8s}{'tuned':>7s}"
-             f"{'train s':>9s}{'epochs':>8s}"]
+             f"{'train s':>9s}{'epochs':>8s}" + ("  paper: % pruned, err" if paper else "")]
     for p in points:
         params = f"{p.conv_params_before:,} -> {p.conv_params_after:,}"
         macs = p.macs_before / max(1, p.macs_after)
         speed = f"{p.speedup_batch64:.2f}x" if p.speedup_batch64 else "-"
         tuned = f"{p.error_finetuned:.1f}" if p.error_finetuned is not None else "-"
+        theirs = reported.get((p.method, p.setting))
+        beside = (f"  {theirs.get('percent_pruned', '-')}, {theirs.get('error', '-')}"
+                  if theirs else "")
         lines.append(f"{p.method:10s}{p.setting:>18s}{p.percent_pruned:10.1f}{params:>24s}"
                      f"{macs:7.2f}x{speed:>10s}{p.error_before:7.1f}{p.error_pruned:8.1f}"
-                     f"{tuned:>7s}{p.train_seconds:9.0f}{p.epochs:8d}")
+                     f"{tuned:>7s}{p.train_seconds:9.0f}{p.epochs:8d}{beside}")
+    shown = {(p.method, p.setting) for p in points}
+    for (method, setting), theirs in reported.items():
+        if (method, setting) not in shown:  # the paper's own baselines (not rerun here)
+            lines.append(f"{method:10s}{setting:>18s}{'':>96s}  {theirs.get('percent_pruned', '-')}"
+                         f", {theirs.get('error', '-')}")
     return "\n".join(lines)
 
 
