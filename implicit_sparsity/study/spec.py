@@ -114,6 +114,9 @@ def find_spec(name_or_path: str | Path) -> Path:
 def load_spec(name_or_path: str | Path) -> ExperimentSpec:
     path = find_spec(name_or_path)
     values = load_config_file(path)
+    if {"implicit", "slimming", "l1norm"} & set(values):
+        raise ConfigError(f"{path.name} is a comparison spec: run it with "
+                          f"`implicit-sparsity compare --spec {path.stem}`")
     unknown = sorted(set(values) - SPEC_KEYS)
     if unknown:
         raise ConfigError(f"spec {path}: unknown key(s) {', '.join(unknown)}; valid: "
