@@ -104,25 +104,18 @@ def measure_and_prune(run: Path, label: str, data_dir: str | None, quick: bool) 
     """Sparsity by activation, universality figures, real pruning with proof and timing."""
     from implicit_sparsity.measure.plots import (plot_bn_history, plot_layer_sparsity,
                                                  plot_universality)
-    from implicit_sparsity.measure.report import analyze
-    from implicit_sparsity.prune import prune_model
+    from implicit_sparsity.study.evaluation import evaluate_trained_run
     from implicit_sparsity.train import load_bn_history
-    from implicit_sparsity.train.restore import load_trained, load_training_data
 
-    trained = load_trained(run)
-    data = load_training_data(trained, "cpu", data_dir)
-    report = analyze(trained.model, lambda: data.train_eval_batches(500))
-    example = next(iter(data.test_batches(64)))[0]
-    pruned = prune_model(trained.model, example, check_data=list(data.test_batches(500)),
-                         latency_batches=(64,), min_run_time=0.1 if quick else 0.5)
+    result = evaluate_trained_run(run, data_dir, latency_batches=(64,),
+                                  min_run_time=0.1 if quick else 0.5)
     figures = run / "figures"
     figures.mkdir(exist_ok=True)
-    paths = [plot_layer_sparsity(report, figures / "layer_sparsity.png"),
-             plot_universality(report, figures / "universality.png"),
+    paths = [plot_layer_sparsity(result.report, figures / "layer_sparsity.png"),
+             plot_universality(result.report, figures / "universality.png"),
              plot_bn_history(load_bn_history(run), figures / "gamma_beta_history.png")]
-    gamma, activation = report.total("gamma"), report.total("activation")
-    return {"label": label, "gamma": 100.0 * gamma[0] / gamma[1],
-            "activation": 100.0 * activation[0] / activation[1], "pruned": pruned,
+    return {"label": label, "gamma": result.percent("gamma"),
+            "activation": result.percent("activation"), "pruned": result.pruned,
             "figures": paths}
 
 

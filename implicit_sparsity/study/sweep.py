@@ -36,24 +36,17 @@ EVALUATION = "evaluation.json"
 
 def evaluate_run(run_dir: Path, data_dir: str | None = None) -> dict:
     """The figures the paper's tables report for one finished run."""
-    from implicit_sparsity.measure.report import analyze
-    from implicit_sparsity.prune import prune_model
-    from implicit_sparsity.train.restore import load_trained, load_training_data
+    from implicit_sparsity.study.evaluation import evaluate_trained_run
     from implicit_sparsity.train.run_dir import read_metrics
 
-    trained = load_trained(run_dir)
-    data = load_training_data(trained, "cpu", data_dir)
-    report = analyze(trained.model, lambda: data.train_eval_batches(500))
-    example = next(iter(data.test_batches(64)))[0]
-    pruned = prune_model(trained.model, example, check_data=list(data.test_batches(500)),
-                         latency_batches=())
+    result = evaluate_trained_run(run_dir, data_dir)
+    report, pruned = result.report, result.pruned
     final = read_metrics(run_dir)[-1]
-    gamma, activation = report.total("gamma"), report.total("activation")
     evaluation = {
         "train_loss": final["train_loss"], "test_loss": final["test_loss"],
         "test_error": final["test_error"],
-        "sparsity_gamma": 100.0 * gamma[0] / gamma[1],
-        "sparsity_activation": 100.0 * activation[0] / activation[1],
+        "sparsity_gamma": result.percent("gamma"),
+        "sparsity_activation": result.percent("activation"),
         "params_pruned": report.percent_params_pruned("gamma"),
         "pruned_test_error": pruned.equivalence.error_after,
         "changed_predictions": pruned.equivalence.changed_predictions,
