@@ -205,7 +205,7 @@ def cmd_prune(args) -> int:
         expected = result.model(example)
         drift = max((reloaded(example) - expected).abs().max().item(),
                     (exported(example) - expected).abs().max().item())
-    print(f"wrote {args.out} (slim.pt, slim.pt2, prune_report.json); reloaded "
+    print(f"wrote {args.out} (slim.pt, slim.pt2, slim.torchscript.pt, prune_report.json); reloaded "
           f"outputs differ by at most {drift:.1e}")
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))

@@ -1,6 +1,7 @@
 """Removing dead filters: exact equivalence, shapes, coupling, saving and loading."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -169,6 +170,10 @@ def test_save_refuse_and_load(tmp_path, fashion_dir):
         assert torch.equal(loaded(x), expected)
         assert torch.allclose(exported(x), expected, atol=1e-6)
         assert torch.allclose(exported(x[:3]), expected[:3], atol=1e-6)  # any batch size
+        with warnings.catch_warnings():  # PyTorch deprecates TorchScript; it still loads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.load(str(files["torchscript"]))
+        assert torch.allclose(scripted(x), expected, atol=1e-6)
     report = json.loads(files["report"].read_text())
     assert report["equivalence"]["changed_predictions"] == 0 and not report["forced"]
     # a threshold that calls live filters dead changes predictions: nothing is written

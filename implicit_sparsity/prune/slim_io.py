@@ -5,12 +5,15 @@
                           and gives each layer the saved (smaller) shapes
     slim.pt2              a torch.export program (any batch size):
                           `torch.export.load("slim.pt2").module()` needs no code of ours
+    slim.torchscript.pt   the same as TorchScript, for runtimes that still take it
+                          (`torch.jit.load`; PyTorch has deprecated TorchScript)
     prune_report.json     the per-layer figures, the proof and the cost
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,6 +25,7 @@ from implicit_sparsity.train.run_dir import atomic_torch_save, atomic_write_text
 
 SLIM = "slim.pt"
 EXPORTED = "slim.pt2"
+TORCHSCRIPT = "slim.torchscript.pt"
 REPORT = "prune_report.json"
 FORMAT = "implicit-sparsity-slim/1"
 
@@ -57,10 +61,15 @@ def save_slim(result: PruneResult, out: str | Path, example_input: torch.Tensor,
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     torch.export.save(program, out / EXPORTED)
+    with warnings.catch_warnings():  # TorchScript is deprecated, still widely deployed
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with torch.no_grad():
+            torch.jit.trace(model, example, check_trace=False).save(str(out / TORCHSCRIPT))
     report = {**result.to_dict(), "tolerance": tolerance, "forced": bool(
         force and not result.verified(tolerance)), **(extra or {})}
     atomic_write_text(out / REPORT, json.dumps(report, indent=1))
-    return {"slim": out / SLIM, "exported": out / EXPORTED, "report": out / REPORT}
+    return {"slim": out / SLIM, "exported": out / EXPORTED, "torchscript": out / TORCHSCRIPT,
+            "report": out / REPORT}
 
 
 def adopt_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
