@@ -161,6 +161,7 @@ def cmd_analyze(args) -> int:
 # --- prune ---------------------------------------------------------------------------------
 def cmd_prune(args) -> int:
     import json
+    import warnings
 
     import torch
 
@@ -201,10 +202,13 @@ def cmd_prune(args) -> int:
     # the written files give the same outputs as the model in memory
     reloaded = load_slim(files["slim"], device)
     exported = torch.export.load(files["exported"]).module()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.load(str(files["torchscript"]), map_location=device)
     with torch.no_grad():
         expected = result.model(example)
-        drift = max((reloaded(example) - expected).abs().max().item(),
-                    (exported(example) - expected).abs().max().item())
+        drift = max((loaded(example) - expected).abs().max().item()
+                    for loaded in (reloaded, exported, scripted))
     print(f"wrote {args.out} (slim.pt, slim.pt2, slim.torchscript.pt, prune_report.json); reloaded "
           f"outputs differ by at most {drift:.1e}")
     if args.json:
