@@ -50,7 +50,8 @@ def write_figures(sweep_dir: str | Path, spec: dict, records: list[dict],
     for i, (label, members) in enumerate(groups.items()):
         values = [statistics.fmean(m["layers"][name]["sparsity_gamma"] or 0 for m in members)
                   for name in layers]
-        ax.bar([x + i * width for x in range(len(layers))], values, width, label=label)
+        ax.bar([x + i * width for x in range(len(layers))], values, width, label=label,
+               color=plt.cm.tab20(i % 20))  # distinct colours for up to 20 table rows
     ax.set_xticks([x + width * (len(groups) - 1) / 2 for x in range(len(layers))])
     ax.set_xticklabels(layers)
     ax.set_ylabel("% filters with |gamma| < 1e-3")
