@@ -1,0 +1,73 @@
+"""Packed runs (torch.func) compute what single runs compute, run by run."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.models import build_model
+from implicit_sparsity.optim import (Regularizer, apply_schedule, build_optimizer,
+                                     param_groups, regularized_step)
+from implicit_sparsity.train import TrainConfig
+from implicit_sparsity.train.loop import regularized_params
+from implicit_sparsity.train.packed import PackedModels
+
+CONFIGS = [
+    TrainConfig(optimizer="adam", regularizer="l2", lam=1e-3, seed=0),
+    TrainConfig(optimizer="sgd", regularizer="wd", lam=5e-3, seed=1, gamma_lr_scale=0.1),
+    TrainConfig(optimizer="rmsprop", regularizer="none", seed=2),
+    TrainConfig(optimizer="adadelta", regularizer="l2", lam=1e-2, seed=3,
+                regularize_bn=False),
+]
+
+
+def fresh_models():
+    models = []
+    for config in CONFIGS:
+        torch.manual_seed(config.seed)
+        models.append(build_model("basicnet", in_channels=1, num_classes=10, width=0.0625))
+    return models
+
+
+def test_packed_steps_equal_single_runs_run_by_run():
+    torch.manual_seed(0)
+    batches = [(torch.randn(len(CONFIGS), 6, 1, 28, 28), torch.randint(0, 10, (len(CONFIGS), 6)))
+               for _ in range(4)]
+    factors = [1.0, 1.0, 0.1, 0.1]
+    packed = PackedModels(fresh_models(), CONFIGS)
+    for (x, y), factor in zip(batches, factors):
+        for optimizer, config in zip(packed.optimizers, packed.configs):
+            apply_schedule(optimizer, config.lr, factor)
+        packed.step(x, y, [factor] * len(CONFIGS))
+
+    for k, (model, config) in enumerate(zip(fresh_models(), CONFIGS)):
+        config = config.resolved()
+        optimizer = build_optimizer(config.optimizer, param_groups(
+            model, config.lr, config.gamma_lr_scale, config.beta_lr_scale), config.optimizer_args)
+        regularizer = Regularizer(config.regularizer, config.lam,
+                                  regularized_params(model, config.regularize_bn))
+        model.train()
+        for (x, y), factor in zip(batches, factors):
+            apply_schedule(optimizer, config.lr, factor)
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[k]), y[k]).backward()
+            regularized_step(optimizer, regularizer, factor)
+        single = model.state_dict()
+        mine = packed.state_dict(k)
+        assert list(mine) == list(single)
+        for key, value in single.items():
+            assert torch.allclose(mine[key].float(), value.float(), rtol=1e-4, atol=1e-5), \
+                (CONFIGS[k].optimizer, key)
+        # the optimizer state has the single run's layout: a checkpoint of either resumes both
+        assert packed.optimizers[k].state_dict()["param_groups"] == \
+            optimizer.state_dict()["param_groups"]
+
+
+def test_packing_refuses_mixed_architectures_and_l1():
+    torch.manual_seed(0)
+    small = build_model("basicnet", in_channels=1, num_classes=10, width=0.0625)
+    wide = build_model("basicnet", in_channels=1, num_classes=10, width=0.125)
+    with pytest.raises(ConfigError, match="one architecture"):
+        PackedModels([small, wide], CONFIGS[:2])
+    with pytest.raises(ConfigError, match="l1_gamma"):
+        PackedModels([small], [TrainConfig(l1_gamma=1e-4)])
