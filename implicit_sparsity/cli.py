@@ -270,6 +270,7 @@ def cmd_sweep(args) -> int:
     run_sweep(spec, out, quick=args.quick, workers=args.workers, data_dir=args.data_dir,
               overrides=_overrides(args.set), executor=args.executor,
               where={k: str(v).split(",") for k, v in _overrides(args.where).items()},
+              pack=args.pack,
               slurm={k: v for k, v in slurm.items() if v is not None})
     print(render(*collect(out)))
     print(f"sweep folder: {out} (implicit-sparsity report {out} for LaTeX / CSV)")
@@ -423,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=None,
                        help="runs at a time (default: GPUs, or half the CPU cores)")
     sweep.add_argument("--data-dir", default=None)
+    sweep.add_argument("--pack", type=int, default=1, metavar="K",
+                       help="train up to K compatible runs as one packed model (local "
+                            "executor; default 1: no packing)")
     sweep.add_argument("--where", action="append", metavar="KEY=V1,V2",
                        help="only the runs whose KEY is one of these values (repeatable)")
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -71,3 +71,29 @@ def test_packing_refuses_mixed_architectures_and_l1():
         PackedModels([small, wide], CONFIGS[:2])
     with pytest.raises(ConfigError, match="l1_gamma"):
         PackedModels([small], [TrainConfig(l1_gamma=1e-4)])
+
+
+def test_packed_training_writes_the_run_folders_of_single_runs(fashion_dir, tmp_path):
+    from implicit_sparsity.train import load_checkpoint, read_metrics, train
+    from implicit_sparsity.train.packed import train_packed
+
+    common = dict(data_dir=str(fashion_dir), width="0.0625", epochs=[2, 1], crop_padding=2)
+    configs = [TrainConfig(**common, optimizer="adam", lam=1e-3, seed=0),
+               TrainConfig(**common, optimizer="sgd", regularizer="wd", lam=5e-4, seed=1)]
+    packed = train_packed(configs, [tmp_path / "p0", tmp_path / "p1"], verbose=False)
+    for k, config in enumerate(configs):
+        single = train(config, tmp_path / f"s{k}", verbose=False)
+        mine = load_checkpoint(tmp_path / f"p{k}" / "checkpoint.pt")["model"]
+        for key, value in single.model.state_dict().items():
+            assert torch.allclose(mine[key].float(), value.float(), rtol=1e-3, atol=1e-4), key
+        a, b = read_metrics(tmp_path / f"p{k}"), read_metrics(tmp_path / f"s{k}")
+        assert [m["epoch"] for m in a] == [1, 2, 3]
+        assert [m["train_samples"] for m in a] == [m["train_samples"] for m in b]
+        for ma, mb in zip(a, b):
+            assert ma["train_loss"] == pytest.approx(mb["train_loss"], rel=1e-3)
+            assert ma["test_error"] == pytest.approx(mb["test_error"], abs=2.0)
+        assert (tmp_path / f"p{k}" / "summary.json").is_file()
+        assert packed[k].metrics[-1]["packed_with"] == 2
+    with pytest.raises(ConfigError, match="differ in width"):
+        train_packed([configs[0], TrainConfig(**{**common, "width": "0.125"})],
+                     [tmp_path / "x0", tmp_path / "x1"], verbose=False)

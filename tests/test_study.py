@@ -103,6 +103,20 @@ def test_sweep_skips_finished_runs_and_resumes_the_rest(spec_path, tmp_path):
         run_sweep(spec, out, quick=False, workers=1)
 
 
+def test_packed_sweep_gives_the_same_table(spec_path, tmp_path):
+    spec = load_spec(spec_path)
+    keys = run_sweep(spec, tmp_path / "packed", workers=1, pack=4)
+    plain = run_sweep(spec, tmp_path / "plain", workers=1)
+    assert keys == plain
+    for key in keys:
+        a = json.loads((tmp_path / "packed" / "runs" / key / "evaluation.json").read_text())
+        b = json.loads((tmp_path / "plain" / "runs" / key / "evaluation.json").read_text())
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        assert a["sparsity_gamma"] == pytest.approx(b["sparsity_gamma"], abs=2.0)
+    metrics = (tmp_path / "packed" / "runs" / keys[0] / "metrics.jsonl").read_text()
+    assert '"packed_with": 4' in metrics
+
+
 def test_parallel_workers_and_report_formats(spec_path, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["sweep", str(spec_path), "--out", str(out), "--workers", "2"]) == 0

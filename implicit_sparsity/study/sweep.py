@@ -65,6 +65,31 @@ def execute_runs(jobs: list[tuple]) -> list[str]:
     return [execute_run(*job) for job in jobs]
 
 
+def execute_packed(jobs: list[tuple]) -> list[str]:
+    """Several compatible runs trained as one packed model, then each evaluated."""
+    from implicit_sparsity.train import TrainConfig
+    from implicit_sparsity.train.packed import train_packed
+
+    torch.set_num_threads(jobs[0][2])
+    fresh = [job for job in jobs if not is_finished(Path(job[1]))]
+    if len(fresh) > 1:
+        train_packed([TrainConfig.from_dict(job[0]) for job in fresh],
+                     [job[1] for job in fresh], verbose=False)
+    return [execute_run(*job) for job in jobs]  # trains a lone one, evaluates all
+
+
+def pack_jobs(jobs: list[tuple], size: int) -> list[list[tuple]]:
+    """Group compatible runs (same architecture, data and schedule) into packs of `size`."""
+    from implicit_sparsity.train import TrainConfig
+    from implicit_sparsity.train.packed import pack_key
+
+    groups: dict[tuple, list[tuple]] = {}
+    for job in jobs:
+        groups.setdefault(pack_key(TrainConfig.from_dict(job[0])), []).append(job)
+    return [group[i:i + size] for group in groups.values()
+            for i in range(0, len(group), size)]
+
+
 def execute_run(config_dict: dict, run_dir: str, threads: int, data_dir: str | None) -> str:
     """Train (or resume) and evaluate one run; the body of a worker process."""
     from implicit_sparsity.train import TrainConfig, train
@@ -151,8 +176,12 @@ def run_on_slurm(jobs: list[tuple], out: Path, name: str, options: dict) -> None
 def run_sweep(spec: ExperimentSpec, out: str | Path, *, quick: bool = False,
               workers: int | None = None, data_dir: str | None = None,
               overrides: dict | None = None, executor: str = "local",
-              slurm: dict | None = None, where: dict | None = None) -> list[str]:
-    """Train and evaluate every run of `spec` under `out`; returns the keys of all runs."""
+              slurm: dict | None = None, where: dict | None = None,
+              pack: int = 1) -> list[str]:
+    """Train and evaluate every run of `spec` under `out`; returns the keys of all runs.
+
+    `pack` > 1 trains up to that many compatible runs (same architecture, data, batch size
+    and schedule) as one packed model on the local executor (see train.packed)."""
     if executor not in ("local", "slurm"):
         raise ConfigError(f"unknown executor {executor!r}; available: local, slurm")
     overrides = dict(overrides or {})
@@ -174,6 +203,16 @@ def run_sweep(spec: ExperimentSpec, out: str | Path, *, quick: bool = False,
     threads = max(1, (os.cpu_count() or 1) // workers)
     jobs = [(p.config.to_dict(), str(out / "runs" / p.key), threads, data_dir) for p in todo]
     bar = tqdm(total=len(jobs), desc=f"{spec.name} runs", disable=None)
+    if pack > 1:
+        packs = pack_jobs(jobs, pack)
+        workers = max(1, min(workers, len(packs)))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        packs = [[(c, d, threads, dd) for c, d, _, dd in group] for group in packs]
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for future in as_completed([pool.submit(execute_packed, g) for g in packs]):
+                bar.update(len(future.result()))
+        bar.close()
+        return [p.key for p in planned]
     if workers == 1:
         for job in jobs:
             execute_run(*job)

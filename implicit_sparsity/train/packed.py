@@ -71,6 +71,7 @@ class PackedModels:
         its own regularizer and optimizer. Returns the K losses."""
         self.train(True)
         logits = self.forward(x)
+        self._last_logits = logits.detach()
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(),
                                  reduction="none").view(len(self), -1).mean(1)
         for tensor in self.params.values():
@@ -82,8 +83,136 @@ class PackedModels:
             regularized_step(optimizer, regularizer, factors[k])
         return losses.detach()
 
+    def last_wrong(self, y: torch.Tensor) -> torch.Tensor:
+        """Per run, the training-mode errors of the last step (on the device)."""
+        return (self._last_logits.argmax(-1) != y).sum(1)
+
     def state_dict(self, k: int) -> dict[str, torch.Tensor]:
         """Run k's weights and buffers, in the layout of a single run's state dict."""
         state = {name: t[k].detach().clone() for name, t in self.params.items()}
         state.update({name: t[k].detach().clone() for name, t in self.buffers.items()})
         return {key: state[key] for key in self.template.state_dict()}
+
+
+#: Config fields that packed runs must share: one architecture, one data stream shape, one
+#: schedule. Seeds, optimizers, learning rates, regularizers and lambdas may differ.
+PACK_FIELDS = ("model", "width", "dataset", "data_dir", "train_subset", "test_subset",
+               "subset_seed", "batch_size", "epochs", "lr_decay", "negative_slope", "flip",
+               "crop_padding", "device", "eval_batch_size", "init_from", "l1_gamma")
+
+
+def pack_key(config: TrainConfig) -> tuple:
+    """Runs with equal keys can train packed together."""
+    resolved = config.resolved()
+    return tuple(str(getattr(resolved, name)) for name in PACK_FIELDS)
+
+
+def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -> list:
+    """Train K compatible runs as one packed model; each writes the run folder a single run
+    would write (config, metrics, gamma / beta history, checkpoints) and resumes like one.
+    Runs without dropout end where their single runs end, up to float rounding."""
+    import json
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from implicit_sparsity.data import Augmentation
+    from implicit_sparsity.measure.scale import gamma_sparsity, total
+    from implicit_sparsity.optim import StepSchedule, apply_schedule
+    from implicit_sparsity.train import run_dir as rd
+    from implicit_sparsity.train.loop import (RunResult, build_for_config, check_run_dir,
+                                              epoch_seed, evaluate, resolve_device)
+    from implicit_sparsity.train.restore import build_model_for
+
+    configs = [c.resolved() for c in configs]
+    outs = [Path(o) for o in outs]
+    if len({pack_key(c) for c in configs}) != 1:
+        raise ConfigError("these runs cannot be packed: they differ in "
+                          + ", ".join(f for i, f in enumerate(PACK_FIELDS)
+                                      if len({pack_key(c)[i] for c in configs}) > 1))
+    device = resolve_device(configs[0].device)
+    resume = [check_run_dir(out, config) for out, config in zip(outs, configs)]
+    states = [rd.load_checkpoint(out / rd.CHECKPOINT, map_location=device) if again else None
+              for out, again in zip(outs, resume)]
+    start = {s["epoch"] if s else 0 for s in states}
+    if len(start) != 1:
+        raise ConfigError("packed runs must resume from the same epoch")
+    start_epoch = start.pop()
+    data, _ = build_for_config(configs[0], device)
+    models = []
+    for config, state in zip(configs, states):
+        torch.manual_seed(config.seed)  # the same initialization as a single run
+        model = build_model_for(config)
+        if config.init_from:
+            from implicit_sparsity.train.loop import load_initial_weights
+
+            load_initial_weights(model, config.init_from)
+        if state:
+            model.load_state_dict(state["model"])
+        models.append(model.to(device))
+    packed = PackedModels(models, configs)
+    for k, (out, config, state) in enumerate(zip(outs, configs, states)):
+        if state:
+            packed.optimizers[k].load_state_dict(state["optimizer"])
+            rd.truncate_metrics(out, start_epoch)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            config.save_yaml(out / rd.CONFIG)
+            rd.save_bn_snapshot(models[k], out, 0)
+    schedule = StepSchedule(tuple(configs[0].epochs), configs[0].lr_decay)
+    aug = Augmentation(flip=configs[0].flip, crop_padding=configs[0].crop_padding)
+    say = tqdm.write if verbose else (lambda *_: None)
+    say(f"training {len(configs)} packed runs of {configs[0].model} (width "
+        f"{configs[0].width}) on {configs[0].dataset} -> " + ", ".join(map(str, outs)))
+    started = time.perf_counter()
+    for epoch in tqdm(range(start_epoch + 1, schedule.total_epochs + 1), desc="epochs",
+                      initial=start_epoch, total=schedule.total_epochs, disable=None):
+        factor = schedule.factor(epoch - 1)
+        for optimizer, config in zip(packed.optimizers, configs):
+            apply_schedule(optimizer, config.lr, factor)
+        torch.manual_seed(epoch_seed(configs[0].seed, epoch))
+        streams = [data.train_batches(c.batch_size, epoch_seed(c.seed, epoch), aug)
+                   for c in configs]
+        loss_sum = torch.zeros(len(configs), device=device)
+        wrong = torch.zeros(len(configs), device=device, dtype=torch.long)
+        seen, epoch_start = 0, time.perf_counter()
+        for batch in zip(*streams):
+            x = torch.stack([b[0] for b in batch])
+            y = torch.stack([b[1] for b in batch])
+            losses = packed.step(x, y, [factor] * len(configs))
+            loss_sum += losses * y.shape[1]
+            seen += y.shape[1]
+            wrong += packed.last_wrong(y)
+        train_seconds = time.perf_counter() - epoch_start
+        for k, (out, config) in enumerate(zip(outs, configs)):
+            models[k].load_state_dict(packed.state_dict(k))
+            test_loss, test_error = evaluate(models[k], data.test_batches(config.eval_batch_size))
+            layers = gamma_sparsity(models[k], config.gamma_threshold)
+            metrics = {
+                "epoch": epoch, "lr": config.lr * factor,
+                "train_loss": loss_sum[k].item() / seen,
+                "train_error": 100.0 * wrong[k].item() / seen,
+                "test_loss": test_loss, "test_error": test_error,
+                "sparsity_gamma": {l.name: l.percent for l in layers},
+                "sparsity_gamma_total": total(layers).percent,
+                "inactive_gamma": {l.name: l.inactive for l in layers},
+                "features": {l.name: l.features for l in layers},
+                "train_samples": seen, "train_seconds": train_seconds,
+                "images_per_second": seen / train_seconds, "packed_with": len(configs)}
+            rd.save_bn_snapshot(models[k], out, epoch)
+            rd.append_metrics(out, metrics)
+            rd.atomic_torch_save({"format": 1, "epoch": epoch, "model": models[k].state_dict(),
+                                  "optimizer": packed.optimizers[k].state_dict(),
+                                  "config": config.to_dict(),
+                                  "data_stats": {"mean": data.mean, "std": data.std}},
+                                 out / rd.CHECKPOINT)
+    results = []
+    for k, (out, config) in enumerate(zip(outs, configs)):
+        all_metrics = rd.read_metrics(out)
+        summary = {"final": all_metrics[-1] if all_metrics else {},
+                   "epochs": schedule.total_epochs, "processes": 1, "packed_with": len(configs),
+                   "wall_seconds_this_session": time.perf_counter() - started}
+        rd.atomic_write_text(out / rd.SUMMARY, json.dumps(summary, indent=2))
+        results.append(RunResult(out, config, models[k], all_metrics))
+    return results
