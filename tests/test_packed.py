@@ -97,3 +97,19 @@ def test_packed_training_writes_the_run_folders_of_single_runs(fashion_dir, tmp_
     with pytest.raises(ConfigError, match="differ in width"):
         train_packed([configs[0], TrainConfig(**{**common, "width": "0.125"})],
                      [tmp_path / "x0", tmp_path / "x1"], verbose=False)
+
+
+def test_packed_runs_at_different_epochs_are_refused(fashion_dir, tmp_path):
+    from implicit_sparsity.train import train
+    from implicit_sparsity.train.packed import train_packed
+
+    common = dict(data_dir=str(fashion_dir), width="0.0625", epochs=[2])
+    first = TrainConfig(**common, seed=0)
+
+    def stop(epoch, model, metrics):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(first, tmp_path / "a", callbacks=(stop,), verbose=False)  # at epoch 1
+    with pytest.raises(ConfigError, match="same epoch"):
+        train_packed([first, TrainConfig(**common, seed=1)], [tmp_path / "a", tmp_path / "b"],
+                     verbose=False)

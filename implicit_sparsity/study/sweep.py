@@ -73,9 +73,12 @@ def execute_packed(jobs: list[tuple]) -> list[str]:
     torch.set_num_threads(jobs[0][2])
     fresh = [job for job in jobs if not is_finished(Path(job[1]))]
     if len(fresh) > 1:
-        train_packed([TrainConfig.from_dict(job[0]) for job in fresh],
-                     [job[1] for job in fresh], verbose=False)
-    return [execute_run(*job) for job in jobs]  # trains a lone one, evaluates all
+        try:
+            train_packed([TrainConfig.from_dict(job[0]) for job in fresh],
+                         [job[1] for job in fresh], verbose=False)
+        except ConfigError:
+            pass  # e.g. killed between two runs' checkpoints: each resumes on its own below
+    return [execute_run(*job) for job in jobs]  # trains what is left, evaluates all
 
 
 def pack_jobs(jobs: list[tuple], size: int) -> list[list[tuple]]:
