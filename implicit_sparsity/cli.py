@@ -424,9 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=None,
                        help="runs at a time (default: GPUs, or half the CPU cores)")
     sweep.add_argument("--data-dir", default=None)
-    sweep.add_argument("--pack", type=int, default=1, metavar="K",
+    sweep.add_argument("--pack", type=int, default=None, metavar="K",
                        help="train up to K compatible runs as one packed model (local "
-                            "executor; default 1: no packing)")
+                            "executor; default: 8 on a GPU machine, none on CPUs)")
+    sweep.add_argument("--no-pack", dest="pack", action="store_const", const=1,
+                       help="never pack runs")
     sweep.add_argument("--where", action="append", metavar="KEY=V1,V2",
                        help="only the runs whose KEY is one of these values (repeatable)")
     sweep.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -180,11 +180,14 @@ def run_sweep(spec: ExperimentSpec, out: str | Path, *, quick: bool = False,
               workers: int | None = None, data_dir: str | None = None,
               overrides: dict | None = None, executor: str = "local",
               slurm: dict | None = None, where: dict | None = None,
-              pack: int = 1) -> list[str]:
+              pack: int | None = None) -> list[str]:
     """Train and evaluate every run of `spec` under `out`; returns the keys of all runs.
 
     `pack` > 1 trains up to that many compatible runs (same architecture, data, batch size
-    and schedule) as one packed model on the local executor (see train.packed)."""
+    and schedule) as one packed model on the local executor (see train.packed); None packs
+    8 on a GPU machine, where it pays, and none on CPUs, where it does not."""
+    if pack is None:
+        pack = 8 if torch.cuda.is_available() else 1
     if executor not in ("local", "slurm"):
         raise ConfigError(f"unknown executor {executor!r}; available: local, slurm")
     overrides = dict(overrides or {})

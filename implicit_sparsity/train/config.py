@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = 500
     num_workers: int = 4
+    allow_tf32: bool = False             # GPUs: strict fp32 unless TF32 is asked for
     # what is recorded
     gamma_threshold: float = defaults.GAMMA_THRESHOLD
 

@@ -170,6 +170,9 @@ def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallbac
 def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device: torch.device,
            callbacks: tuple[EpochCallback, ...], verbose: bool) -> RunResult:
     distributed.check_batch(config.batch_size, cluster)
+    if device.type == "cuda":  # PyTorch lets cuDNN convolutions use TF32 unless told not to
+        torch.backends.cudnn.allow_tf32 = config.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
     resume = check_run_dir(out, config)
     data, model = build_for_config(config, device)  # a missing data set fails here
     distributed.barrier(cluster)  # every process has checked the folder before rank 0 writes
@@ -206,7 +209,9 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
         f"{config.optimizer} lr {config.lr:g}, {config.regularizer} {config.lam:g}, "
         f"batch {config.batch_size}, epochs {config.epochs} -> {out}"
         + (f" (from epoch {start_epoch})" if resume else "")
-        + (f", {cluster.world} processes" if cluster.world > 1 else ""))
+        + (f", {cluster.world} processes" if cluster.world > 1 else "")
+        + (f", {'TF32' if config.allow_tf32 else 'strict fp32'}" if device.type == "cuda"
+           else ""))
     steps = data.steps_per_epoch(config.batch_size, cluster.world)
     epochs_bar = tqdm(range(start_epoch + 1, schedule.total_epochs + 1), desc="epochs",
                       initial=start_epoch, total=schedule.total_epochs,
