@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from implicit_sparsity.data import Augmentation
 from implicit_sparsity.models import build_model
 from implicit_sparsity.train import TrainConfig
 from implicit_sparsity.train.packed import PackedModels
@@ -77,8 +78,6 @@ def packed_rate(configs, device) -> float:
         models.append(build_model("basicnet", in_channels=3, num_classes=10,
                                   width=c.width).to(device))
     packed = PackedModels(models, configs)
-    from implicit_sparsity.data import Augmentation
-
     streams = [data.train_batches(40, epoch_seed(c.seed, 1), Augmentation()) for c in configs]
     sync(device)
     start = time.perf_counter()
