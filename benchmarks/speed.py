@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from implicit_sparsity.data import Augmentation
 from implicit_sparsity.models import build_model
 from implicit_sparsity.train import TrainConfig
-from implicit_sparsity.train.packed import PackedModels
 from implicit_sparsity.train.loop import build_for_config, epoch_seed
+from implicit_sparsity.train.packed import PackedModels
 
 TABLE1_IMAGES = 40 * 2 * 3 * 325 * 50_000
 
