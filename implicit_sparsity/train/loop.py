@@ -124,6 +124,35 @@ def evaluate(model: nn.Module, batches) -> tuple[float, float]:
     return loss_sum.item() / count, 100.0 * (1.0 - correct.item() / count)
 
 
+def epoch_metrics(model: nn.Module, config: TrainConfig, data, epoch: int, factor: float,
+                  loss_sum: float, wrong: int, seen: int, train_seconds: float) -> dict:
+    """An epoch's line of metrics.jsonl: training figures, test loss / error, sparsity."""
+    test_loss, test_error = evaluate(model, data.test_batches(config.eval_batch_size))
+    layers = gamma_sparsity(model, config.gamma_threshold)
+    return {
+        "epoch": epoch, "lr": config.lr * factor,
+        "train_loss": loss_sum / seen, "train_error": 100.0 * wrong / seen,
+        "test_loss": test_loss, "test_error": test_error,
+        "sparsity_gamma": {l.name: l.percent for l in layers},
+        "sparsity_gamma_total": total(layers).percent,
+        "inactive_gamma": {l.name: l.inactive for l in layers},
+        "features": {l.name: l.features for l in layers},
+        "train_samples": seen, "train_seconds": train_seconds,
+        "images_per_second": seen / train_seconds,
+    }
+
+
+def write_epoch(out: Path, model: nn.Module, optimizer, config: TrainConfig, data,
+                epoch: int, metrics: dict) -> None:
+    """An epoch's files: gamma / beta snapshot, metrics line, then the checkpoint (atomic)."""
+    rd.save_bn_snapshot(model, out, epoch)
+    rd.append_metrics(out, metrics)
+    rd.atomic_torch_save({"format": 1, "epoch": epoch, "model": model.state_dict(),
+                          "optimizer": optimizer.state_dict(), "config": config.to_dict(),
+                          "data_stats": {"mean": data.mean, "std": data.std}},
+                         out / rd.CHECKPOINT)
+
+
 def check_run_dir_config(out: Path, config: TrainConfig) -> None:
     """The run folder's saved config must compute what `config` computes."""
     from implicit_sparsity.train.config import load_config_file
@@ -243,33 +272,16 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
             distributed.all_sum(total_, cluster)
         seen = int(seen.item())
         train_seconds = time.perf_counter() - epoch_start
-        test_loss, test_error = evaluate(model, data.test_batches(config.eval_batch_size))
-        layers = gamma_sparsity(model, config.gamma_threshold)
-        metrics = {
-            "epoch": epoch, "lr": config.lr * factor,
-            "train_loss": loss_sum.item() / seen, "train_error": 100.0 * wrong.item() / seen,
-            "test_loss": test_loss, "test_error": test_error,
-            "sparsity_gamma": {l.name: l.percent for l in layers},
-            "sparsity_gamma_total": total(layers).percent,
-            "inactive_gamma": {l.name: l.inactive for l in layers},
-            "features": {l.name: l.features for l in layers},
-            "train_samples": seen, "train_seconds": train_seconds,
-            "images_per_second": seen / train_seconds,
-        }
+        metrics = epoch_metrics(model, config, data, epoch, factor, loss_sum.item(),
+                                wrong.item(), seen, train_seconds)
         if cluster.main:
-            rd.save_bn_snapshot(model, out, epoch)
-            rd.append_metrics(out, metrics)
-            rd.atomic_torch_save({"format": 1, "epoch": epoch, "model": model.state_dict(),
-                                  "optimizer": optimizer.state_dict(),
-                                  "config": config.to_dict(),
-                                  "data_stats": {"mean": data.mean, "std": data.std}},
-                                 out / rd.CHECKPOINT)
+            write_epoch(out, model, optimizer, config, data, epoch, metrics)
         distributed.barrier(cluster)
-        epochs_bar.set_postfix(test_err=f"{test_error:.1f}",
+        epochs_bar.set_postfix(test_err=f"{metrics['test_error']:.1f}",
                                sparsity=f"{metrics['sparsity_gamma_total']:.0f}%")
         if epochs_bar.disable:  # no bar on a non-terminal: one line per epoch instead
             say(f"epoch {epoch}/{schedule.total_epochs}: train loss {metrics['train_loss']:.3f}"
-                f", test error {test_error:.2f}%, sparsity by |gamma| "
+                f", test error {metrics['test_error']:.2f}%, sparsity by |gamma| "
                 f"{metrics['sparsity_gamma_total']:.1f}%")
         if cluster.main:
             for callback in callbacks:

@@ -118,11 +118,11 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
     from tqdm import tqdm
 
     from implicit_sparsity.data import Augmentation
-    from implicit_sparsity.measure.scale import gamma_sparsity, total
     from implicit_sparsity.optim import StepSchedule, apply_schedule
     from implicit_sparsity.train import run_dir as rd
     from implicit_sparsity.train.loop import (RunResult, build_for_config, check_run_dir,
-                                              epoch_seed, evaluate, resolve_device)
+                                              epoch_metrics, epoch_seed, resolve_device,
+                                              write_epoch)
     from implicit_sparsity.train.restore import build_model_for
 
     configs = [c.resolved() for c in configs]
@@ -187,26 +187,10 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
         train_seconds = time.perf_counter() - epoch_start
         for k, (out, config) in enumerate(zip(outs, configs)):
             models[k].load_state_dict(packed.state_dict(k))
-            test_loss, test_error = evaluate(models[k], data.test_batches(config.eval_batch_size))
-            layers = gamma_sparsity(models[k], config.gamma_threshold)
-            metrics = {
-                "epoch": epoch, "lr": config.lr * factor,
-                "train_loss": loss_sum[k].item() / seen,
-                "train_error": 100.0 * wrong[k].item() / seen,
-                "test_loss": test_loss, "test_error": test_error,
-                "sparsity_gamma": {l.name: l.percent for l in layers},
-                "sparsity_gamma_total": total(layers).percent,
-                "inactive_gamma": {l.name: l.inactive for l in layers},
-                "features": {l.name: l.features for l in layers},
-                "train_samples": seen, "train_seconds": train_seconds,
-                "images_per_second": seen / train_seconds, "packed_with": len(configs)}
-            rd.save_bn_snapshot(models[k], out, epoch)
-            rd.append_metrics(out, metrics)
-            rd.atomic_torch_save({"format": 1, "epoch": epoch, "model": models[k].state_dict(),
-                                  "optimizer": packed.optimizers[k].state_dict(),
-                                  "config": config.to_dict(),
-                                  "data_stats": {"mean": data.mean, "std": data.std}},
-                                 out / rd.CHECKPOINT)
+            metrics = epoch_metrics(models[k], config, data, epoch, factor,
+                                    loss_sum[k].item(), wrong[k].item(), seen, train_seconds)
+            metrics["packed_with"] = len(configs)
+            write_epoch(out, models[k], packed.optimizers[k], config, data, epoch, metrics)
     results = []
     for k, (out, config) in enumerate(zip(outs, configs)):
         all_metrics = rd.read_metrics(out)
