@@ -250,3 +250,19 @@ def test_data_parallel_run_with_torchrun_on_two_cpu_processes(fashion_dir, tmp_p
     with pytest.raises(ConfigError, match="divisible by the 2 processes"):
         from implicit_sparsity.train.distributed import Cluster, check_batch
         check_batch(25, Cluster(world=2))
+
+
+def test_bf16_steps_and_channels_last_train_and_measure_in_fp32(fashion_dir, tmp_path):
+    base = train(tiny_config(fashion_dir, epochs=[2]), tmp_path / "fp32", verbose=False)
+    nhwc = train(tiny_config(fashion_dir, epochs=[2], channels_last=True), tmp_path / "nhwc",
+                 verbose=False)
+    for key, value in base.model.state_dict().items():  # the same computation, other layout
+        assert torch.allclose(nhwc.model.state_dict()[key].float(), value.float(),
+                              rtol=1e-3, atol=1e-4), key
+    bf16 = train(tiny_config(fashion_dir, epochs=[2], precision="bf16"), tmp_path / "bf16",
+                 verbose=False)
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    assert bf16.metrics[-1]["train_loss"] < bf16.metrics[0]["train_loss"] * 1.5
+    assert bf16.metrics[-1]["train_loss"] != base.metrics[-1]["train_loss"]  # really bf16
+    with pytest.raises(ConfigError, match="precision must be fp32 or bf16"):
+        TrainConfig(precision="fp16").validate()

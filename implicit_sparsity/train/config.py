@@ -59,6 +59,8 @@ class TrainConfig:
     eval_batch_size: int = 500
     num_workers: int = 4
     allow_tf32: bool = False             # GPUs: strict fp32 unless TF32 is asked for
+    precision: str = "fp32"              # fp32, or bf16 autocast for training steps only
+    channels_last: bool = False          # NHWC memory layout (faster convs on many GPUs)
     # what is recorded
     gamma_threshold: float = defaults.GAMMA_THRESHOLD
 
@@ -84,6 +86,8 @@ class TrainConfig:
                      "l1_gamma"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.crop_padding < 0 or self.num_workers < 0:
             raise ConfigError("crop_padding and num_workers must be >= 0")
         if self.epochs is not None:

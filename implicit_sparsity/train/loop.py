@@ -227,6 +227,8 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
     elif cluster.main:
         config.save_yaml(out / rd.CONFIG)
         rd.save_bn_snapshot(model, out, 0)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     net = model  # what the training steps call: DDP's wrapper in a distributed run
     if cluster.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -240,7 +242,8 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
         + (f" (from epoch {start_epoch})" if resume else "")
         + (f", {cluster.world} processes" if cluster.world > 1 else "")
         + (f", {'TF32' if config.allow_tf32 else 'strict fp32'}" if device.type == "cuda"
-           else ""))
+           else "")
+        + (", bf16 autocast in training steps" if config.precision == "bf16" else ""))
     steps = data.steps_per_epoch(config.batch_size, cluster.world)
     epochs_bar = tqdm(range(start_epoch + 1, schedule.total_epochs + 1), desc="epochs",
                       initial=start_epoch, total=schedule.total_epochs,
@@ -259,8 +262,13 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
                                      cluster.rank, cluster.world)
         for x, y in tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False,
                          disable=None if cluster.main else True):
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            # bf16 only inside the step; evaluation and every measurement stay in fp32
+            with torch.autocast(device.type, dtype=torch.bfloat16,
+                                enabled=config.precision == "bf16"):
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             add_l1_gamma_gradient(model, config.l1_gamma)  # Network Slimming only

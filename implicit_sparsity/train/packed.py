@@ -34,6 +34,8 @@ class PackedModels:
         self.configs = [c.resolved() for c in configs]
         if any(c.l1_gamma for c in self.configs):
             raise ConfigError("packed runs do not take Network Slimming's l1_gamma yet")
+        if any(c.precision != "fp32" or c.channels_last for c in self.configs):
+            raise ConfigError("packed runs train in fp32 with the default memory layout")
         self.template = models[0]
         self.base = copy.deepcopy(models[0]).to("meta")
         self.params, self.buffers = stack_module_state(models)
@@ -98,7 +100,8 @@ class PackedModels:
 #: schedule. Seeds, optimizers, learning rates, regularizers and lambdas may differ.
 PACK_FIELDS = ("model", "width", "dataset", "data_dir", "train_subset", "test_subset",
                "subset_seed", "batch_size", "epochs", "lr_decay", "negative_slope", "flip",
-               "crop_padding", "device", "eval_batch_size", "init_from", "l1_gamma")
+               "crop_padding", "device", "eval_batch_size", "init_from", "l1_gamma",
+               "precision", "channels_last")
 
 
 def pack_key(config: TrainConfig) -> tuple:
