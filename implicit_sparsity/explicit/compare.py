@@ -85,10 +85,12 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
     points: list[OperatingPoint] = []
     latency_batches = (64,) if latency else ()
 
-    def prune(run, selection=None):
+    def prune(run, select=None):
+        """Remove filters from the run's model: its dead ones, or those `select` picks."""
         trained = load_trained(run.run_dir)
         data = load_training_data(trained, "cpu", base.data_dir)
         example = next(iter(data.test_batches(64)))[0]
+        selection = select(trained.model) if select else None
         result = prune_model(trained.model, example, selection=selection,
                              check_data=list(data.test_batches(500)),
                              latency_batches=latency_batches, min_run_time=0.2)
@@ -119,8 +121,8 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
         config = dataclasses.replace(explicit_base, l1_gamma=slimming_strength)
         run = ensure_trained(config, out / "slimming" / "train", verbose=verbose)
         for ratio in slimming_ratios:
-            trained = load_trained(run.run_dir)
-            trained, result, example = prune(run, slimming_selection(trained.model, ratio))
+            trained, result, example = prune(
+                run, lambda model, ratio=ratio: slimming_selection(model, ratio))
             error, seconds, epochs = fine_tune(trained, result, example,
                                                out / "slimming" / f"ratio{ratio:g}",
                                                *_cost(run.metrics))
@@ -129,9 +131,11 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
                 error_finetuned=error))
     if "l1norm" in methods:
         run = ensure_trained(explicit_base, out / "l1norm" / "train", verbose=verbose)
-        trained = load_trained(run.run_dir)
-        fractions = l1_fractions or {name: 0.5 for name in _layer_names(trained.model)}
-        trained, result, example = prune(run, l1_norm_selection(trained.model, fractions))
+
+        def select(model):
+            fractions = l1_fractions or {name: 0.5 for name in _layer_names(model)}
+            return l1_norm_selection(model, fractions)
+        trained, result, example = prune(run, select)
         error, seconds, epochs = fine_tune(trained, result, example, out / "l1norm" / "pruned",
                                            *_cost(run.metrics))
         points.append(dataclasses.replace(
