@@ -23,6 +23,8 @@ from implicit_sparsity.optim.optimizers import default_lr, resolve_hyperparamete
 from implicit_sparsity.optim.regularization import check_regularizer
 from implicit_sparsity.optim.schedule import StepSchedule, same_iterations_epochs
 
+CAPTURE_MODES = ("auto", "off", "cuda-graph")  # how a training step runs (train.capture)
+
 
 @dataclass
 class TrainConfig:
@@ -61,6 +63,8 @@ class TrainConfig:
     allow_tf32: bool = False             # GPUs: strict fp32 unless TF32 is asked for
     precision: str = "fp32"              # fp32, or bf16 autocast for training steps only
     channels_last: bool = False          # NHWC memory layout (faster convs on many GPUs)
+    step_capture: str = "auto"           # auto | off | cuda-graph (see train.capture)
+    cudnn_benchmark: bool = True         # let cuDNN time its algorithms for each shape
     # what is recorded
     gamma_threshold: float = defaults.GAMMA_THRESHOLD
 
@@ -88,6 +92,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.step_capture not in CAPTURE_MODES:
+            raise ConfigError(f"step_capture must be one of {', '.join(CAPTURE_MODES)}, "
+                              f"got {self.step_capture!r}")
         if self.crop_padding < 0 or self.num_workers < 0:
             raise ConfigError("crop_padding and num_workers must be >= 0")
         if self.epochs is not None:
@@ -138,8 +145,10 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-#: Fields that change where or how fast a run computes, not what it computes.
-RESULT_NEUTRAL_FIELDS = ("data_dir", "device", "eval_batch_size", "num_workers")
+#: Fields that change where or how fast a run computes, not what it computes (a captured
+#: step is checked against the eager one; cuDNN's choices differ in rounding, as GPUs do).
+RESULT_NEUTRAL_FIELDS = ("data_dir", "device", "eval_batch_size", "num_workers", "step_capture",
+                         "cudnn_benchmark")
 
 
 def result_fields(config: TrainConfig) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from implicit_sparsity.optim import (Regularizer, StepSchedule, apply_schedule, 
 from implicit_sparsity.optim.optimizers import is_batchnorm_param
 from implicit_sparsity.train import distributed
 from implicit_sparsity.train import run_dir as rd
+from implicit_sparsity.train.capture import (ForwardBackward, device_speed_settings,
+                                             should_capture)
 from implicit_sparsity.train.config import TrainConfig, result_fields
 from implicit_sparsity.train.restore import build_model_for
 
@@ -199,11 +201,10 @@ def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallbac
 def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device: torch.device,
            callbacks: tuple[EpochCallback, ...], verbose: bool) -> RunResult:
     distributed.check_batch(config.batch_size, cluster)
-    if device.type == "cuda":  # PyTorch lets cuDNN convolutions use TF32 unless told not to
-        torch.backends.cudnn.allow_tf32 = config.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
+    device_speed_settings(config, device)
     resume = check_run_dir(out, config)
     data, model = build_for_config(config, device)  # a missing data set fails here
+    capture, step_status = should_capture(config.step_capture, device, model, cluster.world)
     distributed.barrier(cluster)  # every process has checked the folder before rank 0 writes
     if cluster.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -234,6 +235,16 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
+
+    def compute(x, y):
+        # bf16 only inside the step; evaluation and every measurement stay in fp32
+        with torch.autocast(device.type, dtype=torch.bfloat16,
+                            enabled=config.precision == "bf16", cache_enabled=False):
+            logits = net(x)
+        return F.cross_entropy(logits.float(), y), logits
+
+    forward_backward = ForwardBackward(compute, list(model.parameters()), list(model.buffers()),
+                                       capture=capture, reason=step_status)
     say = tqdm.write if verbose and cluster.main else (lambda *_: None)
     say(f"{'resuming' if resume else 'training'} {config.model} (width {config.width}) on "
         f"{config.dataset} [{data.num_train} train / {data.num_test} test] with "
@@ -243,7 +254,8 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
         + (f", {cluster.world} processes" if cluster.world > 1 else "")
         + (f", {'TF32' if config.allow_tf32 else 'strict fp32'}" if device.type == "cuda"
            else "")
-        + (", bf16 autocast in training steps" if config.precision == "bf16" else ""))
+        + (", bf16 autocast in training steps" if config.precision == "bf16" else "")
+        + (f", training step: {step_status}" if device.type == "cuda" else ""))
     steps = data.steps_per_epoch(config.batch_size, cluster.world)
     epochs_bar = tqdm(range(start_epoch + 1, schedule.total_epochs + 1), desc="epochs",
                       initial=start_epoch, total=schedule.total_epochs,
@@ -264,17 +276,11 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
                          disable=None if cluster.main else True):
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            # bf16 only inside the step; evaluation and every measurement stay in fp32
-            with torch.autocast(device.type, dtype=torch.bfloat16,
-                                enabled=config.precision == "bf16"):
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, logits = forward_backward(x, y)
             add_l1_gamma_gradient(model, config.l1_gamma)  # Network Slimming only
             regularized_step(optimizer, regularizer, factor)
-            loss_sum += loss.detach() * len(y)
-            wrong += (logits.detach().argmax(1) != y).sum()
+            loss_sum += loss * len(y)
+            wrong += (logits.argmax(1) != y).sum()
             seen += len(y)
         for total_ in (loss_sum, wrong, seen):  # over all processes
             distributed.all_sum(total_, cluster)
@@ -282,6 +288,10 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
         train_seconds = time.perf_counter() - epoch_start
         metrics = epoch_metrics(model, config, data, epoch, factor, loss_sum.item(),
                                 wrong.item(), seen, train_seconds)
+        metrics["training_step"] = forward_backward.status
+        if forward_backward.status != step_status:  # decided during this epoch
+            step_status = forward_backward.status
+            say(f"training step: {step_status}")
         if cluster.main:
             write_epoch(out, model, optimizer, config, data, epoch, metrics)
         distributed.barrier(cluster)

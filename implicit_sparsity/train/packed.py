@@ -1,5 +1,5 @@
-"""Several runs of one architecture trained as one stacked model (groundwork for packed
-sweeps; not yet wired into `train` or `sweep`).
+"""Several runs of one architecture trained as one stacked model (`sweep` packs compatible
+runs this way by itself).
 
 The K models' parameters and buffers are stacked with `torch.func.stack_module_state` and
 evaluated with `vmap(functional_call)`, the buffers batched too, so every run keeps its own
@@ -21,11 +21,13 @@ from torch.func import functional_call, stack_module_state, vmap
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.optim import (Regularizer, build_optimizer, param_groups,
                                      regularized_step)
+from implicit_sparsity.train.capture import ForwardBackward, device_speed_settings, should_capture
 from implicit_sparsity.train.config import TrainConfig
 
 
 class PackedModels:
-    def __init__(self, models: list[nn.Module], configs: list[TrainConfig]):
+    def __init__(self, models: list[nn.Module], configs: list[TrainConfig],
+                 capture: bool = False, capture_reason: str = "eager"):
         if len(models) != len(configs) or not models:
             raise ConfigError("one config per model, at least one")
         shapes = [[tuple(p.shape) for p in m.parameters()] for m in models]
@@ -54,6 +56,9 @@ class PackedModels:
             regularized = [self.views[k][name_of[id(p)]]
                            for p in regularized_params(model, config.regularize_bn)]
             self.regularizers.append(Regularizer(config.regularizer, config.lam, regularized))
+        self.forward_backward = ForwardBackward(
+            self._objective, list(self.params.values()), list(self.buffers.values()),
+            capture=capture, reason=capture_reason)
 
     def __len__(self) -> int:
         return len(self.views)
@@ -68,22 +73,22 @@ class PackedModels:
     def train(self, mode: bool = True) -> None:
         self.base.train(mode)
 
+    def _objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = self.forward(x)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(),
+                                 reduction="none").view(len(self), -1).mean(1)
+        return losses.sum(), losses, logits  # run k's loss depends on run k's parameters only
+
     def step(self, x: torch.Tensor, y: torch.Tensor, factors: list[float]) -> torch.Tensor:
         """One training step of every run: each run's mean cross-entropy on its own batch,
         its own regularizer and optimizer. Returns the K losses."""
         self.train(True)
-        logits = self.forward(x)
-        self._last_logits = logits.detach()
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(),
-                                 reduction="none").view(len(self), -1).mean(1)
-        for tensor in self.params.values():
-            tensor.grad = None
-        losses.sum().backward()  # run k's loss depends on run k's parameters only
+        _, losses, self._last_logits = self.forward_backward(x, y)
         for k, (optimizer, regularizer) in enumerate(zip(self.optimizers, self.regularizers)):
             for name, view in self.views[k].items():
                 view.grad = self.params[name].grad[k]
             regularized_step(optimizer, regularizer, factors[k])
-        return losses.detach()
+        return losses
 
     def last_wrong(self, y: torch.Tensor) -> torch.Tensor:
         """Per run, the training-mode errors of the last step (on the device)."""
@@ -101,7 +106,7 @@ class PackedModels:
 PACK_FIELDS = ("model", "width", "dataset", "data_dir", "train_subset", "test_subset",
                "subset_seed", "batch_size", "epochs", "lr_decay", "negative_slope", "flip",
                "crop_padding", "device", "eval_batch_size", "init_from", "l1_gamma",
-               "precision", "channels_last")
+               "precision", "channels_last", "allow_tf32", "step_capture", "cudnn_benchmark")
 
 
 def pack_key(config: TrainConfig) -> tuple:
@@ -135,6 +140,7 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
                           + ", ".join(f for i, f in enumerate(PACK_FIELDS)
                                       if len({pack_key(c)[i] for c in configs}) > 1))
     device = resolve_device(configs[0].device)
+    device_speed_settings(configs[0], device)
     resume = [check_run_dir(out, config) for out, config in zip(outs, configs)]
     states = [rd.load_checkpoint(out / rd.CHECKPOINT, map_location=device) if again else None
               for out, again in zip(outs, resume)]
@@ -154,7 +160,8 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
         if state:
             model.load_state_dict(state["model"])
         models.append(model.to(device))
-    packed = PackedModels(models, configs)
+    capture, step_status = should_capture(configs[0].step_capture, device, models[0])
+    packed = PackedModels(models, configs, capture=capture, capture_reason=step_status)
     for k, (out, config, state) in enumerate(zip(outs, configs, states)):
         if state:
             packed.optimizers[k].load_state_dict(state["optimizer"])
@@ -187,12 +194,17 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
             loss_sum += losses * y.shape[1]
             seen += y.shape[1]
             wrong += packed.last_wrong(y)
+        loss_sums, wrongs = loss_sum.tolist(), wrong.tolist()  # waits for the device
         train_seconds = time.perf_counter() - epoch_start
+        if packed.forward_backward.status != step_status:  # decided during this epoch
+            step_status = packed.forward_backward.status
+            say(f"training step: {step_status}")
         for k, (out, config) in enumerate(zip(outs, configs)):
             models[k].load_state_dict(packed.state_dict(k))
             metrics = epoch_metrics(models[k], config, data, epoch, factor,
-                                    loss_sum[k].item(), wrong[k].item(), seen, train_seconds)
+                                    loss_sums[k], wrongs[k], seen, train_seconds)
             metrics["packed_with"] = len(configs)
+            metrics["training_step"] = packed.forward_backward.status
             write_epoch(out, models[k], packed.optimizers[k], config, data, epoch, metrics)
     results = []
     for k, (out, config) in enumerate(zip(outs, configs)):
