@@ -4,21 +4,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from implicit_sparsity.defaults import REGULARIZERS
 from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.explicit.methods import add_l1_gamma_gradient
 from implicit_sparsity.models import build_model
-from implicit_sparsity.optim import (Regularizer, apply_schedule, build_optimizer,
+from implicit_sparsity.optim import (OPTIMIZERS, Regularizer, apply_schedule, build_optimizer,
                                      param_groups, regularized_step)
 from implicit_sparsity.train import TrainConfig
 from implicit_sparsity.train.loop import regularized_params
 from implicit_sparsity.train.packed import PackedModels
 
-CONFIGS = [
-    TrainConfig(optimizer="adam", regularizer="l2", lam=1e-3, seed=0),
-    TrainConfig(optimizer="sgd", regularizer="wd", lam=5e-3, seed=1, gamma_lr_scale=0.1),
-    TrainConfig(optimizer="rmsprop", regularizer="none", seed=2),
-    TrainConfig(optimizer="adadelta", regularizer="l2", lam=1e-2, seed=3,
-                regularize_bn=False),
-]
+#: every optimizer x regularizer, with BN excluded from regularization, a BN learning-rate
+#: scale or Network Slimming's L1 on gamma here and there
+CONFIGS = [TrainConfig(optimizer=o, regularizer=r, lam=(1e-2, 5e-3, 1e-3)[i % 3], seed=i,
+                       regularize_bn=i % 4 != 3, gamma_lr_scale=0.1 if i % 5 == 1 else 1.0,
+                       l1_gamma=1e-3 if i % 6 == 2 else 0.0)
+           for i, (o, r) in enumerate((o, r) for o in OPTIMIZERS for r in REGULARIZERS)]
 
 
 def fresh_models():
@@ -51,6 +52,7 @@ def test_packed_steps_equal_single_runs_run_by_run():
             apply_schedule(optimizer, config.lr, factor)
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(x[k]), y[k]).backward()
+            add_l1_gamma_gradient(model, config.l1_gamma)
             regularized_step(optimizer, regularizer, factor)
         single = model.state_dict()
         mine = packed.state_dict(k)
@@ -63,14 +65,27 @@ def test_packed_steps_equal_single_runs_run_by_run():
             optimizer.state_dict()["param_groups"]
 
 
-def test_packing_refuses_mixed_architectures_and_l1():
+def test_packing_refuses_mixed_architectures_and_bf16():
     torch.manual_seed(0)
     small = build_model("basicnet", in_channels=1, num_classes=10, width=0.0625)
     wide = build_model("basicnet", in_channels=1, num_classes=10, width=0.125)
     with pytest.raises(ConfigError, match="one architecture"):
         PackedModels([small, wide], CONFIGS[:2])
-    with pytest.raises(ConfigError, match="l1_gamma"):
-        PackedModels([small], [TrainConfig(l1_gamma=1e-4)])
+    with pytest.raises(ConfigError, match="in fp32 with the default memory layout"):
+        PackedModels([small], [TrainConfig(precision="bf16")])
+
+
+def test_sweeps_pack_compatible_runs_and_leave_the_others_alone():
+    from implicit_sparsity.study.sweep import pack_jobs
+
+    def job(name, **values):
+        return (TrainConfig(**values).to_dict(), name, 1, None)
+
+    jobs = [job("a", seed=0), job("b", seed=1, l1_gamma=1e-4), job("c", width="0.5"),
+            job("d", seed=2, optimizer="sgd"), job("e", precision="bf16"),
+            job("f", precision="bf16", seed=1), job("g", seed=3)]
+    packs = [[j[1] for j in pack] for pack in pack_jobs(jobs, 3)]
+    assert sorted(packs) == [["a", "b", "d"], ["c"], ["e"], ["f"], ["g"]]
 
 
 def test_packed_training_writes_the_run_folders_of_single_runs(fashion_dir, tmp_path):

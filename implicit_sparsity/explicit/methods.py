@@ -25,14 +25,24 @@ SLIMMING_S_VGG = 1e-4
 VGG16_A_FRACTIONS = {"C1": 0.5, **{f"C{i}": 0.5 for i in range(8, 14)}}
 
 
+def slimming_gammas(model: nn.Module) -> list[nn.Parameter]:
+    """The scales Network Slimming penalizes: those of every affine BatchNorm2d."""
+    return [m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.affine]
+
+
 @torch.no_grad()
-def add_l1_gamma_gradient(model: nn.Module, strength: float) -> None:
-    """Network Slimming's penalty: gamma.grad += s * sign(gamma) for every BatchNorm2d."""
+def add_l1_gradient(gammas, strength: float) -> None:
+    """Network Slimming's penalty: gamma.grad += s * sign(gamma), in place."""
     if strength <= 0:
         return
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d) and module.affine and module.weight.grad is not None:
-            module.weight.grad.add_(torch.sign(module.weight), alpha=strength)
+    for gamma in gammas:
+        if gamma.grad is not None:
+            gamma.grad.add_(torch.sign(gamma), alpha=strength)
+
+
+def add_l1_gamma_gradient(model: nn.Module, strength: float) -> None:
+    """Network Slimming's penalty on every BatchNorm2d scale of `model`."""
+    add_l1_gradient(slimming_gammas(model), strength)
 
 
 def _keep_one(mask: torch.Tensor, score: torch.Tensor) -> torch.Tensor:

@@ -84,11 +84,13 @@ def execute_packed(jobs: list[tuple]) -> list[str]:
 def pack_jobs(jobs: list[tuple], size: int) -> list[list[tuple]]:
     """Group compatible runs (same architecture, data and schedule) into packs of `size`."""
     from implicit_sparsity.train import TrainConfig
-    from implicit_sparsity.train.packed import pack_key
+    from implicit_sparsity.train.packed import pack_key, packable
 
     groups: dict[tuple, list[tuple]] = {}
-    for job in jobs:
-        groups.setdefault(pack_key(TrainConfig.from_dict(job[0])), []).append(job)
+    for i, job in enumerate(jobs):
+        config = TrainConfig.from_dict(job[0])
+        key = pack_key(config) if packable(config.resolved()) else ("alone", i)
+        groups.setdefault(key, []).append(job)
     return [group[i:i + size] for group in groups.values()
             for i in range(0, len(group), size)]
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.explicit.methods import add_l1_gradient, slimming_gammas
 from implicit_sparsity.optim import (Regularizer, build_optimizer, param_groups,
                                      regularized_step)
 from implicit_sparsity.train.capture import ForwardBackward, device_speed_settings, should_capture
@@ -34,15 +35,15 @@ class PackedModels:
         if any(s != shapes[0] for s in shapes):
             raise ConfigError("packed runs must share one architecture")
         self.configs = [c.resolved() for c in configs]
-        if any(c.l1_gamma for c in self.configs):
-            raise ConfigError("packed runs do not take Network Slimming's l1_gamma yet")
-        if any(c.precision != "fp32" or c.channels_last for c in self.configs):
+        if not all(map(packable, self.configs)):
             raise ConfigError("packed runs train in fp32 with the default memory layout")
         self.template = models[0]
         self.base = copy.deepcopy(models[0]).to("meta")
         self.params, self.buffers = stack_module_state(models)
         self.views = [{name: nn.Parameter(t.detach()[k]) for name, t in self.params.items()}
                       for k in range(len(models))]
+        gammas = {id(p) for p in slimming_gammas(models[0])}
+        self.gamma_names = [n for n, p in models[0].named_parameters() if id(p) in gammas]
         self.optimizers, self.regularizers = [], []
         for k, (model, config) in enumerate(zip(models, self.configs)):
             name_of = {id(p): name for name, p in model.named_parameters()}
@@ -87,6 +88,8 @@ class PackedModels:
         for k, (optimizer, regularizer) in enumerate(zip(self.optimizers, self.regularizers)):
             for name, view in self.views[k].items():
                 view.grad = self.params[name].grad[k]
+            add_l1_gradient([self.views[k][n] for n in self.gamma_names],
+                            self.configs[k].l1_gamma)  # Network Slimming only
             regularized_step(optimizer, regularizer, factors[k])
         return losses
 
@@ -102,11 +105,18 @@ class PackedModels:
 
 
 #: Config fields that packed runs must share: one architecture, one data stream shape, one
-#: schedule. Seeds, optimizers, learning rates, regularizers and lambdas may differ.
+#: schedule. Seeds, optimizers, learning rates, regularizers, lambdas and Network Slimming's
+#: l1_gamma may differ.
 PACK_FIELDS = ("model", "width", "dataset", "data_dir", "train_subset", "test_subset",
                "subset_seed", "batch_size", "epochs", "lr_decay", "negative_slope", "flip",
-               "crop_padding", "device", "eval_batch_size", "init_from", "l1_gamma",
-               "precision", "channels_last", "allow_tf32", "step_capture", "cudnn_benchmark")
+               "crop_padding", "device", "eval_batch_size", "init_from", "precision",
+               "channels_last", "allow_tf32", "step_capture", "cudnn_benchmark")
+
+
+def packable(config: TrainConfig) -> bool:
+    """vmap's batch rules do not take BatchNorm under bf16 autocast, and stacked weights have
+    no NHWC layout: such runs train one by one."""
+    return config.precision == "fp32" and not config.channels_last
 
 
 def pack_key(config: TrainConfig) -> tuple:
