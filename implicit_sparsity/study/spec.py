@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from implicit_sparsity.errors import ConfigError
-from implicit_sparsity.train.config import TrainConfig, load_config_file, result_fields
+from implicit_sparsity.train.config import TrainConfig, key_fields, load_config_file
 
 #: Where specs are looked up by name (a path works too).
 SPEC_DIR = Path(__file__).resolve().parents[2] / "experiments"
@@ -96,7 +96,7 @@ def normalize_labels(labels: dict) -> dict:
 
 
 def run_key(config: TrainConfig) -> str:
-    payload = json.dumps(result_fields(config), sort_keys=True, default=str)
+    payload = json.dumps(key_fields(config), sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 

@@ -181,12 +181,3 @@ def relative_difference(a: torch.Tensor | None, b: torch.Tensor | None) -> float
     if diff == 0:
         return 0.0
     return diff / scale if scale > 0 else float("inf")
-
-
-def device_speed_settings(config, device: torch.device) -> None:
-    """TF32 (off unless asked for: PyTorch lets cuDNN use it by default) and cuDNN autotuning."""
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = config.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
-        torch.backends.cudnn.benchmark = config.cudnn_benchmark
-

@@ -51,6 +51,7 @@ class TrainConfig:
     same_iterations_as: int | None = None  # scale epochs to keep this batch size's iterations
     l1_gamma: float = 0.0                # Network Slimming's L1 penalty on BN gamma
     init_from: str | None = None         # start from these weights (slim.pt, checkpoint.pt)
+    flush_denormal: bool = False         # CPU: floats below 1.2e-38 count as 0 (train.device)
     negative_slope: float = 0.0          # > 0: Leaky ReLU
     beta_init: float = defaults.BETA_INIT
     flip: bool = True
@@ -151,8 +152,19 @@ RESULT_NEUTRAL_FIELDS = ("data_dir", "device", "eval_batch_size", "num_workers",
                          "cudnn_benchmark")
 
 
+#: Fields added after run folders existed, with the value every earlier run had: left out of
+#: a run's key at that value, so that earlier sweeps keep their keys.
+LATER_FIELDS_AT_DEFAULT = {"flush_denormal": False}
+
+
 def result_fields(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in RESULT_NEUTRAL_FIELDS}
+
+
+def key_fields(config: TrainConfig) -> dict[str, Any]:
+    """What a run's key (a sweep's folder name) is made of."""
+    return {k: v for k, v in result_fields(config).items()
+            if k not in LATER_FIELDS_AT_DEFAULT or v != LATER_FIELDS_AT_DEFAULT[k]}
 
 
 def _coerce(name: str, annotation: str, value: Any) -> Any:

@@ -29,8 +29,8 @@ from implicit_sparsity.optim import (Regularizer, StepSchedule, apply_schedule, 
 from implicit_sparsity.optim.optimizers import is_batchnorm_param
 from implicit_sparsity.train import distributed
 from implicit_sparsity.train import run_dir as rd
-from implicit_sparsity.train.capture import (ForwardBackward, device_speed_settings,
-                                             should_capture)
+from implicit_sparsity.train.capture import ForwardBackward, should_capture
+from implicit_sparsity.train.device import device_speed_settings
 from implicit_sparsity.train.config import TrainConfig, result_fields
 from implicit_sparsity.train.restore import build_model_for
 

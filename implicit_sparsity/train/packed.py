@@ -22,7 +22,8 @@ from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.explicit.methods import add_l1_gradient, slimming_gammas
 from implicit_sparsity.optim import (Regularizer, build_optimizer, param_groups,
                                      regularized_step)
-from implicit_sparsity.train.capture import ForwardBackward, device_speed_settings, should_capture
+from implicit_sparsity.train.capture import ForwardBackward, should_capture
+from implicit_sparsity.train.device import device_speed_settings
 from implicit_sparsity.train.config import TrainConfig
 
 
@@ -110,7 +111,8 @@ class PackedModels:
 PACK_FIELDS = ("model", "width", "dataset", "data_dir", "train_subset", "test_subset",
                "subset_seed", "batch_size", "epochs", "lr_decay", "negative_slope", "flip",
                "crop_padding", "device", "eval_batch_size", "init_from", "precision",
-               "channels_last", "allow_tf32", "step_capture", "cudnn_benchmark")
+               "channels_last", "allow_tf32", "step_capture", "cudnn_benchmark",
+               "flush_denormal")
 
 
 def packable(config: TrainConfig) -> bool:
