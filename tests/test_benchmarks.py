@@ -1,0 +1,34 @@
+"""The benchmark scripts run (tiny sizes, CPU) and print their figures, so the ones meant
+for a GPU machine are ready when one is at hand."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_speed_benchmark_prints_its_three_figures():
+    out = run("speed.py", "--width", "0.0625", "--images", "400", "--pack", "2",
+              "--device", "cpu")
+    assert re.search(r"1\. plain loop +\d+ img/s, ours +\d+ img/s: ratio \d+\.\d\d", out)
+    assert "training step: eager (no CUDA device)" in out
+    assert re.search(r"2\. 2 packed runs +\d+ img/s in all vs +\d+ img/s", out)
+    assert re.search(r"3\. Table 1 .* device-hours one run at a time, [\d,]+ packed", out)
+
+
+def test_denormal_benchmark_flushes_only_in_its_flushing_process():
+    out = run("denormal_speed.py", "--width", "0.0625", "--steps", "3", "--dead", "0.5")
+    kept = re.search(r"denormals kept: +[\d.]+ img/s \(([\d,]+) denormal", out)
+    flushed = re.search(r"flush_denormal: +[\d.]+ img/s \(([\d,]+) at the end", out)
+    assert kept and flushed, out
+    assert int(kept.group(1).replace(",", "")) > 0
+    assert flushed.group(1) == "0"
