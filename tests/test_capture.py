@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.errors import ConfigError, RunStateError
 from implicit_sparsity.models import build_model
 from implicit_sparsity.optim import Regularizer, build_optimizer, param_groups, regularized_step
 from implicit_sparsity.train import TrainConfig, train
@@ -52,7 +52,7 @@ def batches(sizes, seed=0):
             for n in sizes]
 
 
-def train_steps(backend, data, capture=True):
+def train_steps(backend, data, capture=True, insist=False):
     """Adam + L2 over `data` twice (two 'epochs' of 6 full batches and a partial one)."""
     torch.manual_seed(0)
     model = build_model("basicnet", in_channels=1, num_classes=10, width=0.0625)
@@ -64,7 +64,7 @@ def train_steps(backend, data, capture=True):
         return F.cross_entropy(logits, y), logits
 
     step = ForwardBackward(compute, list(model.parameters()), list(model.buffers()),
-                           capture=capture, backend=backend)
+                           capture=capture, backend=backend, insist=insist)
     losses, grad_ids = [], []
     for _ in range(2):
         for x, y in data:
@@ -105,6 +105,36 @@ def test_a_graph_that_differs_is_dropped_and_eager_numbers_kept():
     assert losses == eager_losses
     for a, b in zip(model.state_dict().values(), eager_model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_an_insisted_graph_that_differs_stops_the_run():
+    with pytest.raises(RunStateError, match="cuda-graph: the CUDA graph differed from eager"):
+        train_steps(ReplayBackend(error=1e-3), batches([8] * 6), insist=True)
+
+
+class FailingBackend(ReplayBackend):
+    def capture(self, step, params):
+        raise RuntimeError("operation not permitted when stream is capturing\ndetails")
+
+
+def test_a_graph_that_cannot_be_captured_leaves_the_run_eager():
+    data = batches([8] * 6 + [5])
+    eager_model, eager_losses, _, _ = train_steps(None, data, capture=False)
+    model, losses, _, step = train_steps(FailingBackend(), data)
+    assert step.status == ("eager (the CUDA graph could not be captured: operation not "
+                           "permitted when stream is capturing)")
+    assert losses == eager_losses
+    for a, b in zip(model.state_dict().values(), eager_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_the_graph_is_made_for_full_batches():
+    # 4 steps an epoch: 3 warm-up steps, then the partial batch, which is not captured;
+    # the capture comes with the next full batch
+    backend = ReplayBackend()
+    _, _, _, step = train_steps(backend, batches([8, 8, 8, 5]))
+    assert step.static[0].shape[0] == 8
+    assert backend.captures == 1 and backend.replays == 1 + 2
 
 
 def test_the_check_measures_relative_differences():

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.errors import ConfigError, RunStateError
 #: Eager steps before the capture: lazy initialisation and cuDNN's autotuning happen there.
 WARMUP_STEPS = 3
 #: The graphed step must match the eager step to this relative tolerance (per tensor, relative
@@ -84,11 +84,13 @@ class ForwardBackward:
 
     `params` receive gradients; `buffers` are what the forward pass updates in place
     (BatchNorm's running statistics), restored around the capture check so that no batch
-    counts twice."""
+    counts twice. A graph that cannot be captured or does not match eager mode leaves the
+    run eager, or stops it with `insist` (step_capture: cuda-graph)."""
 
     def __init__(self, compute: Compute, params: Sequence[torch.Tensor],
                  buffers: Sequence[torch.Tensor], capture: bool = False, backend=None,
-                 warmup_steps: int = WARMUP_STEPS, reason: str = "eager"):
+                 warmup_steps: int = WARMUP_STEPS, reason: str = "eager",
+                 insist: bool = False):
         self.compute = compute
         self.params = list(params)
         self.buffers = list(buffers)
@@ -99,6 +101,8 @@ class ForwardBackward:
         self.replay: Callable[[], None] | None = None
         self.static: tuple[torch.Tensor, ...] = ()
         self.status = reason
+        self.insist = insist
+        self.first_shape = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The detached (objective, *records) of this batch; gradients in `p.grad`."""
@@ -114,8 +118,10 @@ class ForwardBackward:
             return self._eager(x, y)
         if self.backend is None:
             self.backend = CudaGraphBackend()
-        if self.steps <= self.warmup_steps:
-            with self.backend.warmup():
+        if self.first_shape is None:
+            self.first_shape = x.shape
+        if self.steps <= self.warmup_steps or x.shape != self.first_shape:
+            with self.backend.warmup():  # a graph is made for the full batches only
                 return self._eager(x, y)
         return self._capture_and_check(x, y)
 
@@ -152,21 +158,28 @@ class ForwardBackward:
             for static, value in zip(self.static[2:], outputs):
                 static.copy_(value.detach())
 
-        self.replay = self.backend.capture(step, self.params)
-        self.replay()  # this batch's step, from the graph
-        worst = max(relative_difference(a, b) for a, b in zip(
-            [*self.static[2:], *(p.grad for p in self.params), *self.buffers],
-            [*eager, *eager_grads, *eager_buffers]))
-        if worst <= CHECK_RTOL:
-            self.status = f"CUDA graph (matches eager to {worst:.1e})"
-            return self.static[2:]
+        try:
+            self.replay = self.backend.capture(step, self.params)
+            self.replay()  # this batch's step, from the graph
+        except RuntimeError as error:  # an operation a graph cannot hold
+            problem = f"the CUDA graph could not be captured: {str(error).splitlines()[0]}"
+        else:
+            worst = max(relative_difference(a, b) for a, b in zip(
+                [*self.static[2:], *(p.grad for p in self.params), *self.buffers],
+                [*eager, *eager_grads, *eager_buffers]))
+            if worst <= CHECK_RTOL:
+                self.status = f"CUDA graph (matches eager to {worst:.1e})"
+                return self.static[2:]
+            problem = f"the CUDA graph differed from eager by {worst:.1e}"
+        if self.insist:
+            raise RunStateError(f"step_capture cuda-graph: {problem}")
         # keep what eager mode computed and train eagerly from here on
         for p, grad in zip(self.params, eager_grads):
             p.grad = grad
         for b, value in zip(self.buffers, eager_buffers):
             b.copy_(value)
         self.replay, self.static, self.capture = None, (), False
-        self.status = f"eager (the CUDA graph differed from eager by {worst:.1e})"
+        self.status = f"eager ({problem})"
         return eager
 
 

@@ -244,7 +244,8 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
         return F.cross_entropy(logits.float(), y), logits
 
     forward_backward = ForwardBackward(compute, list(model.parameters()), list(model.buffers()),
-                                       capture=capture, reason=step_status)
+                                       capture=capture, reason=step_status,
+                                       insist=config.step_capture == "cuda-graph")
     say = tqdm.write if verbose and cluster.main else (lambda *_: None)
     say(f"{'resuming' if resume else 'training'} {config.model} (width {config.width}) on "
         f"{config.dataset} [{data.num_train} train / {data.num_test} test] with "

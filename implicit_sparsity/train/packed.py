@@ -29,7 +29,7 @@ from implicit_sparsity.train.config import TrainConfig
 
 class PackedModels:
     def __init__(self, models: list[nn.Module], configs: list[TrainConfig],
-                 capture: bool = False, capture_reason: str = "eager"):
+                 capture: bool = False, capture_reason: str = "eager", insist: bool = False):
         if len(models) != len(configs) or not models:
             raise ConfigError("one config per model, at least one")
         shapes = [[tuple(p.shape) for p in m.parameters()] for m in models]
@@ -60,7 +60,7 @@ class PackedModels:
             self.regularizers.append(Regularizer(config.regularizer, config.lam, regularized))
         self.forward_backward = ForwardBackward(
             self._objective, list(self.params.values()), list(self.buffers.values()),
-            capture=capture, reason=capture_reason)
+            capture=capture, reason=capture_reason, insist=insist)
 
     def __len__(self) -> int:
         return len(self.views)
@@ -173,7 +173,8 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
             model.load_state_dict(state["model"])
         models.append(model.to(device))
     capture, step_status = should_capture(configs[0].step_capture, device, models[0])
-    packed = PackedModels(models, configs, capture=capture, capture_reason=step_status)
+    packed = PackedModels(models, configs, capture=capture, capture_reason=step_status,
+                          insist=configs[0].step_capture == "cuda-graph")
     for k, (out, config, state) in enumerate(zip(outs, configs, states)):
         if state:
             packed.optimizers[k].load_state_dict(state["optimizer"])
