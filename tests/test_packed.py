@@ -11,6 +11,7 @@ from implicit_sparsity.models import build_model
 from implicit_sparsity.optim import (OPTIMIZERS, Regularizer, apply_schedule, build_optimizer,
                                      param_groups, regularized_step)
 from implicit_sparsity.train import TrainConfig
+from implicit_sparsity.train.capture import relative_difference
 from implicit_sparsity.train.loop import regularized_params
 from implicit_sparsity.train.packed import PackedModels
 
@@ -22,26 +23,34 @@ CONFIGS = [TrainConfig(optimizer=o, regularizer=r, lam=(1e-2, 5e-3, 1e-3)[i % 3]
            for i, (o, r) in enumerate((o, r) for o in OPTIMIZERS for r in REGULARIZERS)]
 
 
-def fresh_models():
+#: one optimizer and rate, other regularizers, lambdas, seeds and L1: one shared optimizer step
+SHARED = [TrainConfig(optimizer="adam", regularizer="l2", lam=1e-2, seed=0),
+          TrainConfig(optimizer="adam", regularizer="wd", lam=5e-3, seed=1, l1_gamma=1e-3),
+          TrainConfig(optimizer="adam", regularizer="none", seed=2, regularize_bn=False)]
+
+
+def fresh_models(configs):
     models = []
-    for config in CONFIGS:
+    for config in configs:
         torch.manual_seed(config.seed)
         models.append(build_model("basicnet", in_channels=1, num_classes=10, width=0.0625))
     return models
 
 
-def test_packed_steps_equal_single_runs_run_by_run():
+@pytest.mark.parametrize("configs, shared", [(CONFIGS, False), (SHARED, True)],
+                         ids=["every-optimizer-x-regularizer", "shared-optimizer"])
+def test_packed_steps_equal_single_runs_run_by_run(configs, shared):
     torch.manual_seed(0)
-    batches = [(torch.randn(len(CONFIGS), 6, 1, 28, 28), torch.randint(0, 10, (len(CONFIGS), 6)))
+    batches = [(torch.randn(len(configs), 6, 1, 28, 28), torch.randint(0, 10, (len(configs), 6)))
                for _ in range(4)]
     factors = [1.0, 1.0, 0.1, 0.1]
-    packed = PackedModels(fresh_models(), CONFIGS)
+    packed = PackedModels(fresh_models(configs), configs)
+    assert packed.shared is shared
     for (x, y), factor in zip(batches, factors):
-        for optimizer, config in zip(packed.optimizers, packed.configs):
-            apply_schedule(optimizer, config.lr, factor)
-        packed.step(x, y, [factor] * len(CONFIGS))
+        packed.set_schedule(factor)
+        packed.step(x, y, [factor] * len(configs))
 
-    for k, (model, config) in enumerate(zip(fresh_models(), CONFIGS)):
+    for k, (model, config) in enumerate(zip(fresh_models(configs), configs)):
         config = config.resolved()
         optimizer = build_optimizer(config.optimizer, param_groups(
             model, config.lr, config.gamma_lr_scale, config.beta_lr_scale), config.optimizer_args)
@@ -59,10 +68,37 @@ def test_packed_steps_equal_single_runs_run_by_run():
         assert list(mine) == list(single)
         for key, value in single.items():
             assert torch.allclose(mine[key].float(), value.float(), rtol=1e-4, atol=1e-5), \
-                (CONFIGS[k].optimizer, key)
-        # the optimizer state has the single run's layout: a checkpoint of either resumes both
-        assert packed.optimizers[k].state_dict()["param_groups"] == \
-            optimizer.state_dict()["param_groups"]
+                (configs[k].optimizer, key)
+        # the optimizer state has the single run's layout and values: a checkpoint of either
+        # resumes both
+        mine, single = packed.optimizer_state_dict(k), optimizer.state_dict()
+        assert mine["param_groups"] == single["param_groups"]
+        assert mine["state"].keys() == single["state"].keys()
+        for i, entry in single["state"].items():
+            for name, value in entry.items():
+                if torch.is_tensor(value):  # grads of vmap's grouped convs round apart
+                    assert relative_difference(mine["state"][i][name], value) < 1e-3, name
+
+
+def test_a_shared_optimizer_resumes_from_the_runs_own_states():
+    torch.manual_seed(0)
+    batches = [(torch.randn(3, 6, 1, 28, 28), torch.randint(0, 10, (3, 6))) for _ in range(4)]
+    straight = PackedModels(fresh_models(SHARED), SHARED)
+    for x, y in batches:
+        straight.step(x, y, [1.0] * 3)
+    first = PackedModels(fresh_models(SHARED), SHARED)
+    for x, y in batches[:2]:
+        first.step(x, y, [1.0] * 3)
+    models = fresh_models(SHARED)
+    for k, model in enumerate(models):
+        model.load_state_dict(first.state_dict(k))
+    resumed = PackedModels(models, SHARED)
+    resumed.load_optimizer_state_dicts([first.optimizer_state_dict(k) for k in range(3)])
+    for x, y in batches[2:]:
+        resumed.step(x, y, [1.0] * 3)
+    for k in range(3):
+        for key, value in straight.state_dict(k).items():
+            assert torch.equal(resumed.state_dict(k)[key], value), key
 
 
 def test_packing_refuses_mixed_architectures_and_bf16():
@@ -85,7 +121,8 @@ def test_sweeps_pack_compatible_runs_and_leave_the_others_alone():
             job("d", seed=2, optimizer="sgd"), job("e", precision="bf16"),
             job("f", precision="bf16", seed=1), job("g", seed=3)]
     packs = [[j[1] for j in pack] for pack in pack_jobs(jobs, 3)]
-    assert sorted(packs) == [["a", "b", "d"], ["c"], ["e"], ["f"], ["g"]]
+    # Adam runs together (one shared optimizer step), SGD apart; bf16 runs one by one
+    assert sorted(packs) == [["a", "b", "g"], ["c"], ["d"], ["e"], ["f"]]
 
 
 def test_packed_training_writes_the_run_folders_of_single_runs(fashion_dir, tmp_path):
@@ -128,3 +165,38 @@ def test_packed_runs_at_different_epochs_are_refused(fashion_dir, tmp_path):
     with pytest.raises(ConfigError, match="same epoch"):
         train_packed([first, TrainConfig(**common, seed=1)], [tmp_path / "a", tmp_path / "b"],
                      verbose=False)
+
+
+def test_packed_runs_killed_after_an_epoch_resume_to_the_same_end(fashion_dir, tmp_path,
+                                                                   monkeypatch):
+    from implicit_sparsity.train import load_checkpoint
+    from implicit_sparsity.train import loop
+    from implicit_sparsity.train.packed import train_packed
+
+    common = dict(data_dir=str(fashion_dir), width="0.0625", epochs=[1, 1], optimizer="adam")
+    configs = [TrainConfig(**common, lam=1e-3, seed=0),
+               TrainConfig(**common, regularizer="wd", lam=5e-4, seed=1)]
+    straight = [tmp_path / "a0", tmp_path / "a1"]
+    train_packed(configs, straight, verbose=False)
+
+    write_epoch = loop.write_epoch
+
+    def write_then_die(out, *args):
+        write_epoch(out, *args)
+        if out.name == "b1":  # the last run's epoch 1 is on disk
+            raise KeyboardInterrupt
+
+    killed = [tmp_path / "b0", tmp_path / "b1"]
+    monkeypatch.setattr(loop, "write_epoch", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_packed(configs, killed, verbose=False)
+    monkeypatch.setattr(loop, "write_epoch", write_epoch)
+    resumed = train_packed(configs, killed, verbose=False)
+    assert [m["epoch"] for m in resumed[0].metrics] == [1, 2]
+    for a, b in zip(straight, killed):
+        end_a, end_b = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+        for key, value in end_a["model"].items():
+            assert torch.equal(end_b["model"][key], value), key
+        for i, entry in end_a["optimizer"]["state"].items():
+            for name, value in entry.items():
+                assert torch.equal(end_b["optimizer"]["state"][i][name], value), name

@@ -82,17 +82,23 @@ def execute_packed(jobs: list[tuple]) -> list[str]:
 
 
 def pack_jobs(jobs: list[tuple], size: int) -> list[list[tuple]]:
-    """Group compatible runs (same architecture, data and schedule) into packs of `size`."""
+    """Group compatible runs (same architecture, data and schedule) into packs of `size`,
+    runs of the same optimizer and rate side by side (their pack shares one optimizer step)."""
     from implicit_sparsity.train import TrainConfig
-    from implicit_sparsity.train.packed import pack_key, packable
+    from implicit_sparsity.train.packed import optimizer_identity, pack_key, packable
 
     groups: dict[tuple, list[tuple]] = {}
+    identity = {}
     for i, job in enumerate(jobs):
-        config = TrainConfig.from_dict(job[0])
-        key = pack_key(config) if packable(config.resolved()) else ("alone", i)
+        config = TrainConfig.from_dict(job[0]).resolved()
+        key = pack_key(config) if packable(config) else ("alone", i)
         groups.setdefault(key, []).append(job)
-    return [group[i:i + size] for group in groups.values()
-            for i in range(0, len(group), size)]
+        identity[id(job)] = optimizer_identity(config)
+    packs = []
+    for group in groups.values():  # runs of one optimizer and rate together: one shared step
+        group = sorted(group, key=lambda job: identity[id(job)])
+        packs += [group[i:i + size] for i in range(0, len(group), size)]
+    return packs
 
 
 def execute_run(config_dict: dict, run_dir: str, threads: int, data_dir: str | None) -> str:

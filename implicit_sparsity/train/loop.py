@@ -144,13 +144,13 @@ def epoch_metrics(model: nn.Module, config: TrainConfig, data, epoch: int, facto
     }
 
 
-def write_epoch(out: Path, model: nn.Module, optimizer, config: TrainConfig, data,
+def write_epoch(out: Path, model: nn.Module, optimizer_state: dict, config: TrainConfig, data,
                 epoch: int, metrics: dict) -> None:
     """An epoch's files: gamma / beta snapshot, metrics line, then the checkpoint (atomic)."""
     rd.save_bn_snapshot(model, out, epoch)
     rd.append_metrics(out, metrics)
     rd.atomic_torch_save({"format": 1, "epoch": epoch, "model": model.state_dict(),
-                          "optimizer": optimizer.state_dict(), "config": config.to_dict(),
+                          "optimizer": optimizer_state, "config": config.to_dict(),
                           "data_stats": {"mean": data.mean, "std": data.std}},
                          out / rd.CHECKPOINT)
 
@@ -294,7 +294,7 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
             step_status = forward_backward.status
             say(f"training step: {step_status}")
         if cluster.main:
-            write_epoch(out, model, optimizer, config, data, epoch, metrics)
+            write_epoch(out, model, optimizer.state_dict(), config, data, epoch, metrics)
         distributed.barrier(cluster)
         epochs_bar.set_postfix(test_err=f"{metrics['test_error']:.1f}",
                                sparsity=f"{metrics['sparsity_gamma_total']:.0f}%")

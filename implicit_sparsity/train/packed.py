@@ -20,8 +20,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.explicit.methods import add_l1_gradient, slimming_gammas
-from implicit_sparsity.optim import (Regularizer, build_optimizer, param_groups,
-                                     regularized_step)
+from implicit_sparsity.optim import (Regularizer, apply_schedule, build_optimizer,
+                                     param_groups, regularized_step)
 from implicit_sparsity.train.capture import ForwardBackward, should_capture
 from implicit_sparsity.train.device import device_speed_settings
 from implicit_sparsity.train.config import TrainConfig
@@ -29,7 +29,8 @@ from implicit_sparsity.train.config import TrainConfig
 
 class PackedModels:
     def __init__(self, models: list[nn.Module], configs: list[TrainConfig],
-                 capture: bool = False, capture_reason: str = "eager", insist: bool = False):
+                 capture: bool = False, capture_reason: str = "eager", insist: bool = False,
+                 share_optimizer: bool = True):
         if len(models) != len(configs) or not models:
             raise ConfigError("one config per model, at least one")
         shapes = [[tuple(p.shape) for p in m.parameters()] for m in models]
@@ -45,14 +46,22 @@ class PackedModels:
                       for k in range(len(models))]
         gammas = {id(p) for p in slimming_gammas(models[0])}
         self.gamma_names = [n for n, p in models[0].named_parameters() if id(p) in gammas]
+        # one optimizer over the stacked tensors when every run has the same optimizer and
+        # rates (seeds, regularizers and lambdas may differ): elementwise updates make that the
+        # K runs' updates, at the cost of one step instead of K
+        self.shared = share_optimizer and len(models) > 1 and \
+            len({optimizer_identity(c) for c in self.configs}) == 1
         self.optimizers, self.regularizers = [], []
         for k, (model, config) in enumerate(zip(models, self.configs)):
             name_of = {id(p): name for name, p in model.named_parameters()}
-            groups = param_groups(model, config.lr, config.gamma_lr_scale, config.beta_lr_scale)
-            for group in groups:  # the single run's groups, over this run's views
-                group["params"] = [self.views[k][name_of[id(p)]] for p in group["params"]]
-            self.optimizers.append(build_optimizer(config.optimizer, groups,
-                                                   config.optimizer_args))
+            if k == 0 or not self.shared:
+                tensors = self.params if self.shared else self.views[k]
+                groups = param_groups(model, config.lr, config.gamma_lr_scale,
+                                      config.beta_lr_scale)
+                for group in groups:  # the single run's groups, over the stacked or run's views
+                    group["params"] = [tensors[name_of[id(p)]] for p in group["params"]]
+                self.optimizers.append(build_optimizer(config.optimizer, groups,
+                                                       config.optimizer_args))
             from implicit_sparsity.train.loop import regularized_params
 
             regularized = [self.views[k][name_of[id(p)]]
@@ -86,13 +95,58 @@ class PackedModels:
         its own regularizer and optimizer. Returns the K losses."""
         self.train(True)
         _, losses, self._last_logits = self.forward_backward(x, y)
-        for k, (optimizer, regularizer) in enumerate(zip(self.optimizers, self.regularizers)):
+        for k in range(len(self)):
             for name, view in self.views[k].items():
                 view.grad = self.params[name].grad[k]
             add_l1_gradient([self.views[k][n] for n in self.gamma_names],
                             self.configs[k].l1_gamma)  # Network Slimming only
-            regularized_step(optimizer, regularizer, factors[k])
+        if not self.shared:
+            for optimizer, regularizer, factor in zip(self.optimizers, self.regularizers,
+                                                      factors):
+                regularized_step(optimizer, regularizer, factor)
+            return losses
+        # regularized_step, with the one optimizer step between the runs' regularizers
+        for regularizer in self.regularizers:
+            regularizer.before_step()
+        self.optimizers[0].step()
+        for regularizer, factor in zip(self.regularizers, factors):
+            regularizer.after_step(factor)
         return losses
+
+    def set_schedule(self, factor: float) -> None:
+        """Every run's rates at lr_t / lr_0 = factor (apply_schedule, run by run)."""
+        for optimizer, config in zip(self.optimizers, self.configs):
+            apply_schedule(optimizer, config.lr, factor)
+
+    def _stacked_shapes(self) -> list[torch.Size]:
+        return [p.shape for group in self.optimizers[0].param_groups for p in group["params"]]
+
+    def optimizer_state_dict(self, k: int) -> dict:
+        """Run k's optimizer state in the layout of a single run's optimizer."""
+        if not self.shared:
+            return self.optimizers[k].state_dict()
+        full = self.optimizers[0].state_dict()
+        shapes = self._stacked_shapes()
+        state = {i: {key: value[k].clone() if torch.is_tensor(value) and value.shape == shapes[i]
+                     else copy.deepcopy(value) for key, value in entry.items()}
+                 for i, entry in full["state"].items()}
+        return {"state": state, "param_groups": copy.deepcopy(full["param_groups"])}
+
+    def load_optimizer_state_dicts(self, states: list[dict]) -> None:
+        """Resume from each run's optimizer state (single-run layout, as checkpoints hold)."""
+        if not self.shared:
+            for optimizer, state in zip(self.optimizers, states):
+                optimizer.load_state_dict(state)
+            return
+        shapes = self._stacked_shapes()
+        stacked = {}
+        for i, entry in states[0]["state"].items():
+            stacked[i] = {
+                key: torch.stack([s["state"][i][key] for s in states])
+                if torch.is_tensor(value) and (len(states), *value.shape) == tuple(shapes[int(i)])
+                else value for key, value in entry.items()}
+        self.optimizers[0].load_state_dict({"state": stacked,
+                                            "param_groups": states[0]["param_groups"]})
 
     def last_wrong(self, y: torch.Tensor) -> torch.Tensor:
         """Per run, the training-mode errors of the last step (on the device)."""
@@ -113,6 +167,12 @@ PACK_FIELDS = ("model", "width", "dataset", "data_dir", "train_subset", "test_su
                "crop_padding", "device", "eval_batch_size", "init_from", "precision",
                "channels_last", "allow_tf32", "step_capture", "cudnn_benchmark",
                "flush_denormal")
+
+
+def optimizer_identity(config: TrainConfig) -> tuple:
+    """Runs with equal identities update their parameters by the same rule and rates."""
+    return (config.optimizer, config.lr, repr(sorted(config.optimizer_args.items())),
+            config.gamma_lr_scale, config.beta_lr_scale)
 
 
 def packable(config: TrainConfig) -> bool:
@@ -138,7 +198,7 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
     from tqdm import tqdm
 
     from implicit_sparsity.data import Augmentation
-    from implicit_sparsity.optim import StepSchedule, apply_schedule
+    from implicit_sparsity.optim import StepSchedule
     from implicit_sparsity.train import run_dir as rd
     from implicit_sparsity.train.loop import (RunResult, build_for_config, check_run_dir,
                                               epoch_metrics, epoch_seed, resolve_device,
@@ -177,12 +237,13 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
                           insist=configs[0].step_capture == "cuda-graph")
     for k, (out, config, state) in enumerate(zip(outs, configs, states)):
         if state:
-            packed.optimizers[k].load_state_dict(state["optimizer"])
             rd.truncate_metrics(out, start_epoch)
         else:
             out.mkdir(parents=True, exist_ok=True)
             config.save_yaml(out / rd.CONFIG)
             rd.save_bn_snapshot(models[k], out, 0)
+    if start_epoch:
+        packed.load_optimizer_state_dicts([state["optimizer"] for state in states])
     schedule = StepSchedule(tuple(configs[0].epochs), configs[0].lr_decay)
     aug = Augmentation(flip=configs[0].flip, crop_padding=configs[0].crop_padding)
     say = tqdm.write if verbose else (lambda *_: None)
@@ -192,8 +253,7 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
     for epoch in tqdm(range(start_epoch + 1, schedule.total_epochs + 1), desc="epochs",
                       initial=start_epoch, total=schedule.total_epochs, disable=None):
         factor = schedule.factor(epoch - 1)
-        for optimizer, config in zip(packed.optimizers, configs):
-            apply_schedule(optimizer, config.lr, factor)
+        packed.set_schedule(factor)
         torch.manual_seed(epoch_seed(configs[0].seed, epoch))
         streams = [data.train_batches(c.batch_size, epoch_seed(c.seed, epoch), aug)
                    for c in configs]
@@ -218,7 +278,8 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
                                     loss_sums[k], wrongs[k], seen, train_seconds)
             metrics["packed_with"] = len(configs)
             metrics["training_step"] = packed.forward_backward.status
-            write_epoch(out, models[k], packed.optimizers[k], config, data, epoch, metrics)
+            write_epoch(out, models[k], packed.optimizer_state_dict(k), config, data, epoch,
+                        metrics)
     results = []
     for k, (out, config) in enumerate(zip(outs, configs)):
         all_metrics = rd.read_metrics(out)
