@@ -23,12 +23,12 @@ def config(fashion_dir, **overrides):
     return TrainConfig(**{**values, **overrides})
 
 
-def assert_same_run(a, b, rtol):
-    for key in ("train_loss", "test_loss"):
+def assert_same_run(a, b, rtol, atol):
+    for key, tolerance in (("train_loss", rtol), ("test_loss", 10 * rtol)):  # test: 60 images
         assert [m[key] for m in a.metrics] == pytest.approx([m[key] for m in b.metrics],
-                                                            rel=rtol)
+                                                            rel=tolerance)
     for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
-        assert torch.allclose(x.float(), y.float(), rtol=rtol, atol=rtol * 1e-2), name
+        assert torch.allclose(x.float(), y.float(), rtol=rtol, atol=atol), name
 
 
 def test_graphed_single_run_matches_eager(fashion_dir, tmp_path, deterministic_cudnn):
@@ -37,18 +37,23 @@ def test_graphed_single_run_matches_eager(fashion_dir, tmp_path, deterministic_c
                     verbose=False)
     assert eager.metrics[0]["training_step"] == "eager (step_capture off)"
     assert graphed.metrics[0]["training_step"].startswith("CUDA graph (matches eager")
-    assert_same_run(graphed, eager, rtol=1e-5)
+    assert_same_run(graphed, eager, rtol=1e-5, atol=1e-7)
 
 
 def test_graphed_packed_runs_match_eager_single_runs(fashion_dir, tmp_path, deterministic_cudnn):
-    configs = [config(fashion_dir, seed=s, optimizer=o, step_capture="cuda-graph")
-               for s, o in ((0, "adam"), (1, "sgd"))]
-    packed = train_packed(configs, [tmp_path / "p0", tmp_path / "p1"], verbose=False)
-    assert packed[0].metrics[0]["training_step"].startswith("CUDA graph (matches eager")
-    for k, c in enumerate(configs):
-        single = train(TrainConfig(**{**c.to_dict(), "step_capture": "off"}),
-                       tmp_path / f"s{k}", verbose=False)
-        assert_same_run(packed[k], single, rtol=1e-4)  # vmap's grouped kernels round apart
+    # two Adam runs (one shared optimizer step) and an SGD run
+    configs = [config(fashion_dir, seed=s, optimizer=o, regularizer=r, step_capture="cuda-graph")
+               for s, o, r in ((0, "adam", "l2"), (1, "adam", "wd"), (2, "sgd", "l2"))]
+    for shared in (True, False):
+        group = configs[:2] if shared else configs[2:] * 2
+        outs = [tmp_path / f"p{shared}{k}" for k in range(2)]
+        packed = train_packed(group, outs, verbose=False)
+        assert packed[0].metrics[0]["training_step"].startswith("CUDA graph (matches eager")
+        for k, c in enumerate(group):
+            single = train(TrainConfig(**{**c.to_dict(), "step_capture": "off"}),
+                           tmp_path / f"s{shared}{k}", verbose=False)
+            # vmap's grouped kernels round apart from single convolutions
+            assert_same_run(packed[k], single, rtol=1e-3, atol=1e-4)
 
 
 def test_strict_fp32_by_default(fashion_dir, tmp_path):
