@@ -14,6 +14,12 @@ from implicit_sparsity.data.formats import write_idx
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def image_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Decoded-image caches go to a temporary folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("IMPLICIT_SPARSITY_CACHE", str(tmp_path_factory.mktemp("image-cache")))
+
+
 def class_pattern_images(n: int, classes: int, channels: int, size: int, seed: int):
     """Images whose class is visible (a bright band at a class-dependent row), so that a
     tiny model can learn something; labels cycle through all classes."""

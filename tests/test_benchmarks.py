@@ -32,3 +32,8 @@ def test_denormal_benchmark_flushes_only_in_its_flushing_process():
     assert kept and flushed, out
     assert int(kept.group(1).replace(",", "")) > 0
     assert flushed.group(1) == "0"
+
+
+def test_image_cache_benchmark_reads_back_what_it_decoded():
+    out = run("image_cache.py", "--images", "200")
+    assert re.search(r"from the cache \(later runs\) +\d+ img/s \([\d.]+ s\): [\d.]+x", out)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import (class_pattern_images, save_png, write_cifar10, write_cifar100,
                       write_fashion_mnist)
@@ -52,7 +53,7 @@ def test_cifar100_fine_labels(tmp_path):
     assert data.num_classes == 100
 
 
-def test_tinyimagenet_layout(tmp_path):
+def write_tinyimagenet(tmp_path):
     root = tmp_path / "tiny-imagenet-200"
     wnids = ["n01443537", "n01629819", "n01641577"]
     root.mkdir()
@@ -65,6 +66,11 @@ def test_tinyimagenet_layout(tmp_path):
         save_png(root / "val" / "images" / f"val_{i}.png", image)
         val_lines.append(f"val_{i}.png\t{wnids[label]}\t0\t0\t63\t63")
     (root / "val" / "val_annotations.txt").write_text("\n".join(val_lines) + "\n")
+    return root, images, labels
+
+
+def test_tinyimagenet_layout(tmp_path):
+    _, images, labels = write_tinyimagenet(tmp_path)
     data = load_dataset("tinyimagenet", tmp_path)
     assert (data.num_train, data.num_test, data.image_size) == (9, 6, 64)
     assert sorted(data.train_labels.tolist()) == sorted(labels.tolist())
@@ -72,6 +78,42 @@ def test_tinyimagenet_layout(tmp_path):
     # PNG is lossless: the pixels come back exactly
     order = np.argsort(labels, kind="stable")
     assert np.array_equal(data.train_images.numpy(), images[order])
+
+
+def test_decoded_images_are_cached_until_a_file_changes(tmp_path, monkeypatch):
+    from implicit_sparsity.data import image_cache
+
+    root, images, labels = write_tinyimagenet(tmp_path)
+    first = load_dataset("tinyimagenet", tmp_path)
+    cached = sorted(image_cache.cache_dir().glob("*.npy"))
+    assert [p.name.split("-")[:2] for p in cached] == [["tinyimagenet", "train"],
+                                                       ["tinyimagenet", "val"]]
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although cached")
+    with monkeypatch.context() as patch:
+        patch.setattr(formats, "load_image", no_decoding)
+        again = load_dataset("tinyimagenet", tmp_path)
+        assert torch.equal(again.train_images, first.train_images)
+        assert torch.equal(again.test_images, first.test_images)
+        # a changed image is decoded afresh (the whole split: its key changed)
+        changed = next((root / "val" / "images").glob("*.png"))
+        save_png(changed, 255 - images[0])
+        with pytest.raises(AssertionError, match="decoded although cached"):
+            load_dataset("tinyimagenet", tmp_path)
+    assert len(list(image_cache.cache_dir().glob("*.npy"))) == 2
+    fresh = load_dataset("tinyimagenet", tmp_path)
+    assert len(list(image_cache.cache_dir().glob("*.npy"))) == 3
+    assert not torch.equal(fresh.test_images, first.test_images)
+
+
+def test_the_image_cache_can_be_turned_off(tmp_path, monkeypatch):
+    from implicit_sparsity.data import image_cache
+
+    write_tinyimagenet(tmp_path)
+    monkeypatch.setenv("IMPLICIT_SPARSITY_CACHE", "off")
+    assert image_cache.cache_dir() is None
+    assert load_dataset("tinyimagenet", tmp_path).num_train == 9
 
 
 def test_objectnet3d_class_folders_are_resized_to_64(tmp_path):

@@ -12,6 +12,7 @@ import torch
 
 from implicit_sparsity.data import formats
 from implicit_sparsity.data.device_data import DeviceTensorData, pad_to, seeded_subset
+from implicit_sparsity.data.image_cache import load_images
 from implicit_sparsity.data.streaming import StreamingImageData
 from implicit_sparsity.errors import ConfigError, DatasetNotFoundError
 
@@ -94,15 +95,6 @@ def _find_tiny(folder: Path) -> Path | None:
     return None
 
 
-def _load_images(files: list[Path], size: int, desc: str) -> np.ndarray:
-    from tqdm import tqdm
-
-    out = np.empty((len(files), 3, size, size), dtype=np.uint8)
-    for i, path in enumerate(tqdm(files, desc=desc, disable=None, leave=False)):
-        out[i] = formats.load_image(path, size)
-    return out
-
-
 def _read_tiny(folder: Path) -> Arrays:
     """train/<wnid>/images/*.JPEG for training; val/images + val_annotations.txt for testing."""
     wnids = [w.strip() for w in (folder / "wnids.txt").read_text().split() if w.strip()]
@@ -114,8 +106,8 @@ def _read_tiny(folder: Path) -> Arrays:
         if len(fields) >= 2 and fields[1] in index:
             val_files.append(folder / "val" / "images" / fields[0])
             val_labels.append(index[fields[1]])
-    return (_load_images(train_files, 64, "TinyImageNet train"), train_labels,
-            _load_images(val_files, 64, "TinyImageNet val"), np.asarray(val_labels, np.int64))
+    return (load_images(train_files, 64, "TinyImageNet train"), train_labels,
+            load_images(val_files, 64, "TinyImageNet val"), np.asarray(val_labels, np.int64))
 
 
 # --- Class folders (ImageNet, ObjectNet3D renderings) ----------------------------------------
@@ -136,8 +128,8 @@ def _read_objectnet3d(folder: Path) -> Arrays:
     """Renderings held in memory at 64x64 (supplement section 4)."""
     train_files, train_y, classes = formats.class_folder_files(folder / "train")
     test_files, test_y, _ = formats.class_folder_files(_test_split(folder), classes)
-    return (_load_images(train_files, 64, "ObjectNet3D train"), train_y,
-            _load_images(test_files, 64, "ObjectNet3D test"), test_y)
+    return (load_images(train_files, 64, "ObjectNet3D train"), train_y,
+            load_images(test_files, 64, "ObjectNet3D test"), test_y)
 
 
 DATASETS: dict[str, DatasetEntry] = {e.name: e for e in (
