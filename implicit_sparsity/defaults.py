@@ -16,6 +16,9 @@ GAMMA_THRESHOLD = 1e-3
 ACTIVATION_THRESHOLD = 1e-12
 #: Universality counts the samples whose normalized pooled activation exceeds this.
 UNIVERSALITY_THRESHOLD = 1e-3
+#: Tables 4, 5, 8 and 9 also report the top-5 error: a sample counts as wrong when its label
+#: is not among the TOP_K highest logits.
+TOP_K = 5
 
 # --- Optimizers (section 2.1; supplement Fig. 3 for AMSGrad, RMSProp, Adamax) -------------
 #: Base learning rate and hyper-parameters of each optimizer, as the paper gives them.

@@ -30,6 +30,7 @@ def test_run_folder_contents(fashion_dir, tmp_path):
     for m in metrics:
         assert set(m["sparsity_gamma"]) == {f"C{i}" for i in range(1, 8)}
         assert 0 <= m["test_error"] <= 100 and m["train_loss"] > 0
+        assert 0 <= m["test_error_top5"] <= m["test_error"]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["lr"] == 1e-3 and saved["epochs"] == [2, 1]  # paper defaults made explicit
     assert saved["optimizer_args"] == {"betas": [0.9, 0.99], "eps": 1e-8}

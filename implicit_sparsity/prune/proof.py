@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from implicit_sparsity.measure.classification import TOP_K, count_wrong
+
 
 @dataclass
 class Equivalence:
@@ -16,6 +18,8 @@ class Equivalence:
     changed_predictions: int      # samples whose argmax changed
     error_before: float | None    # % test error, when labels are given
     error_after: float | None
+    error_top5_before: float | None = None  # % top-5 test error, when labels are given
+    error_top5_after: float | None = None
 
     @property
     def relative_diff(self) -> float:
@@ -33,7 +37,7 @@ def compare_outputs(before: nn.Module, after: nn.Module, batches) -> Equivalence
     """Run both models (eval mode) over `batches` of inputs or (inputs, labels)."""
     before.eval()
     after.eval()
-    samples = changed = wrong_before = wrong_after = 0
+    samples = changed = wrong_before = wrong_after = top5_before = top5_after = 0
     max_diff = max_logit = 0.0
     labelled = False
     for batch in (batches() if callable(batches) else batches):
@@ -44,9 +48,11 @@ def compare_outputs(before: nn.Module, after: nn.Module, batches) -> Equivalence
         changed += int((a.argmax(1) != b.argmax(1)).sum())
         if y is not None:
             labelled = True
-            wrong_before += int((a.argmax(1) != y).sum())
-            wrong_after += int((b.argmax(1) != y).sum())
+            wrong_before += int(count_wrong(a, y))
+            wrong_after += int(count_wrong(b, y))
+            top5_before += int(count_wrong(a, y, TOP_K))
+            top5_after += int(count_wrong(b, y, TOP_K))
         samples += len(x)
     error = (lambda wrong: 100.0 * wrong / samples if labelled and samples else None)
     return Equivalence(samples, max_diff, max_logit, changed, error(wrong_before),
-                       error(wrong_after))
+                       error(wrong_after), error(top5_before), error(top5_after))

@@ -45,10 +45,12 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None) -> dict:
     evaluation = {
         "train_loss": final["train_loss"], "test_loss": final["test_loss"],
         "test_error": final["test_error"],
+        "test_error_top5": final.get("test_error_top5"),  # runs of earlier versions: none
         "sparsity_gamma": result.percent("gamma"),
         "sparsity_activation": result.percent("activation"),
         "params_pruned": report.percent_params_pruned("gamma"),
         "pruned_test_error": pruned.equivalence.error_after,
+        "pruned_test_error_top5": pruned.equivalence.error_top5_after,
         "changed_predictions": pruned.equivalence.changed_predictions,
         "layers": {l.name: {"features": l.features,
                             "sparsity_gamma": l.percent(l.inactive_gamma),

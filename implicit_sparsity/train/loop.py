@@ -22,6 +22,7 @@ from tqdm import tqdm
 from implicit_sparsity.data import Augmentation, get_dataset_entry, load_dataset
 from implicit_sparsity.errors import RunStateError
 from implicit_sparsity.explicit.methods import add_l1_gamma_gradient
+from implicit_sparsity.measure.classification import TOP_K, count_wrong
 from implicit_sparsity.measure.scale import gamma_sparsity, total
 from implicit_sparsity.models import get_model_entry
 from implicit_sparsity.optim import (Regularizer, StepSchedule, apply_schedule, build_optimizer,
@@ -108,33 +109,37 @@ def regularized_params(model: nn.Module, include_bn: bool) -> list[nn.Parameter]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches) -> tuple[float, float]:
-    """(mean cross-entropy, % error) over an iterable of batches, model in eval mode."""
+def evaluate(model: nn.Module, batches) -> tuple[float, float, float]:
+    """(mean cross-entropy, % top-1 error, % top-5 error) over batches, model in eval mode."""
     was_training = model.training
     model.eval()
-    loss_sum = correct = count = None
+    loss_sum = wrong = wrong_top_k = None
+    count = 0
     for x, y in batches:
         logits = model(x)
         loss = F.cross_entropy(logits, y, reduction="sum")
-        hits = (logits.argmax(1) == y).sum()
         loss_sum = loss if loss_sum is None else loss_sum + loss
-        correct = hits if correct is None else correct + hits
-        count = len(y) if count is None else count + len(y)
+        miss, miss_top_k = count_wrong(logits, y), count_wrong(logits, y, TOP_K)
+        wrong = miss if wrong is None else wrong + miss
+        wrong_top_k = miss_top_k if wrong_top_k is None else wrong_top_k + miss_top_k
+        count += len(y)
     model.train(was_training)
-    if count is None:
-        return float("nan"), float("nan")
-    return loss_sum.item() / count, 100.0 * (1.0 - correct.item() / count)
+    if not count:
+        return float("nan"), float("nan"), float("nan")
+    return (loss_sum.item() / count, 100.0 * wrong.item() / count,
+            100.0 * wrong_top_k.item() / count)
 
 
 def epoch_metrics(model: nn.Module, config: TrainConfig, data, epoch: int, factor: float,
                   loss_sum: float, wrong: int, seen: int, train_seconds: float) -> dict:
     """An epoch's line of metrics.jsonl: training figures, test loss / error, sparsity."""
-    test_loss, test_error = evaluate(model, data.test_batches(config.eval_batch_size))
+    test_loss, test_error, test_error_top_k = evaluate(model,
+                                                      data.test_batches(config.eval_batch_size))
     layers = gamma_sparsity(model, config.gamma_threshold)
     return {
         "epoch": epoch, "lr": config.lr * factor,
         "train_loss": loss_sum / seen, "train_error": 100.0 * wrong / seen,
-        "test_loss": test_loss, "test_error": test_error,
+        "test_loss": test_loss, "test_error": test_error, "test_error_top5": test_error_top_k,
         "sparsity_gamma": {l.name: l.percent for l in layers},
         "sparsity_gamma_total": total(layers).percent,
         "inactive_gamma": {l.name: l.inactive for l in layers},
