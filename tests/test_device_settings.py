@@ -41,6 +41,24 @@ def test_flushing_asked_for_too_late_is_refused():
     assert "CPU threads started before it was set" in done.stderr
 
 
+def test_one_process_never_mixes_flushing_and_not(fashion_dir, tmp_path):
+    done = run_python(f"""
+        import torch
+        torch.set_num_threads(2)
+        from implicit_sparsity.train import TrainConfig, train
+        common = dict(data_dir={str(fashion_dir)!r}, width="0.0625", epochs=[1], device="cpu")
+        train(TrainConfig(**common, flush_denormal=True), {str(tmp_path / "a")!r},
+              verbose=False)
+        train(TrainConfig(**common, flush_denormal=True, seed=1), {str(tmp_path / "b")!r},
+              verbose=False)
+        train(TrainConfig(**common), {str(tmp_path / "c")!r}, verbose=False)
+    """)
+    assert done.returncode != 0
+    assert "trained with flush_denormal=True before" in done.stderr
+    assert (tmp_path / "b" / "summary.json").is_file()  # the same setting again is fine
+    assert not (tmp_path / "c").exists()  # refused before any work
+
+
 def test_training_from_the_command_line_with_flushing(fashion_dir, tmp_path):
     out = tmp_path / "run"
     done = subprocess.run(

@@ -17,6 +17,8 @@ from implicit_sparsity.errors import ConfigError, RunStateError
 
 #: Elements in the probe: enough for every intra-op thread to get a share of it.
 _PROBE_SIZE = 1 << 20
+#: What this process's runs have set so far (None: no run yet).
+_flushing: bool | None = None
 
 
 def device_speed_settings(config, device: torch.device) -> None:
@@ -25,8 +27,14 @@ def device_speed_settings(config, device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = config.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
-    if config.flush_denormal:
+    global _flushing
+    if _flushing is not None and _flushing != config.flush_denormal:
+        raise RunStateError(
+            f"flush_denormal: this process trained with flush_denormal={_flushing} before, and "
+            "its CPU threads keep that setting; train this run in a fresh process")
+    if config.flush_denormal and not _flushing:
         flush_denormals_everywhere()
+    _flushing = config.flush_denormal
 
 
 def flush_denormals_everywhere() -> None:
