@@ -37,15 +37,17 @@ def fresh_models(configs):
     return models
 
 
-@pytest.mark.parametrize("configs, shared", [(CONFIGS, False), (SHARED, True)],
+@pytest.mark.parametrize("configs, optimizers", [(CONFIGS, 13), (SHARED, 1)],
                          ids=["every-optimizer-x-regularizer", "shared-optimizer"])
-def test_packed_steps_equal_single_runs_run_by_run(configs, shared):
+def test_packed_steps_equal_single_runs_run_by_run(configs, optimizers):
     torch.manual_seed(0)
     batches = [(torch.randn(len(configs), 6, 1, 28, 28), torch.randint(0, 10, (len(configs), 6)))
                for _ in range(4)]
     factors = [1.0, 1.0, 0.1, 0.1]
     packed = PackedModels(fresh_models(configs), configs)
-    assert packed.shared is shared
+    # neighbours of one optimizer and rate share a step: in CONFIGS the gamma lr scale
+    # (every fifth run) splits some optimizers' runs
+    assert len(packed.optimizers) == optimizers
     for (x, y), factor in zip(batches, factors):
         packed.set_schedule(factor)
         packed.step(x, y, [factor] * len(configs))
@@ -99,6 +101,14 @@ def test_a_shared_optimizer_resumes_from_the_runs_own_states():
     for k in range(3):
         for key, value in straight.state_dict(k).items():
             assert torch.equal(resumed.state_dict(k)[key], value), key
+
+
+def test_neighbouring_runs_of_one_optimizer_form_segments():
+    from implicit_sparsity.train.packed import contiguous_segments
+
+    assert contiguous_segments(["a", "a", "b", "a"]) == [(0, 2), (2, 3), (3, 4)]
+    assert contiguous_segments([1]) == [(0, 1)]
+    assert contiguous_segments([]) == []
 
 
 def test_packing_refuses_mixed_architectures_and_bf16():

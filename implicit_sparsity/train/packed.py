@@ -20,8 +20,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.explicit.methods import add_l1_gradient, slimming_gammas
-from implicit_sparsity.optim import (Regularizer, apply_schedule, build_optimizer,
-                                     param_groups, regularized_step)
+from implicit_sparsity.optim import Regularizer, apply_schedule, build_optimizer, param_groups
 from implicit_sparsity.train.capture import ForwardBackward, should_capture
 from implicit_sparsity.train.device import device_speed_settings
 from implicit_sparsity.train.config import TrainConfig
@@ -46,27 +45,32 @@ class PackedModels:
                       for k in range(len(models))]
         gammas = {id(p) for p in slimming_gammas(models[0])}
         self.gamma_names = [n for n, p in models[0].named_parameters() if id(p) in gammas]
-        # one optimizer over the stacked tensors when every run has the same optimizer and
-        # rates (seeds, regularizers and lambdas may differ): elementwise updates make that the
-        # K runs' updates, at the cost of one step instead of K
-        self.shared = share_optimizer and len(models) > 1 and \
-            len({optimizer_identity(c) for c in self.configs}) == 1
-        self.optimizers, self.regularizers = [], []
-        for k, (model, config) in enumerate(zip(models, self.configs)):
-            name_of = {id(p): name for name, p in model.named_parameters()}
-            if k == 0 or not self.shared:
-                tensors = self.params if self.shared else self.views[k]
-                groups = param_groups(model, config.lr, config.gamma_lr_scale,
-                                      config.beta_lr_scale)
-                for group in groups:  # the single run's groups, over the stacked or run's views
-                    group["params"] = [tensors[name_of[id(p)]] for p in group["params"]]
-                self.optimizers.append(build_optimizer(config.optimizer, groups,
-                                                       config.optimizer_args))
-            from implicit_sparsity.train.loop import regularized_params
+        # runs side by side with the same optimizer and rates (seeds, regularizers and lambdas
+        # may differ) share one optimizer over their slice of the stacked tensors: updates are
+        # elementwise, so that is each run's own update, at one step per slice instead of per run
+        identities = [optimizer_identity(c) for c in self.configs]
+        self.segments = contiguous_segments(identities if share_optimizer
+                                            else list(range(len(models))))
+        name_of = {id(p): name for name, p in models[0].named_parameters()}
+        self.slices, self.optimizers = [], []
+        for start, stop in self.segments:
+            config = self.configs[start]
+            tensors = {name: nn.Parameter(t.detach()[start:stop])
+                       for name, t in self.params.items()}
+            groups = param_groups(models[0], config.lr, config.gamma_lr_scale,
+                                  config.beta_lr_scale)
+            for group in groups:  # the single run's groups, over the slice
+                group["params"] = [tensors[name_of[id(p)]] for p in group["params"]]
+            self.slices.append(tensors)
+            self.optimizers.append(build_optimizer(config.optimizer, groups,
+                                                   config.optimizer_args))
+        from implicit_sparsity.train.loop import regularized_params
 
-            regularized = [self.views[k][name_of[id(p)]]
-                           for p in regularized_params(model, config.regularize_bn)]
-            self.regularizers.append(Regularizer(config.regularizer, config.lam, regularized))
+        self.regularizers = [
+            Regularizer(config.regularizer, config.lam,
+                        [self.views[k][name_of[id(p)]]
+                         for p in regularized_params(models[0], config.regularize_bn)])
+            for k, config in enumerate(self.configs)]
         self.forward_backward = ForwardBackward(
             self._objective, list(self.params.values()), list(self.buffers.values()),
             capture=capture, reason=capture_reason, insist=insist)
@@ -100,53 +104,53 @@ class PackedModels:
                 view.grad = self.params[name].grad[k]
             add_l1_gradient([self.views[k][n] for n in self.gamma_names],
                             self.configs[k].l1_gamma)  # Network Slimming only
-        if not self.shared:
-            for optimizer, regularizer, factor in zip(self.optimizers, self.regularizers,
-                                                      factors):
-                regularized_step(optimizer, regularizer, factor)
-            return losses
-        # regularized_step, with the one optimizer step between the runs' regularizers
+        for (start, stop), tensors in zip(self.segments, self.slices):
+            for name, tensor in tensors.items():
+                tensor.grad = self.params[name].grad[start:stop]
+        # regularized_step for every run; the runs are independent, so the order across runs
+        # does not matter: each run's regularizer acts before and after its optimizer's step
         for regularizer in self.regularizers:
             regularizer.before_step()
-        self.optimizers[0].step()
+        for optimizer in self.optimizers:
+            optimizer.step()
         for regularizer, factor in zip(self.regularizers, factors):
             regularizer.after_step(factor)
         return losses
 
     def set_schedule(self, factor: float) -> None:
         """Every run's rates at lr_t / lr_0 = factor (apply_schedule, run by run)."""
-        for optimizer, config in zip(self.optimizers, self.configs):
-            apply_schedule(optimizer, config.lr, factor)
+        for optimizer, (start, _) in zip(self.optimizers, self.segments):
+            apply_schedule(optimizer, self.configs[start].lr, factor)
 
-    def _stacked_shapes(self) -> list[torch.Size]:
-        return [p.shape for group in self.optimizers[0].param_groups for p in group["params"]]
+    def _segment(self, k: int) -> tuple[int, int, list[torch.Size]]:
+        """Run k's optimizer, its place in that optimizer's slice, the slice shapes."""
+        index = next(i for i, (start, stop) in enumerate(self.segments) if start <= k < stop)
+        shapes = [p.shape for group in self.optimizers[index].param_groups
+                  for p in group["params"]]
+        return index, k - self.segments[index][0], shapes
 
     def optimizer_state_dict(self, k: int) -> dict:
         """Run k's optimizer state in the layout of a single run's optimizer."""
-        if not self.shared:
-            return self.optimizers[k].state_dict()
-        full = self.optimizers[0].state_dict()
-        shapes = self._stacked_shapes()
-        state = {i: {key: value[k].clone() if torch.is_tensor(value) and value.shape == shapes[i]
+        index, offset, shapes = self._segment(k)
+        full = self.optimizers[index].state_dict()
+        state = {i: {key: value[offset].clone()
+                     if torch.is_tensor(value) and value.shape == shapes[i]
                      else copy.deepcopy(value) for key, value in entry.items()}
                  for i, entry in full["state"].items()}
         return {"state": state, "param_groups": copy.deepcopy(full["param_groups"])}
 
     def load_optimizer_state_dicts(self, states: list[dict]) -> None:
         """Resume from each run's optimizer state (single-run layout, as checkpoints hold)."""
-        if not self.shared:
-            for optimizer, state in zip(self.optimizers, states):
-                optimizer.load_state_dict(state)
-            return
-        shapes = self._stacked_shapes()
-        stacked = {}
-        for i, entry in states[0]["state"].items():
-            stacked[i] = {
-                key: torch.stack([s["state"][i][key] for s in states])
-                if torch.is_tensor(value) and (len(states), *value.shape) == tuple(shapes[int(i)])
-                else value for key, value in entry.items()}
-        self.optimizers[0].load_state_dict({"state": stacked,
-                                            "param_groups": states[0]["param_groups"]})
+        for optimizer, (start, stop) in zip(self.optimizers, self.segments):
+            shapes = [p.shape for group in optimizer.param_groups for p in group["params"]]
+            mine = states[start:stop]
+            stacked = {}
+            for i, entry in mine[0]["state"].items():
+                stacked[i] = {key: torch.stack([s["state"][i][key] for s in mine])
+                              if torch.is_tensor(value)
+                              and (len(mine), *value.shape) == tuple(shapes[int(i)])
+                              else value for key, value in entry.items()}
+            optimizer.load_state_dict({"state": stacked, "param_groups": mine[0]["param_groups"]})
 
     def last_wrong(self, y: torch.Tensor) -> torch.Tensor:
         """Per run, the training-mode errors of the last step (on the device)."""
@@ -167,6 +171,17 @@ PACK_FIELDS = ("model", "width", "dataset", "data_dir", "train_subset", "test_su
                "crop_padding", "device", "eval_batch_size", "init_from", "precision",
                "channels_last", "allow_tf32", "step_capture", "cudnn_benchmark",
                "flush_denormal")
+
+
+def contiguous_segments(keys: list) -> list[tuple[int, int]]:
+    """[start, stop) of each run of equal neighbouring keys: [a, a, b, a] -> 0-2, 2-3, 3-4."""
+    segments = []
+    for k, key in enumerate(keys):
+        if segments and keys[segments[-1][0]] == key:
+            segments[-1] = (segments[-1][0], k + 1)
+        else:
+            segments.append((k, k + 1))
+    return segments
 
 
 def optimizer_identity(config: TrainConfig) -> tuple:
