@@ -107,6 +107,17 @@ def test_decoded_images_are_cached_until_a_file_changes(tmp_path, monkeypatch):
     assert not torch.equal(fresh.test_images, first.test_images)
 
 
+def test_an_unwritable_cache_still_serves_the_data(tmp_path, monkeypatch):
+    from implicit_sparsity.data import image_cache
+
+    write_tinyimagenet(tmp_path)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("IMPLICIT_SPARSITY_CACHE", str(blocker / "cache"))
+    assert load_dataset("tinyimagenet", tmp_path).num_train == 9
+    assert not image_cache.keep(np.zeros(3, np.uint8), blocker / "cache" / "x.npy")
+
+
 def test_the_image_cache_can_be_turned_off(tmp_path, monkeypatch):
     from implicit_sparsity.data import image_cache
 

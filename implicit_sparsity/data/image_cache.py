@@ -65,14 +65,24 @@ def load_images(files: list[Path], size: int, desc: str) -> np.ndarray:
         except (OSError, ValueError):
             pass  # a damaged cache file: decode again and replace it
     images = decode_images(files, size, desc)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-                np.save(f, images)
-            os.replace(f.name, path)  # atomic: a parallel run never reads half a file
-            print(f"kept the decoded {desc} images in {path} ({images.nbytes / 2**20:,.0f} MiB;"
-                  f" {CACHE_ENV}=off keeps none)", file=sys.stderr)
-        except OSError:
-            pass  # a read-only cache: the data set is still served, just not kept
+    if path is not None and keep(images, path):
+        print(f"kept the decoded {desc} images in {path} ({images.nbytes / 2**20:,.0f} MiB; "
+              f"{CACHE_ENV}=off keeps none)", file=sys.stderr)
     return images
+
+
+def keep(images: np.ndarray, path: Path) -> bool:
+    """Write atomically (a parallel run never reads half a file); False where the cache
+    cannot be written (read-only, full): the data set is still served, just not kept."""
+    temporary = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+            temporary = f.name
+            np.save(f, images)
+        os.replace(temporary, path)
+        return True
+    except OSError:
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
+        return False

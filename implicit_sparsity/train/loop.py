@@ -240,7 +240,6 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-
     def compute(x, y):
         # bf16 only inside the step; evaluation and every measurement stay in fp32
         with torch.autocast(device.type, dtype=torch.bfloat16,
