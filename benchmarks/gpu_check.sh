@@ -9,6 +9,9 @@
 # it runs from the checkout). Tests write their own small data sets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -n "${OUT:-}" ]; then  # a folder whose files come back (the device tool's): keep a log
+  exec > >(tee "$OUT/gpu_check.log") 2>&1
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
