@@ -85,14 +85,12 @@ def packed_rate(configs, device, share_optimizer: bool = True) -> float:
     capture, _ = should_capture(configs[0].step_capture, device, models[0])
     packed = PackedModels(models, configs, capture=capture, share_optimizer=share_optimizer)
     for epoch in range(1, EPOCHS + 1):  # the last epoch is timed
-        streams = [data.train_batches(40, epoch_seed(c.seed, epoch), Augmentation())
-                   for c in configs]
+        batches = data.packed_train_batches(40, [epoch_seed(c.seed, epoch) for c in configs],
+                                            Augmentation())
         sync(device)
         start = time.perf_counter()
         seen = 0
-        for batch in zip(*streams):
-            x = torch.stack([b[0] for b in batch])
-            y = torch.stack([b[1] for b in batch])
+        for x, y in batches:
             packed.step(x, y, [1.0] * len(configs))
             seen += y.numel()
         sync(device)

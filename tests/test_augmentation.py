@@ -68,3 +68,19 @@ def test_trailing_single_sample_batch_is_dropped():
     data = DeviceTensorData(train, np.zeros(9), train, np.zeros(9), num_classes=1)
     sizes = [len(y) for _, y in data.train_batches(4, 0, Augmentation())]
     assert sizes == [4, 4] and data.steps_per_epoch(4) == 2
+
+
+def test_packed_batches_are_each_runs_own_batches_exactly():
+    rng = np.random.default_rng(1)
+    train = rng.integers(0, 256, (23, 3, 6, 6), dtype=np.uint8)  # 23 at batch 5: a partial 3
+    data = DeviceTensorData(train, np.arange(23) % 4, train[:2], np.zeros(2), num_classes=4)
+    seeds = [11, 12, 13]
+    for aug in (Augmentation(flip=True, crop_padding=2), Augmentation(flip=False),
+                Augmentation(flip=True, crop_padding=0)):
+        packed = list(data.packed_train_batches(5, seeds, aug))
+        singles = [list(data.train_batches(5, seed, aug)) for seed in seeds]
+        assert [tuple(x.shape) for x, _ in packed] == [(3, 5, 3, 6, 6)] * 4 + [(3, 3, 3, 6, 6)]
+        for step, (x, y) in enumerate(packed):
+            for k in range(len(seeds)):
+                assert torch.equal(x[k], singles[k][step][0])
+                assert torch.equal(y[k], singles[k][step][1])

@@ -51,23 +51,44 @@ def pad_to(images: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def random_crop_flip(x: torch.Tensor, aug: Augmentation, generator: torch.Generator
-                     ) -> torch.Tensor:
-    """Augment a uint8 NCHW batch on its device: crop after zero padding, then flip."""
-    n, c, h, w = x.shape
+@dataclass
+class AugmentationDraw:
+    """The random choices of one batch: crop offsets [2, n] (None: no crop), flips [n]."""
+
+    offsets: torch.Tensor | None
+    flips: torch.Tensor | None
+
+
+def draw_augmentation(n: int, aug: Augmentation, generator: torch.Generator,
+                      device: torch.device) -> AugmentationDraw:
+    """Draw a batch's crop offsets, then its flips (this order fixes what a seed gives)."""
     p = aug.crop_padding
-    if p > 0:
-        padded = F.pad(x, (p, p, p, p))
-        offsets = torch.randint(0, 2 * p + 1, (2, n), device=x.device, generator=generator)
-        rows = (offsets[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (offsets[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    offsets = (torch.randint(0, 2 * p + 1, (2, n), device=device, generator=generator)
+               if p > 0 else None)
+    flips = torch.rand(n, device=device, generator=generator) < 0.5 if aug.flip else None
+    return AugmentationDraw(offsets, flips)
+
+
+def apply_augmentation(x: torch.Tensor, padding: int, draw: AugmentationDraw) -> torch.Tensor:
+    """Crop after zero padding, then flip, a uint8 NCHW batch on its device, as drawn."""
+    n, c, h, w = x.shape
+    if draw.offsets is not None:
+        padded = F.pad(x, (padding, padding, padding, padding))
+        rows = (draw.offsets[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (draw.offsets[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
         batch = torch.arange(n, device=x.device)[:, None, None, None]
         chans = torch.arange(c, device=x.device)[None, :, None, None]
         x = padded[batch, chans, rows, cols]
-    if aug.flip:
-        mask = torch.rand(n, device=x.device, generator=generator) < 0.5
-        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    if draw.flips is not None:
+        x = torch.where(draw.flips[:, None, None, None], x.flip(3), x)
     return x
+
+
+def random_crop_flip(x: torch.Tensor, aug: Augmentation, generator: torch.Generator
+                     ) -> torch.Tensor:
+    """Augment a uint8 NCHW batch on its device: crop after zero padding, then flip."""
+    draw = draw_augmentation(len(x), aug, generator, x.device)
+    return apply_augmentation(x, aug.crop_padding, draw)
 
 
 class DeviceTensorData:
@@ -117,13 +138,34 @@ class DeviceTensorData:
 
         In a distributed run (`world` processes) every process draws the same global
         batches and keeps its share `rank::world` of each."""
+        for index, draw in self._epoch_draws(batch_size, seed, aug, rank, world):
+            x = apply_augmentation(self.train_images[index], aug.crop_padding, draw)
+            yield self.normalize(x), self.train_labels[index]
+
+    def packed_train_batches(self, batch_size: int, seeds: list[int], aug: Augmentation
+                             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of K runs side by side: [K, B, ...] images and [K, B] labels, run k's
+        exactly what `train_batches(batch_size, seeds[k], aug)` gives, augmented for all runs
+        at once (a few kernels a step instead of a few per run)."""
+        streams = [self._epoch_draws(batch_size, seed, aug) for seed in seeds]
+        for draws in zip(*streams):
+            index = torch.stack([i for i, _ in draws])                       # [K, B]
+            together = AugmentationDraw(*(
+                None if parts[0] is None else torch.cat(parts, dim=-1)
+                for parts in ([d.offsets for _, d in draws], [d.flips for _, d in draws])))
+            x = apply_augmentation(self.train_images[index.flatten()], aug.crop_padding,
+                                   together)
+            yield self.normalize(x).unflatten(0, index.shape), self.train_labels[index]
+
+    def _epoch_draws(self, batch_size: int, seed: int, aug: Augmentation, rank: int = 0,
+                     world: int = 1) -> Iterator[tuple[torch.Tensor, AugmentationDraw]]:
+        """An epoch's sample indices and augmentation draws, batch by batch, from `seed`."""
         order = torch.randperm(self.num_train, generator=torch.Generator().manual_seed(seed))
         order = order.to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(seed + 7919 * rank)
         for start in range(0, self._epoch_end(batch_size, world), batch_size):
             index = order[start:start + batch_size][rank::world]
-            x = random_crop_flip(self.train_images[index], aug, generator)
-            yield self.normalize(x), self.train_labels[index]
+            yield index, draw_augmentation(len(index), aug, generator, self.device)
 
     def _epoch_end(self, batch_size: int, world: int) -> int:
         """Where an epoch's batches stop. A trailing batch of one sample is dropped

@@ -98,6 +98,12 @@ class StreamingImageData:
         return self._loader(dataset, batch_size, shuffle=True, seed=seed, drop_single=True,
                             rank=rank, world=world)
 
+    def packed_train_batches(self, batch_size: int, seeds: list[int], aug: Augmentation
+                             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of K runs side by side ([K, B, ...], [K, B]), each from its own seed."""
+        for batches in zip(*(self.train_batches(batch_size, seed, aug) for seed in seeds)):
+            yield torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
+
     def test_batches(self, batch_size: int):
         return self._loader(ImageFileDataset(self.test_files, self.test_labels, False),
                             batch_size, shuffle=False)

@@ -270,14 +270,12 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
         factor = schedule.factor(epoch - 1)
         packed.set_schedule(factor)
         torch.manual_seed(epoch_seed(configs[0].seed, epoch))
-        streams = [data.train_batches(c.batch_size, epoch_seed(c.seed, epoch), aug)
-                   for c in configs]
+        batches = data.packed_train_batches(configs[0].batch_size,
+                                            [epoch_seed(c.seed, epoch) for c in configs], aug)
         loss_sum = torch.zeros(len(configs), device=device)
         wrong = torch.zeros(len(configs), device=device, dtype=torch.long)
         seen, epoch_start = 0, time.perf_counter()
-        for batch in zip(*streams):
-            x = torch.stack([b[0] for b in batch])
-            y = torch.stack([b[1] for b in batch])
+        for x, y in batches:
             losses = packed.step(x, y, [factor] * len(configs))
             loss_sum += losses * y.shape[1]
             seen += y.shape[1]
