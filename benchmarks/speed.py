@@ -75,15 +75,17 @@ def plain_rate(config, device) -> float:
     return len(y_all) / (time.perf_counter() - start)
 
 
-def packed_rate(configs, device, share_optimizer: bool = True) -> float:
+def packed_rate(configs, device, share_optimizer: bool = True) -> tuple[float, str]:
+    """Aggregate images/s of the last epoch, and how the packed training step ran."""
     data, _ = build_for_config(configs[0], device)
     models = []
     for c in configs:
         torch.manual_seed(c.seed)
         models.append(build_model("basicnet", in_channels=3, num_classes=10,
                                   width=c.width).to(device))
-    capture, _ = should_capture(configs[0].step_capture, device, models[0])
-    packed = PackedModels(models, configs, capture=capture, share_optimizer=share_optimizer)
+    capture, reason = should_capture(configs[0].step_capture, device, models[0])
+    packed = PackedModels(models, configs, capture=capture, capture_reason=reason,
+                          share_optimizer=share_optimizer)
     for epoch in range(1, EPOCHS + 1):  # the last epoch is timed
         batches = data.packed_train_batches(40, [epoch_seed(c.seed, epoch) for c in configs],
                                             Augmentation())
@@ -94,7 +96,7 @@ def packed_rate(configs, device, share_optimizer: bool = True) -> float:
             packed.step(x, y, [1.0] * len(configs))
             seen += y.numel()
         sync(device)
-    return seen / (time.perf_counter() - start)
+    return seen / (time.perf_counter() - start), packed.forward_backward.status
 
 
 def our_rate(config, device) -> tuple[float, str]:
@@ -128,8 +130,8 @@ def main() -> None:
         configs = [TrainConfig(**{**base, "lam": 10.0 ** -(3 + k % 3)}, seed=k)
                    for k in range(args.pack)]
         sequential = ours  # K runs one after the other: the single-run rate
-        packed = packed_rate([c.resolved() for c in configs], device)
-        unshared = packed_rate([c.resolved() for c in configs], device, share_optimizer=False)
+        packed, packed_step = packed_rate([c.resolved() for c in configs], device)
+        unshared = packed_rate([c.resolved() for c in configs], device, share_optimizer=False)[0]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({name}), threads {torch.get_num_threads()}, BasicNet width "
           f"{args.width}, {args.images} CIFAR-shaped images, batch 40, fp32")
@@ -139,7 +141,8 @@ def main() -> None:
         print(f"   ours with an eager step {eager:8.0f} img/s: the CUDA graph gives "
               f"{ours / eager:.2f}x")
     print(f"2. {args.pack} packed runs {packed:8.0f} img/s in all vs {sequential:8.0f} img/s "
-          f"one after the other: ratio {packed / sequential:.2f} (target >= 4 on a GPU)")
+          f"one after the other: ratio {packed / sequential:.2f} (target >= 4 on a GPU); "
+          f"training step: {packed_step}")
     print(f"   with one optimizer step per run instead of one for all {unshared:8.0f} img/s: "
           f"the shared step gives {packed / unshared:.2f}x")
     print(f"3. Table 1 ({TABLE1_IMAGES:.2e} training images): {TABLE1_IMAGES / ours / 3600:,.0f}"
