@@ -15,3 +15,19 @@ class DatasetNotFoundError(ImplicitSparsityError, FileNotFoundError):
 
 class RunStateError(ImplicitSparsityError):
     """A run folder cannot be used as asked (finished, or made with another config)."""
+
+
+class StorageError(ImplicitSparsityError, OSError):
+    """A file could not be written (full disk, no permission); nothing half-written is left."""
+
+
+class DivergedError(ImplicitSparsityError):
+    """Training produced a non-finite loss; the run is marked diverged and not resumed."""
+
+
+class ProofError(ImplicitSparsityError):
+    """A slim model's outputs differ from the original's (or are not finite)."""
+
+
+class DataFormatError(ImplicitSparsityError, ValueError):
+    """A data file is damaged, of another format, or does not match its data set."""

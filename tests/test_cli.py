@@ -37,10 +37,16 @@ def test_train_from_yaml_with_flag_overrides(tmp_path, fashion_dir, capsys):
     saved = (out / "config.yaml").read_text()
     assert "lam: 0.001" in saved and "flip: false" in saved and "momentum: 0.5" in saved
     assert len(read_metrics(out)) == 2
-    # running the same command again does not overwrite the finished run
+    # running the same command again says the run is finished and overwrites nothing
+    before = (out / "checkpoint.pt").read_bytes()
     assert main(["train", "--config", str(config), "--epochs", "1", "1", "--lambda", "1e-3",
-                 "--no-flip", "--optimizer-args", "{momentum: 0.5}", "--out", str(out)]) == 2
-    assert "already finished" in capsys.readouterr().err
+                 "--no-flip", "--optimizer-args", "{momentum: 0.5}", "--out", str(out)]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (out / "checkpoint.pt").read_bytes() == before
+    # another config into the same folder is refused
+    assert main(["train", "--config", str(config), "--epochs", "1", "1", "--lambda", "2e-3",
+                 "--out", str(out)]) == 2
+    assert "another config" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

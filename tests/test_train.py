@@ -10,7 +10,7 @@ import yaml
 from implicit_sparsity.errors import ConfigError, RunStateError
 from implicit_sparsity.train import (TrainConfig, load_bn_history, load_checkpoint,
                                      load_config_file, read_metrics, train)
-from implicit_sparsity.train.run_dir import CHECKPOINT
+from implicit_sparsity.io.run_dir import CHECKPOINT
 
 
 def tiny_config(data_dir, **overrides):
@@ -255,12 +255,30 @@ def test_data_parallel_run_with_torchrun_on_two_cpu_processes(fashion_dir, tmp_p
 
 
 def test_bf16_steps_and_channels_last_train_and_measure_in_fp32(fashion_dir, tmp_path):
+    import copy
+
+    from implicit_sparsity.models import build_model
+    from implicit_sparsity.train.capture import relative_difference
+
+    # the same computation in another layout: in float64 (where only summation order can
+    # differ, ~1e-16 of the terms) outputs and gradients agree; a float32 comparison after
+    # Adam steps would not be portable across CPUs
+    torch.manual_seed(0)
+    model = build_model("basicnet", in_channels=1, num_classes=10, width=0.0625).double()
+    nhwc_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 1, 28, 28, dtype=torch.float64)
+    out, out_nhwc = model(x), nhwc_model(x.contiguous(memory_format=torch.channels_last))
+    assert relative_difference(out_nhwc, out) <= 1e-12
+    out.square().sum().backward()
+    out_nhwc.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), nhwc_model.parameters()):
+        assert relative_difference(q.grad, p.grad) <= 1e-12, name
     base = train(tiny_config(fashion_dir, epochs=[2]), tmp_path / "fp32", verbose=False)
     nhwc = train(tiny_config(fashion_dir, epochs=[2], channels_last=True), tmp_path / "nhwc",
                  verbose=False)
-    for key, value in base.model.state_dict().items():  # the same computation, other layout
-        assert torch.allclose(nhwc.model.state_dict()[key].float(), value.float(),
-                              rtol=1e-3, atol=1e-4), key
+    assert all(torch.isfinite(v).all() for v in nhwc.model.state_dict().values()
+               if v.is_floating_point())
+    assert nhwc.metrics[-1]["train_loss"] < nhwc.metrics[0]["train_loss"] * 1.5
     bf16 = train(tiny_config(fashion_dir, epochs=[2], precision="bf16"), tmp_path / "bf16",
                  verbose=False)
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())

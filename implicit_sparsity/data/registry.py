@@ -14,7 +14,7 @@ from implicit_sparsity.data import formats
 from implicit_sparsity.data.device_data import DeviceTensorData, pad_to, seeded_subset
 from implicit_sparsity.data.image_cache import load_images
 from implicit_sparsity.data.streaming import StreamingImageData
-from implicit_sparsity.errors import ConfigError, DatasetNotFoundError
+from implicit_sparsity.errors import ConfigError, DataFormatError, DatasetNotFoundError
 
 #: Where data sets other than the Debian-packaged Fashion-MNIST are looked for by default.
 DATA_ROOT_ENV = "IMPLICIT_SPARSITY_DATA"
@@ -172,6 +172,22 @@ for _variant in ("clean", "cluttered"):
         _read_objectnet3d)
 
 
+def check_arrays(entry: DatasetEntry, folder: Path, split: str, images: np.ndarray,
+                 labels: np.ndarray) -> None:
+    """Images and labels that match each other and the data set, or one clear line: a data
+    set that is off trains on misaligned data or fails in the middle of a run."""
+    where = f"{entry.name} {split} split in {folder}"
+    expected = (entry.in_channels, entry.image_size, entry.image_size)
+    if images.ndim != 4 or images.shape[1:] != expected:
+        raise DataFormatError(f"{where}: images of shape {tuple(images.shape[1:])}, expected "
+                              f"{expected}")
+    if len(images) != len(labels):
+        raise DataFormatError(f"{where}: {len(images)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= entry.num_classes):
+        raise DataFormatError(f"{where}: labels from {labels.min()} to {labels.max()}, "
+                              f"expected 0 to {entry.num_classes - 1}")
+
+
 def get_dataset_entry(name: str) -> DatasetEntry:
     if name not in DATASETS:
         raise ConfigError(f"unknown data set {name!r}; valid data sets: {', '.join(DATASETS)}")
@@ -230,6 +246,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, device="cpu",
     train_x, train_y, test_x, test_y = entry.read(folder)
     if len(train_y) == 0 or len(test_y) == 0:
         raise DatasetNotFoundError(f"{name}: no images found under {folder}")
+    check_arrays(entry, folder, "train", train_x, train_y)
+    check_arrays(entry, folder, "test", test_x, test_y)
     train_idx = seeded_subset(len(train_y), train_subset, subset_seed)
     test_idx = seeded_subset(len(test_y), test_subset, subset_seed + 1)
     if train_idx is not None:

@@ -20,12 +20,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.explicit.methods import l1_norm_selection, slimming_selection
+from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.prune import prune_model
 from implicit_sparsity.prune.slim_io import save_slim
 from implicit_sparsity.train import TrainConfig, ensure_trained
-from implicit_sparsity.train.restore import load_trained, load_training_data
-from implicit_sparsity.train.run_dir import atomic_write_text
+from implicit_sparsity.train.restore import build_model_for, load_trained, load_training_data
 
 METHODS = ("implicit", "slimming", "l1norm")
 
@@ -82,6 +83,14 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
     """Run every method on `base` (resolved, so the paper's defaults are explicit)."""
     out = Path(out)
     base = base.resolved()
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
+    for ratio in slimming_ratios:  # every choice checked before the first training
+        if not 0.0 <= ratio < 1.0:
+            raise ConfigError(f"Network Slimming ratio must be in [0, 1), got {ratio:g}")
+    if "l1norm" in methods and l1_fractions:
+        l1_norm_selection(build_model_for(base), l1_fractions)  # unknown layers, bad shares
     points: list[OperatingPoint] = []
     latency_batches = (64,) if latency else ()
 

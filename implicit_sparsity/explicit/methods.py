@@ -1,8 +1,8 @@
 """The explicit methods' definitions, each in one place.
 
 - Network Slimming (Liu et al. 2017): an L1 penalty `s * sum |gamma|` on every conv
-  BatchNorm scale during training (its subgradient `s * sign(gamma)` is added to gamma's
-  gradient), then the filters whose |gamma| falls below one global threshold, chosen so
+  BatchNorm scale during training (a training regularizer: `optim.regularization`), then
+  the filters whose |gamma| falls below one global threshold, chosen so
   that a given share of all conv filters goes, are removed, then the net is fine-tuned.
 - L1-norm filter pruning (Li et al. 2017): in each chosen layer, the filters with the
   smallest sum of absolute kernel weights are removed (a given share per layer), then the
@@ -23,26 +23,6 @@ from implicit_sparsity.measure.features import require_batchnorm, trace_features
 SLIMMING_S_VGG = 1e-4
 #: Li et al.'s VGG-16-A: the share of filters removed per conv layer.
 VGG16_A_FRACTIONS = {"C1": 0.5, **{f"C{i}": 0.5 for i in range(8, 14)}}
-
-
-def slimming_gammas(model: nn.Module) -> list[nn.Parameter]:
-    """The scales Network Slimming penalizes: those of every affine BatchNorm2d."""
-    return [m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.affine]
-
-
-@torch.no_grad()
-def add_l1_gradient(gammas, strength: float) -> None:
-    """Network Slimming's penalty: gamma.grad += s * sign(gamma), in place."""
-    if strength <= 0:
-        return
-    for gamma in gammas:
-        if gamma.grad is not None:
-            gamma.grad.add_(torch.sign(gamma), alpha=strength)
-
-
-def add_l1_gamma_gradient(model: nn.Module, strength: float) -> None:
-    """Network Slimming's penalty on every BatchNorm2d scale of `model`."""
-    add_l1_gradient(slimming_gammas(model), strength)
 
 
 def _keep_one(mask: torch.Tensor, score: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from implicit_sparsity.measure.activation import ActivationStats, activation_statistics
 from implicit_sparsity.measure.features import (Feature, ModelTraceError, NoBatchNormError,
                                                 trace_features)
+from implicit_sparsity.measure.monitor import SparsityMonitor
 from implicit_sparsity.measure.report import LayerReport, SparsityReport, analyze
 from implicit_sparsity.measure.scale import LayerSparsity, gamma_sparsity, inactive_by_gamma, total
 
@@ -10,10 +11,3 @@ __all__ = ["ActivationStats", "activation_statistics", "Feature", "ModelTraceErr
            "NoBatchNormError", "trace_features", "LayerReport", "SparsityReport", "analyze",
            "LayerSparsity", "gamma_sparsity", "inactive_by_gamma", "total", "SparsityMonitor"]
 
-
-def __getattr__(name):
-    if name == "SparsityMonitor":  # imported lazily: it depends on the train package
-        from implicit_sparsity.measure.monitor import SparsityMonitor
-
-        return SparsityMonitor
-    raise AttributeError(name)

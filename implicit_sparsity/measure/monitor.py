@@ -21,8 +21,9 @@ from pathlib import Path
 from torch import nn
 
 from implicit_sparsity import defaults
+from implicit_sparsity.io.run_dir import save_bn_snapshot
 from implicit_sparsity.measure.report import analyze
-from implicit_sparsity.train.run_dir import bn_layer_names, save_bn_snapshot
+from implicit_sparsity.models import bn_layer_names
 
 
 class SparsityMonitor:
@@ -67,7 +68,7 @@ class SparsityMonitor:
             record[f"params_pruned_{criterion}"] = report.percent_params_pruned(criterion)
         with open(self.log_dir / "sparsity.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        save_bn_snapshot(model, self.log_dir, epoch)
+        save_bn_snapshot(bn_layer_names(model), self.log_dir, epoch)
         if self.writer is not None:
             self._tensorboard(epoch, model, record)
         self.records.append(record)

@@ -78,3 +78,10 @@ def conv_param_count(model: nn.Module) -> int:
 def scaled(width: int, multiplier: float) -> int:
     """A layer width scaled by a multiplier, at least one filter."""
     return max(1, int(round(width * multiplier)))
+
+
+def bn_layer_names(model: nn.Module) -> dict[str, nn.Module]:
+    """Every affine BatchNorm layer: conv features as C1..Cn, the others by module path."""
+    names = {id(block.bn): name for name, block in feature_layers(model)}
+    return {names.get(id(m), path): m for path, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine}

@@ -2,9 +2,11 @@
 
 from implicit_sparsity.optim.optimizers import (OPTIMIZERS, build_optimizer, default_lr,
                                                 param_groups, resolve_hyperparameters)
-from implicit_sparsity.optim.regularization import Regularizer, regularized_step
+from implicit_sparsity.optim.regularization import (L1GammaPenalty, Regularizer,
+                                                    add_l1_gamma_gradient, regularized_step)
 from implicit_sparsity.optim.schedule import StepSchedule, apply_schedule, same_iterations_epochs
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "default_lr", "param_groups",
-           "resolve_hyperparameters", "Regularizer", "regularized_step", "StepSchedule",
+           "resolve_hyperparameters", "L1GammaPenalty", "Regularizer", "add_l1_gamma_gradient",
+           "regularized_step", "StepSchedule",
            "same_iterations_epochs", "apply_schedule"]

@@ -20,8 +20,11 @@ import torch
 from torch import nn
 
 from implicit_sparsity.errors import ImplicitSparsityError, RunStateError
+from implicit_sparsity.io import atomic_torch_save, atomic_write_text, load_tensors
+from implicit_sparsity.models import adopt_shapes
 from implicit_sparsity.prune.api import DEFAULT_TOLERANCE, PruneResult
-from implicit_sparsity.train.run_dir import atomic_torch_save, atomic_write_text
+from implicit_sparsity.train.config import TrainConfig
+from implicit_sparsity.train.restore import build_model_for
 
 SLIM = "slim.pt"
 EXPORTED = "slim.pt2"
@@ -72,42 +75,12 @@ def save_slim(result: PruneResult, out: str | Path, example_input: torch.Tensor,
             "report": out / REPORT}
 
 
-def adopt_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Resize `model`'s layers to the tensors of a slim state dict, in place: layers take the
-    saved shapes, biases added by folding appear, folded BatchNorms become identities."""
-    for path, module in list(model.named_modules()):
-        prefix = f"{path}." if path else ""
-        own = {k[len(prefix):]: v for k, v in state.items()
-               if k.startswith(prefix) and "." not in k[len(prefix):]}
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and "weight" not in own:
-            parent_path, _, child = path.rpartition(".")
-            parent = model.get_submodule(parent_path) if parent_path else model
-            setattr(parent, child, nn.Identity())  # folded into its conv
-            continue
-        for name, tensor in own.items():
-            if name in module._parameters or name == "bias":
-                setattr(module, name, nn.Parameter(torch.empty_like(tensor)))
-            elif name in module._buffers:
-                module._buffers[name] = torch.empty_like(tensor)
-        if isinstance(module, nn.Conv2d):
-            module.out_channels = module.weight.shape[0]
-            module.in_channels = module.weight.shape[1] * module.groups
-        elif isinstance(module, nn.Linear):
-            module.out_features, module.in_features = module.weight.shape
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.num_features = own["weight"].shape[0]
-    return model
-
-
 def load_slim(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Load `slim.pt` (or a folder holding it) as a module of ours, in eval mode."""
-    from implicit_sparsity.train.config import TrainConfig
-    from implicit_sparsity.train.restore import build_model_for
-
     path = Path(path)
     file = path / SLIM if path.is_dir() else path
     try:
-        saved = torch.load(file, map_location=device, weights_only=True)
+        saved = load_tensors(file, map_location=device)
     except (OSError, RuntimeError) as error:
         raise RunStateError(f"cannot load slim model {file}: {str(error).splitlines()[0]}"
                             ) from None

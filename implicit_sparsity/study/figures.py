@@ -12,8 +12,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from implicit_sparsity.io.run_dir import load_bn_history
 from implicit_sparsity.measure.plots import _pyplot, plot_bn_history
-from implicit_sparsity.train.run_dir import load_bn_history
 
 
 def _label(record: dict, keys: list[str]) -> str:

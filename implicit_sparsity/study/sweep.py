@@ -2,7 +2,7 @@
 
     OUT/spec.yaml                  the spec as it was run (and whether --quick)
     OUT/index.json                 run key -> labels, seed, config
-    OUT/runs/<key>/                a run folder (see train.run_dir) plus evaluation.json
+    OUT/runs/<key>/                a run folder (see io.run_dir) plus evaluation.json
 
 A run is trained (or resumed from its checkpoint), then evaluated: sparsity by |gamma| and
 by activation over its training corpus, % of conv parameters freed, and its dead filters
@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.study.spec import ExperimentSpec, PlannedRun
-from implicit_sparsity.train.run_dir import atomic_write_text, is_finished
+from implicit_sparsity.io import atomic_write_text
+from implicit_sparsity.io.run_dir import is_finished
 
 EVALUATION = "evaluation.json"
 
@@ -37,7 +38,7 @@ EVALUATION = "evaluation.json"
 def evaluate_run(run_dir: Path, data_dir: str | None = None) -> dict:
     """The figures the paper's tables report for one finished run."""
     from implicit_sparsity.study.evaluation import evaluate_trained_run
-    from implicit_sparsity.train.run_dir import read_metrics
+    from implicit_sparsity.io.run_dir import read_metrics
 
     result = evaluate_trained_run(run_dir, data_dir)
     report, pruned = result.report, result.pruned

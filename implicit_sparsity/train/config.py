@@ -18,6 +18,7 @@ import yaml
 from implicit_sparsity import defaults
 from implicit_sparsity.data.registry import get_dataset_entry
 from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.models.registry import get_model_entry, parse_width
 from implicit_sparsity.optim.optimizers import default_lr, resolve_hyperparameters
 from implicit_sparsity.optim.regularization import check_regularizer
@@ -143,7 +144,7 @@ class TrainConfig:
         return cls(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})
 
     def save_yaml(self, path: Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 #: Fields that change where or how fast a run computes, not what it computes (a captured

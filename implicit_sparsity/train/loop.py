@@ -8,6 +8,7 @@ Metrics are accumulated on the device and read once per epoch (no per-step host 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -20,16 +21,18 @@ from torch import nn
 from tqdm import tqdm
 
 from implicit_sparsity.data import Augmentation, get_dataset_entry, load_dataset
-from implicit_sparsity.errors import RunStateError
-from implicit_sparsity.explicit.methods import add_l1_gamma_gradient
+from implicit_sparsity.errors import ConfigError, DivergedError, RunStateError
+from implicit_sparsity.io import FolderLock
+from implicit_sparsity.io import run_dir as rd
+from implicit_sparsity.io.files import LOCK_FILE
 from implicit_sparsity.measure.classification import TOP_K, count_wrong
 from implicit_sparsity.measure.scale import gamma_sparsity, total
-from implicit_sparsity.models import get_model_entry
-from implicit_sparsity.optim import (Regularizer, StepSchedule, apply_schedule, build_optimizer,
-                                     param_groups, regularized_step)
+from implicit_sparsity.models import adopt_shapes, bn_layer_names, get_model_entry
+from implicit_sparsity.optim import (L1GammaPenalty, Regularizer, StepSchedule, apply_schedule,
+                                     build_optimizer, param_groups, regularized_step)
 from implicit_sparsity.optim.optimizers import is_batchnorm_param
+from implicit_sparsity.optim.regularization import slimming_gammas
 from implicit_sparsity.train import distributed
-from implicit_sparsity.train import run_dir as rd
 from implicit_sparsity.train.capture import ForwardBackward, should_capture
 from implicit_sparsity.train.device import device_speed_settings
 from implicit_sparsity.train.config import TrainConfig, result_fields
@@ -91,8 +94,6 @@ def build_for_config(config: TrainConfig, device: torch.device):
 def load_initial_weights(model: nn.Module, path: str) -> None:
     """Start from saved weights: a slim model (its smaller shapes are adopted) or a run's
     checkpoint. How fine-tuning after explicit pruning reuses the training loop."""
-    from implicit_sparsity.prune.slim_io import adopt_shapes
-
     saved = rd.load_checkpoint(Path(path))
     state = saved.get("state_dict") or saved.get("model")
     if state is None:
@@ -150,45 +151,121 @@ def epoch_metrics(model: nn.Module, config: TrainConfig, data, epoch: int, facto
 
 
 def write_epoch(out: Path, model: nn.Module, optimizer_state: dict, config: TrainConfig, data,
-                epoch: int, metrics: dict) -> None:
-    """An epoch's files: gamma / beta snapshot, metrics line, then the checkpoint (atomic)."""
-    rd.save_bn_snapshot(model, out, epoch)
-    rd.append_metrics(out, metrics)
+                epoch: int, metrics: dict, history: list[dict]) -> None:
+    """An epoch's files: gamma / beta snapshot, the checkpoint (atomic, holding every epoch's
+    metrics: the run's single source of truth), then the metrics line. A kill between the
+    two leaves a checkpoint that rewrites metrics.jsonl on resume."""
+    history.append(metrics)
+    rd.save_bn_snapshot(bn_layer_names(model), out, epoch)
     rd.atomic_torch_save({"format": 1, "epoch": epoch, "model": model.state_dict(),
                           "optimizer": optimizer_state, "config": config.to_dict(),
-                          "data_stats": {"mean": data.mean, "std": data.std}},
-                         out / rd.CHECKPOINT)
+                          "data_stats": {"mean": data.mean, "std": data.std},
+                          "metrics": history}, out / rd.CHECKPOINT)
+    rd.append_metrics(out, metrics)
 
 
-def check_run_dir_config(out: Path, config: TrainConfig) -> None:
-    """The run folder's saved config must compute what `config` computes."""
-    from implicit_sparsity.train.config import load_config_file
-
-    saved = result_fields(TrainConfig.from_dict(load_config_file(out / rd.CONFIG)))
-    wanted = result_fields(config)
+def same_config(out: Path, saved: TrainConfig, config: TrainConfig) -> None:
+    """`saved` (a run folder's config) must compute what `config` computes."""
+    saved, wanted = result_fields(saved), result_fields(config)
     differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
     if differ:
         raise RunStateError(f"{out} holds a run with another config (differs in: "
                             f"{', '.join(differ)}); choose another --out")
 
 
-def check_run_dir(out: Path, config: TrainConfig) -> bool:
+def check_run_dir_config(out: Path, config: TrainConfig) -> None:
+    """The run folder's saved config must compute what `config` computes."""
+    from implicit_sparsity.train.config import load_config_file
+
+    same_config(out, TrainConfig.from_dict(load_config_file(out / rd.CONFIG)), config)
+
+
+def load_resume_state(out: Path, device="cpu") -> dict:
+    """A run folder's checkpoint, or one line saying why it cannot be resumed."""
+    try:
+        state = rd.load_checkpoint(out / rd.CHECKPOINT, map_location=device)
+        TrainConfig.from_dict(state["config"])
+        int(state["epoch"])
+    except Exception as error:  # truncated, not a checkpoint of ours, or unreadable
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RunStateError(f"cannot resume {out}: its {rd.CHECKPOINT} is damaged ({first}); "
+                            "move the folder away and train again") from None
+    return state
+
+
+def check_run_dir(out: Path, config: TrainConfig, device="cpu") -> dict | None:
     """Check that `out` is new or holds a resumable run of this config (creates nothing).
 
-    Returns True when a checkpoint exists to resume from. A finished run, a folder of a
-    different config, or a non-empty folder that is not a run is refused (nothing lost).
+    Returns the checkpoint to resume from, or None for a new run. A finished run, a run that
+    diverged, a folder of a different config, or a non-empty folder that is not a run is
+    refused (nothing lost). The checkpoint, not config.yaml, says what the run computes.
     """
     if out.exists() and not out.is_dir():
         raise RunStateError(f"{out} is a file, not a run folder")
     if rd.is_finished(out):
         raise RunStateError(f"run {out} is already finished; it is never overwritten "
                             f"(choose another --out)")
-    if (out / rd.CONFIG).is_file():
-        check_run_dir_config(out, config)
-        return (out / rd.CHECKPOINT).is_file()
-    if out.exists() and any(out.iterdir()):
+    record = rd.diverged(out)
+    if record is not None:
+        raise DivergedError(f"run {out} diverged (non-finite loss at epoch "
+                            f"{record.get('epoch', '?')}, step {record.get('step', '?')}); it "
+                            "is not resumed: change its settings and choose another --out")
+    if (out / rd.CHECKPOINT).is_file():
+        state = load_resume_state(out, device)
+        same_config(out, TrainConfig.from_dict(state["config"]), config)
+        return state
+    if (out / rd.CONFIG).is_file():  # killed before its first checkpoint: nothing to keep
+        try:
+            check_run_dir_config(out, config)
+        except ConfigError:
+            pass  # a damaged config.yaml of a run without a checkpoint: start it again
+        return None
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise RunStateError(f"{out} exists and is not a run folder; refusing to write into it")
-    return False
+    return None
+
+
+def prepare_run_dir(out: Path, config: TrainConfig, model: nn.Module,
+                    state: dict | None) -> list[dict]:
+    """Write a new run's first files, or repair a resumed run's config and metrics from its
+    checkpoint. Returns the metrics of the epochs done."""
+    config.save_yaml(out / rd.CONFIG)  # atomic; rewritten on resume in case it was damaged
+    if state is None:
+        rd.save_bn_snapshot(bn_layer_names(model), out, 0)
+        rd.write_metrics(out, [])
+        return []
+    history = state.get("metrics")
+    if history is None:  # checkpoints of earlier versions hold no metrics
+        history = [m for m in rd.read_metrics(out) if m.get("epoch", 0) <= state["epoch"]]
+    rd.write_metrics(out, history)
+    return list(history)
+
+
+class NonFiniteWatch:
+    """Counts, on the device, the steps before the first non-finite loss of an epoch (no
+    per-step host synchronisation); read once at the epoch's end."""
+
+    def __init__(self, runs: int, device):
+        shape = (runs,) if runs > 1 else ()
+        self.bad = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.good_steps = torch.zeros(shape, dtype=torch.long, device=device)
+
+    def update(self, loss: torch.Tensor) -> None:
+        self.bad |= ~torch.isfinite(loss.detach())
+        self.good_steps += ~self.bad
+
+    def first_bad_step(self) -> torch.Tensor:
+        """Per run, the 1-based step of the first non-finite loss, or 0 (on the device)."""
+        return torch.where(self.bad, self.good_steps + 1, 0)
+
+
+def diverged_error(out: Path, epoch: int, step: int | None, steps: int) -> DivergedError:
+    """Mark run `out` diverged and say so in one line."""
+    rd.mark_diverged(out, {"epoch": epoch, "step": step, "steps_per_epoch": steps,
+                           "reason": "non-finite training loss"})
+    where = f"step {step} of {steps}" if step else "a step of another process"
+    return DivergedError(f"run {out} diverged: non-finite loss at epoch {epoch}, {where}; "
+                         f"marked in {rd.DIVERGED} (not resumed), last good checkpoint kept")
 
 
 def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallback, ...] = (),
@@ -198,7 +275,10 @@ def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallbac
     out = Path(out)
     cluster, device_name = distributed.join(config.device)
     try:
-        return _train(config, out, cluster, resolve_device(device_name), callbacks, verbose)
+        lock = FolderLock(out, "run folder") if cluster.main else contextlib.nullcontext()
+        with lock:
+            return _train(config, out, cluster, resolve_device(device_name), callbacks,
+                          verbose)
     finally:
         distributed.leave(cluster)
 
@@ -207,32 +287,26 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
            callbacks: tuple[EpochCallback, ...], verbose: bool) -> RunResult:
     distributed.check_batch(config.batch_size, cluster)
     device_speed_settings(config, device)
-    resume = check_run_dir(out, config)
+    state = check_run_dir(out, config, device)
+    resume = state is not None
     data, model = build_for_config(config, device)  # a missing data set fails here
     capture, step_status = should_capture(config.step_capture, device, model, cluster.world)
     distributed.barrier(cluster)  # every process has checked the folder before rank 0 writes
-    if cluster.main:
-        out.mkdir(parents=True, exist_ok=True)
 
     schedule = StepSchedule(tuple(config.epochs), config.lr_decay)
     groups = param_groups(model, config.lr, config.gamma_lr_scale, config.beta_lr_scale)
     optimizer = build_optimizer(config.optimizer, groups, config.optimizer_args)
-    regularizer = Regularizer(config.regularizer, config.lam,
-                              regularized_params(model, config.regularize_bn))
+    regularizers = (L1GammaPenalty(config.l1_gamma, slimming_gammas(model)),  # Slimming only
+                    Regularizer(config.regularizer, config.lam,
+                                regularized_params(model, config.regularize_bn)))
     aug = Augmentation(flip=config.flip, crop_padding=config.crop_padding)
 
     start_epoch = 0
     if resume:
-        state = rd.load_checkpoint(out / rd.CHECKPOINT, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
-        distributed.barrier(cluster)  # all have read the metrics before rank 0 truncates
-        if cluster.main:
-            rd.truncate_metrics(out, start_epoch)
-    elif cluster.main:
-        config.save_yaml(out / rd.CONFIG)
-        rd.save_bn_snapshot(model, out, 0)
+    history = prepare_run_dir(out, config, model, state) if cluster.main else []
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     net = model  # what the training steps call: DDP's wrapper in a distributed run
@@ -274,6 +348,7 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
         loss_sum = torch.zeros((), device=device)
         wrong = torch.zeros((), device=device, dtype=torch.long)
         seen = torch.zeros((), device=device, dtype=torch.long)
+        watch = NonFiniteWatch(1, device)
         epoch_start = time.perf_counter()
         batches = data.train_batches(config.batch_size, epoch_seed(config.seed, epoch), aug,
                                      cluster.rank, cluster.world)
@@ -282,13 +357,20 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss, logits = forward_backward(x, y)
-            add_l1_gamma_gradient(model, config.l1_gamma)  # Network Slimming only
-            regularized_step(optimizer, regularizer, factor)
+            watch.update(loss)
+            regularized_step(optimizer, regularizers, factor)
             loss_sum += loss * len(y)
             wrong += (logits.argmax(1) != y).sum()
             seen += len(y)
-        for total_ in (loss_sum, wrong, seen):  # over all processes
+        first_bad = watch.first_bad_step()
+        diverging = (first_bad > 0).long()
+        for total_ in (loss_sum, wrong, seen, diverging):  # over all processes
             distributed.all_sum(total_, cluster)
+        if diverging.item():  # stop before this epoch's files: the last checkpoint stays good
+            distributed.barrier(cluster)
+            if cluster.main:
+                raise diverged_error(out, epoch, int(first_bad.item()) or None, steps)
+            raise DivergedError(f"run {out} diverged at epoch {epoch}")
         seen = int(seen.item())
         train_seconds = time.perf_counter() - epoch_start
         metrics = epoch_metrics(model, config, data, epoch, factor, loss_sum.item(),
@@ -298,7 +380,7 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
             step_status = forward_backward.status
             say(f"training step: {step_status}")
         if cluster.main:
-            write_epoch(out, model, optimizer.state_dict(), config, data, epoch, metrics)
+            write_epoch(out, model, optimizer.state_dict(), config, data, epoch, metrics, history)
         distributed.barrier(cluster)
         epochs_bar.set_postfix(test_err=f"{metrics['test_error']:.1f}",
                                sparsity=f"{metrics['sparsity_gamma_total']:.0f}%")
@@ -310,7 +392,7 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
             for callback in callbacks:
                 callback(epoch, model, metrics)
 
-    all_metrics = rd.read_metrics(out)
+    all_metrics = history if cluster.main else rd.read_metrics(out)
     if cluster.main:
         summary = {"final": all_metrics[-1] if all_metrics else {},
                    "epochs": schedule.total_epochs, "processes": cluster.world,

@@ -11,16 +11,25 @@ single run computes, with its own data, seed and hyper-parameters.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+from tqdm import tqdm
 
-from implicit_sparsity.errors import ConfigError
-from implicit_sparsity.explicit.methods import add_l1_gradient, slimming_gammas
-from implicit_sparsity.optim import Regularizer, apply_schedule, build_optimizer, param_groups
+from implicit_sparsity.data import Augmentation
+from implicit_sparsity.errors import ConfigError, DivergedError
+from implicit_sparsity.io import FolderLock
+from implicit_sparsity.io import run_dir as rd
+from implicit_sparsity.optim import (L1GammaPenalty, Regularizer, StepSchedule, apply_schedule,
+                                     build_optimizer, param_groups)
+from implicit_sparsity.optim.regularization import slimming_gammas
 from implicit_sparsity.train.capture import ForwardBackward, should_capture
 from implicit_sparsity.train.device import device_speed_settings
 from implicit_sparsity.train.config import TrainConfig
@@ -66,10 +75,13 @@ class PackedModels:
                                                    config.optimizer_args))
         from implicit_sparsity.train.loop import regularized_params
 
+        # each run's regularizers, as a single run applies them: Network Slimming's L1 on
+        # gamma (if any), then L2 / WD
         self.regularizers = [
-            Regularizer(config.regularizer, config.lam,
-                        [self.views[k][name_of[id(p)]]
-                         for p in regularized_params(models[0], config.regularize_bn)])
+            (L1GammaPenalty(config.l1_gamma, [self.views[k][n] for n in self.gamma_names]),
+             Regularizer(config.regularizer, config.lam,
+                         [self.views[k][name_of[id(p)]]
+                          for p in regularized_params(models[0], config.regularize_bn)]))
             for k, config in enumerate(self.configs)]
         self.forward_backward = ForwardBackward(
             self._objective, list(self.params.values()), list(self.buffers.values()),
@@ -102,19 +114,19 @@ class PackedModels:
         for k in range(len(self)):
             for name, view in self.views[k].items():
                 view.grad = self.params[name].grad[k]
-            add_l1_gradient([self.views[k][n] for n in self.gamma_names],
-                            self.configs[k].l1_gamma)  # Network Slimming only
         for (start, stop), tensors in zip(self.segments, self.slices):
             for name, tensor in tensors.items():
                 tensor.grad = self.params[name].grad[start:stop]
         # regularized_step for every run; the runs are independent, so the order across runs
         # does not matter: each run's regularizer acts before and after its optimizer's step
-        for regularizer in self.regularizers:
-            regularizer.before_step()
+        for regularizers in self.regularizers:
+            for regularizer in regularizers:
+                regularizer.before_step()
         for optimizer in self.optimizers:
             optimizer.step()
-        for regularizer, factor in zip(self.regularizers, factors):
-            regularizer.after_step(factor)
+        for regularizers, factor in zip(self.regularizers, factors):
+            for regularizer in regularizers:
+                regularizer.after_step(factor)
         return losses
 
     def set_schedule(self, factor: float) -> None:
@@ -205,32 +217,31 @@ def pack_key(config: TrainConfig) -> tuple:
 def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -> list:
     """Train K compatible runs as one packed model; each writes the run folder a single run
     would write (config, metrics, gamma / beta history, checkpoints) and resumes like one.
-    Runs without dropout end where their single runs end, up to float rounding."""
-    import json
-    import time
-    from pathlib import Path
+    Runs without dropout end where their single runs end, up to float rounding. A run whose
+    loss becomes non-finite is marked diverged and stops; the others go on, and a
+    `DivergedError` naming the diverged runs is raised at the end."""
+    configs = [c.resolved() for c in configs]
+    outs = [Path(o) for o in outs]
+    with contextlib.ExitStack() as locks:
+        for out in outs:
+            locks.enter_context(FolderLock(out, "run folder"))
+        return _train_packed(configs, outs, verbose)
 
-    from tqdm import tqdm
 
-    from implicit_sparsity.data import Augmentation
-    from implicit_sparsity.optim import StepSchedule
-    from implicit_sparsity.train import run_dir as rd
-    from implicit_sparsity.train.loop import (RunResult, build_for_config, check_run_dir,
-                                              epoch_metrics, epoch_seed, resolve_device,
+def _train_packed(configs: list[TrainConfig], outs: list[Path], verbose: bool) -> list:
+    from implicit_sparsity.train.loop import (NonFiniteWatch, RunResult, build_for_config,
+                                              check_run_dir, diverged_error, epoch_metrics,
+                                              epoch_seed, prepare_run_dir, resolve_device,
                                               write_epoch)
     from implicit_sparsity.train.restore import build_model_for
 
-    configs = [c.resolved() for c in configs]
-    outs = [Path(o) for o in outs]
     if len({pack_key(c) for c in configs}) != 1:
         raise ConfigError("these runs cannot be packed: they differ in "
                           + ", ".join(f for i, f in enumerate(PACK_FIELDS)
                                       if len({pack_key(c)[i] for c in configs}) > 1))
     device = resolve_device(configs[0].device)
     device_speed_settings(configs[0], device)
-    resume = [check_run_dir(out, config) for out, config in zip(outs, configs)]
-    states = [rd.load_checkpoint(out / rd.CHECKPOINT, map_location=device) if again else None
-              for out, again in zip(outs, resume)]
+    states = [check_run_dir(out, config, device) for out, config in zip(outs, configs)]
     start = {s["epoch"] if s else 0 for s in states}
     if len(start) != 1:
         raise ConfigError("packed runs must resume from the same epoch")
@@ -250,13 +261,9 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
     capture, step_status = should_capture(configs[0].step_capture, device, models[0])
     packed = PackedModels(models, configs, capture=capture, capture_reason=step_status,
                           insist=configs[0].step_capture == "cuda-graph")
-    for k, (out, config, state) in enumerate(zip(outs, configs, states)):
-        if state:
-            rd.truncate_metrics(out, start_epoch)
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            config.save_yaml(out / rd.CONFIG)
-            rd.save_bn_snapshot(models[k], out, 0)
+    histories = [prepare_run_dir(out, config, model, state)
+                 for out, config, model, state in zip(outs, configs, models, states)]
+    diverged: list[str] = []  # the messages of runs that stopped
     if start_epoch:
         packed.load_optimizer_state_dicts([state["optimizer"] for state in states])
     schedule = StepSchedule(tuple(configs[0].epochs), configs[0].lr_decay)
@@ -275,30 +282,46 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
         loss_sum = torch.zeros(len(configs), device=device)
         wrong = torch.zeros(len(configs), device=device, dtype=torch.long)
         seen, epoch_start = 0, time.perf_counter()
+        watch = NonFiniteWatch(len(configs), device)
         for x, y in batches:
             losses = packed.step(x, y, [factor] * len(configs))
+            watch.update(losses)
             loss_sum += losses * y.shape[1]
             seen += y.shape[1]
             wrong += packed.last_wrong(y)
         loss_sums, wrongs = loss_sum.tolist(), wrong.tolist()  # waits for the device
+        first_bad = watch.first_bad_step().tolist()
         train_seconds = time.perf_counter() - epoch_start
         if packed.forward_backward.status != step_status:  # decided during this epoch
             step_status = packed.forward_backward.status
             say(f"training step: {step_status}")
         for k, (out, config) in enumerate(zip(outs, configs)):
+            if histories[k] is None:  # diverged earlier
+                continue
+            if first_bad[k]:
+                diverged.append(str(diverged_error(out, epoch, first_bad[k],
+                                                   data.steps_per_epoch(config.batch_size))))
+                histories[k] = None
+                continue
             models[k].load_state_dict(packed.state_dict(k))
             metrics = epoch_metrics(models[k], config, data, epoch, factor,
                                     loss_sums[k], wrongs[k], seen, train_seconds)
             metrics["packed_with"] = len(configs)
             metrics["training_step"] = packed.forward_backward.status
             write_epoch(out, models[k], packed.optimizer_state_dict(k), config, data, epoch,
-                        metrics)
+                        metrics, histories[k])
+        if all(h is None for h in histories):
+            break
     results = []
     for k, (out, config) in enumerate(zip(outs, configs)):
-        all_metrics = rd.read_metrics(out)
+        all_metrics = histories[k]
+        if all_metrics is None:
+            continue
         summary = {"final": all_metrics[-1] if all_metrics else {},
                    "epochs": schedule.total_epochs, "processes": 1, "packed_with": len(configs),
                    "wall_seconds_this_session": time.perf_counter() - started}
         rd.atomic_write_text(out / rd.SUMMARY, json.dumps(summary, indent=2))
         results.append(RunResult(out, config, models[k], all_metrics))
+    if diverged:
+        raise DivergedError("; ".join(diverged))
     return results

@@ -10,8 +10,8 @@ from torch import nn
 
 from implicit_sparsity.data import get_dataset_entry, load_dataset
 from implicit_sparsity.errors import RunStateError
-from implicit_sparsity.models import build_model, get_model_entry
-from implicit_sparsity.train import run_dir as rd
+from implicit_sparsity.io import run_dir as rd
+from implicit_sparsity.models import adopt_shapes, build_model, get_model_entry
 from implicit_sparsity.train.config import TrainConfig
 
 
@@ -58,8 +58,6 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
                             ) from None
     config = TrainConfig.from_dict(state["config"])
     model = build_model_for(config)
-    from implicit_sparsity.prune.slim_io import adopt_shapes
-
     adopt_shapes(model, state["model"])  # a fine-tuned slim model has smaller layers
     model.load_state_dict(state["model"])
     model.to(device).eval()

@@ -1,0 +1,76 @@
+"""`implicit-sparsity analyze`: per-layer sparsity by |gamma| and by activation, universality
+and % of conv parameters freed, of a run folder or checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+from implicit_sparsity import defaults
+from implicit_sparsity.commands.common import (dump_json, non_negative_float, positive_int,
+                                               writable_file, writable_folder)
+
+NAME = "analyze"
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser(NAME, help="per-layer sparsity (|gamma| and activation), "
+                            "universality, %% params, of a run folder or checkpoint")
+    parser.add_argument("path", help="a run folder or a checkpoint.pt")
+    parser.add_argument("--criterion", choices=("gamma", "activation", "both"), default="both")
+    parser.add_argument("--json", default=None, help="write the per-layer figures as JSON")
+    parser.add_argument("--plots", default=None, help="folder for PNG figures")
+    parser.add_argument("--data-dir", default=None, help="where the training data is now")
+    parser.add_argument("--batch-size", type=positive_int, default=500)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--gamma-threshold", type=non_negative_float,
+                        default=defaults.GAMMA_THRESHOLD)
+    parser.add_argument("--activation-threshold", type=non_negative_float,
+                        default=defaults.ACTIVATION_THRESHOLD)
+    parser.add_argument("--no-universality", action="store_true",
+                        help="skip the second pass over the corpus")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args) -> int:
+    from implicit_sparsity.measure.report import analyze
+    from implicit_sparsity.train.loop import resolve_device
+    from implicit_sparsity.train.restore import load_trained, load_training_data
+
+    json_path = writable_file(args.json, "--json")
+    plots = writable_folder(args.plots, "--plots")
+    device = resolve_device(args.device)
+    run = load_trained(args.path, device)
+    batches, samples = None, None
+    if args.criterion != "gamma":
+        data = load_training_data(run, device, args.data_dir)
+        batches = lambda: data.train_eval_batches(args.batch_size)  # noqa: E731
+        samples = data.num_train
+    print(f"{run.config.model} (width {run.config.width}) trained on {run.config.dataset} "
+          f"with {run.config.optimizer} + {run.config.regularizer} {run.config.lam:g}, "
+          f"epoch {run.epoch}" + (f"; activations over {samples} training images"
+                                  if samples else ""))
+    report = analyze(run.model, batches, criterion=args.criterion,
+                     gamma_threshold=args.gamma_threshold,
+                     activation_threshold=args.activation_threshold,
+                     universality=not args.no_universality)
+    print(report.table())
+    if json_path:
+        dump_json(json_path, {"source": str(args.path), "epoch": run.epoch,
+                              "config": run.config.to_dict(), **report.to_dict()})
+        print(f"wrote {json_path}")
+    if plots:
+        from implicit_sparsity.io.run_dir import load_bn_history
+        from implicit_sparsity.measure.plots import (plot_bn_history, plot_layer_sparsity,
+                                                     plot_universality)
+
+        plots.mkdir(parents=True, exist_ok=True)
+        written = [plot_layer_sparsity(report, plots / "layer_sparsity.png")]
+        if any(l.universality is not None for l in report.layers):
+            written.append(plot_universality(report, plots / "universality.png"))
+        history = load_bn_history(run.run_dir) if run.run_dir else {}
+        if history:
+            written.append(plot_bn_history(history, plots / "gamma_beta_history.png"))
+        for path in written:
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,99 @@
+"""`implicit-sparsity prune`: remove the dead filters of a trained run for real, prove that
+predictions did not change, measure the speed-up, write the slim model."""
+
+from __future__ import annotations
+
+import argparse
+
+from implicit_sparsity import defaults
+from implicit_sparsity.commands.common import (dump_json, non_negative_float, positive_int,
+                                               writable_file, writable_folder)
+
+NAME = "prune"
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser(NAME, help="remove dead filters for real, prove predictions "
+                            "did not change, measure the speed-up")
+    parser.add_argument("checkpoint", help="a run folder or a checkpoint.pt")
+    parser.add_argument("--out", required=True, help="folder for the slim model and report")
+    parser.add_argument("--criterion", choices=("gamma", "activation"), default="gamma")
+    parser.add_argument("--json", default=None, help="also write the report here")
+    parser.add_argument("--tolerance", type=non_negative_float, default=1e-4,
+                        help="largest max|delta logits| / max|logits| accepted (and no test "
+                             "prediction may change)")
+    parser.add_argument("--force", action="store_true",
+                        help="write even if predictions changed (the report says so)")
+    parser.add_argument("--fold-bn", action="store_true",
+                        help="fold BatchNorm into the convolutions for deployment")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=positive_int, default=500)
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads (latency)")
+    parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--gamma-threshold", type=non_negative_float,
+                        default=defaults.GAMMA_THRESHOLD)
+    parser.add_argument("--activation-threshold", type=non_negative_float,
+                        default=defaults.ACTIVATION_THRESHOLD)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args) -> int:
+    import warnings
+
+    import torch
+
+    from implicit_sparsity.prune import prune_model
+    from implicit_sparsity.prune.slim_io import check_before_writing, load_slim, save_slim
+    from implicit_sparsity.train.loop import resolve_device
+    from implicit_sparsity.train.restore import load_trained, load_training_data
+
+    out = writable_folder(args.out, "--out")
+    json_path = writable_file(args.json, "--json")
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = load_trained(args.checkpoint, device)
+    data = load_training_data(run, device, args.data_dir)
+    corpus = lambda: data.train_eval_batches(args.batch_size)  # noqa: E731
+    test = list(data.test_batches(args.batch_size))
+    example = next(iter(data.test_batches(64)))[0]
+    print(f"pruning {run.config.model} (width {run.config.width}, {run.config.dataset}, "
+          f"epoch {run.epoch}) by {args.criterion}; proof on {data.num_test} test images")
+    result = prune_model(run.model, example, criterion=args.criterion,
+                         corpus=corpus if args.criterion == "activation" else None,
+                         check_data=test, gamma_threshold=args.gamma_threshold,
+                         activation_threshold=args.activation_threshold, fold_bn=args.fold_bn,
+                         latency_batches=() if args.no_latency else (1, 64),
+                         threads=args.threads)
+    if device.type != "cpu" and not args.no_latency:  # the CPU figures too
+        import copy
+
+        from implicit_sparsity.prune.cost import latency_table
+
+        result.latency += latency_table(copy.deepcopy(run.model).cpu(),
+                                        copy.deepcopy(result.model).cpu(), example.cpu(),
+                                        (1, 64), args.threads)
+    print(result.table())
+    check_before_writing(result, args.tolerance, args.force)
+    files = save_slim(result, out, example, config=run.config.to_dict(),
+                      tolerance=args.tolerance, force=args.force,
+                      extra={"source": str(args.checkpoint), "epoch": run.epoch})
+    # the written files give the same outputs as the model in memory
+    reloaded = load_slim(files["slim"], device)
+    exported = torch.export.load(files["exported"]).module()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.load(str(files["torchscript"]), map_location=device)
+    with torch.no_grad():
+        expected = result.model(example)
+        drift = max((loaded(example) - expected).abs().max().item()
+                    for loaded in (reloaded, exported, scripted))
+    print(f"wrote {out} (slim.pt, slim.pt2, slim.torchscript.pt, prune_report.json); reloaded "
+          f"outputs differ by at most {drift:.1e}")
+    if json_path:
+        dump_json(json_path, result.to_dict())
+        print(f"wrote {json_path}")
+    return 0

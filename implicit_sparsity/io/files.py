@@ -1,0 +1,142 @@
+"""Writes that survive a kill or a power cut, loads that never run code, and folder locks.
+
+- An atomic write goes to a temporary file in the target's folder, is flushed to the disk
+  (fsync), renamed over the target, and the folder's entry is flushed too: a reader sees the
+  old file or the new one, never half of one. A failed write (a full disk) leaves no
+  temporary file behind and raises one `StorageError` line.
+- `load_tensors` loads with `weights_only=True`: tensors and plain data, never pickled code.
+- `FolderLock` holds an exclusive `flock` on `FOLDER/.lock` for as long as a run writes
+  there. The OS releases it when the process ends, however it ends, so a killed run never
+  leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from implicit_sparsity.errors import RunStateError, StorageError
+
+LOCK_FILE = ".lock"
+
+
+def _describe(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return error.strerror or str(error)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename, a new file) to the disk, where the OS allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically and durably (see the module's docstring)."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise StorageError(f"cannot write {path}: {_describe(error)}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise StorageError(f"cannot write {path}: {_describe(error)}") from None
+    fsync_folder(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """`torch.save` atomically: serialized in memory first, so that a full disk is a plain
+    OSError of ours rather than an error from inside torch's C++ writer."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line and flush it to the disk."""
+    try:
+        with open(path, "a") as f:
+            f.write(line.rstrip("\n") + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise StorageError(f"cannot write {path}: {_describe(error)}") from None
+
+
+def load_tensors(path: str | Path, map_location="cpu"):
+    """Load a .pt file of tensors and plain data without ever running code from it."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+class FolderLock:
+    """An exclusive lock on a folder for one writer; a second writer is refused at once.
+
+        with FolderLock(out, what="run folder"):
+            ...write into out...
+
+    The folder is made if missing; if this lock made it and it holds nothing but the lock
+    file when the lock is released, it is removed again (a refused run leaves nothing)."""
+
+    def __init__(self, folder: str | Path, what: str = "folder"):
+        self.folder, self.what = Path(folder), what
+        self._fd: int | None = None
+        self._made = False
+
+    def __enter__(self) -> "FolderLock":
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RunStateError(f"{self.folder} is a file, not a {self.what}")
+        try:
+            self._made = not self.folder.exists()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise StorageError(f"cannot write into {self.folder}: {_describe(error)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunStateError(f"another process is writing {self.what} {self.folder}; wait "
+                                "for it to end or choose another folder") from None
+        self._fd = fd  # the lock file itself is never written: taking it changes nothing
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is None:
+            return
+        lock = self.folder / LOCK_FILE
+        if self._made and [p.name for p in self.folder.iterdir()] == [LOCK_FILE]:
+            for remove in (lock.unlink, self.folder.rmdir):
+                try:
+                    remove()
+                except OSError:
+                    break
+        os.close(self._fd)  # releases the flock
+        self._fd = None
