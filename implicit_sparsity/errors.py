@@ -31,3 +31,7 @@ class ProofError(ImplicitSparsityError):
 
 class DataFormatError(ImplicitSparsityError, ValueError):
     """A data file is damaged, of another format, or does not match its data set."""
+
+
+class NonFiniteError(ImplicitSparsityError, ValueError):
+    """A model holds NaN / inf (a diverged run): nothing measured on it would mean anything."""

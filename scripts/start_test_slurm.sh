@@ -2,9 +2,44 @@
 # Start a single-node SLURM cluster on this machine for tests: munged, slurmctld and slurmd
 # from Debian's slurm-wlm and munge packages, state in a temporary folder. Prints the path
 # of the slurm.conf it wrote; export SLURM_CONF to it. Needs root (SlurmUser=root).
+#
+# It never touches daemons it did not start: the PIDs of what it starts are recorded in
+# STATE/pids, a second call reuses that cluster while it runs, and a SLURM daemon that is
+# not ours (a real cluster on this host) makes it stop without starting anything.
+# scripts/stop_test_slurm.sh STATE stops only the recorded PIDs.
 set -euo pipefail
-STATE="${1:-$(mktemp -d /tmp/test-slurm.XXXXXX)}"
+STATE="${1:-/tmp/implicit-sparsity-test-slurm}"
 mkdir -p "$STATE"/{spool,state,log}
+touch "$STATE/pids"
+
+ours() {  # is PID $1 one that this script recorded, or a child of one (daemons fork)?
+    local parent
+    parent="$(ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ')"
+    grep -qx "$1" "$STATE/pids" 2>/dev/null \
+        || { [ -n "$parent" ] && grep -qx "$parent" "$STATE/pids" 2>/dev/null; } \
+        || ! kill -0 "$1" 2>/dev/null  # gone already: a short-lived helper
+}
+running_ours=1
+for daemon in slurmctld slurmd; do
+    for pid in $(pgrep -x "$daemon" || true); do
+        if ! ours "$pid"; then
+            echo "a $daemon that this script did not start is running (pid $pid): not touching" \
+                 "this host's SLURM; start_test_slurm.sh gives up" >&2
+            exit 1
+        fi
+    done
+    pgrep -x "$daemon" >/dev/null || running_ours=0
+done
+if [ "$running_ours" = 1 ] && [ -s "$STATE/slurm.conf" ] \
+        && SLURM_CONF="$STATE/slurm.conf" sinfo -h -o "%T" 2>/dev/null | grep -q -E "idle|mixed"; then
+    echo "$STATE/slurm.conf"  # our cluster from an earlier call still answers
+    exit 0
+fi
+# a partial cluster of ours (one daemon died): stop what is left of it, by recorded PID
+for pid in $(cat "$STATE/pids"); do
+    kill "$pid" 2>/dev/null || true
+done
+: > "$STATE/pids"
 HOST="$(hostname -s)"
 CPUS="$(nproc)"
 MEM_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))
@@ -18,6 +53,8 @@ chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
 mkdir -p /run/munge && chown munge:munge /run/munge
 if ! pgrep -x munged >/dev/null; then
     runuser -u munge -- /usr/sbin/munged
+    sleep 0.5
+    pgrep -x munged >> "$STATE/pids" || true
 fi
 
 cat > "$STATE/slurm.conf" <<CONF
@@ -48,11 +85,13 @@ PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP
 CONF
 
 export SLURM_CONF="$STATE/slurm.conf"
-pkill -x slurmctld 2>/dev/null || true
-pkill -x slurmd 2>/dev/null || true
-sleep 1
 slurmctld -f "$SLURM_CONF" -i
 slurmd -f "$SLURM_CONF"
+for _ in $(seq 1 10); do  # the daemons write their pid files once they are up
+    [ -s "$STATE/slurmctld.pid" ] && [ -s "$STATE/slurmd.pid" ] && break
+    sleep 0.5
+done
+cat "$STATE/slurmctld.pid" "$STATE/slurmd.pid" >> "$STATE/pids" 2>/dev/null || true
 for _ in $(seq 1 30); do
     if sinfo -h -o "%T" 2>/dev/null | grep -q -E "idle|mixed"; then
         echo "$SLURM_CONF"

@@ -48,7 +48,7 @@ def test_compare_command(fashion_dir, tmp_path, capsys):
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000
 
 
-def test_comparison_specs_load_and_one_runs_with_the_paper_beside(fashion_dir, tmp_path, capsys):
+def test_comparison_specs_load_and_one_runs_with_the_paper_beside(tmp_path, capsys):
     from implicit_sparsity.explicit.compare import load_comparison
 
     for name, methods in (("compare_table7", ("implicit", "l1norm")),
@@ -57,7 +57,10 @@ def test_comparison_specs_load_and_one_runs_with_the_paper_beside(fashion_dir, t
         spec, base, kwargs = load_comparison(name)
         assert kwargs["methods"] == methods and spec["paper"]
         assert base.lam == 1e-4 and base.optimizer == "adam"
-    code = main(["compare", "--spec", "compare_table7", "--quick", "--out", str(tmp_path),
+    from conftest import write_fashion_mnist
+
+    fashion_dir = write_fashion_mnist(tmp_path / "fashion-200", n_train=200)  # >= batch 160
+    code = main(["compare", "--spec", "compare_table7", "--quick", "--out", str(tmp_path / "c"),
                  "--set", "dataset=fashion-mnist", "--set", f"data_dir={fashion_dir}",
                  "--set", "epochs=[1]", "--no-latency"])
     assert code == 0

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from implicit_sparsity.cli import main
+from implicit_sparsity.errors import ProofError
 from implicit_sparsity.measure import trace_features
 from implicit_sparsity.models import build_model, feature_layers
 from implicit_sparsity.prune import prune_model
@@ -177,7 +178,11 @@ def test_save_refuse_and_load(tmp_path, fashion_dir):
     report = json.loads(files["report"].read_text())
     assert report["equivalence"]["changed_predictions"] == 0 and not report["forced"]
     # a threshold that calls live filters dead changes predictions: nothing is written
-    bad = prune_model(model, x, check_data=[x], gamma_threshold=2.0, latency_batches=())
+    with pytest.raises(ProofError, match="changed the outputs"):  # exact or refused
+        prune_model(model, x, check_data=[x], gamma_threshold=2.0, latency_batches=())
+    bad = prune_model(model, x, check_data=[x], gamma_threshold=2.0, latency_batches=(),
+                      force=True)
+    assert not bad.verified()
     with pytest.raises(EquivalenceError, match="refusing to write"):
         save_slim(bad, tmp_path / "bad", x)
     assert not (tmp_path / "bad").exists()

@@ -41,3 +41,28 @@ def test_sweep_through_slurm(tmp_path, fashion_dir):
     assert any((out / "slurm").iterdir())  # submitit's job folders and logs
     # a second submission finds everything done and submits nothing
     assert run_sweep(spec, out, quick=True, executor="slurm") == keys
+
+
+def test_the_test_cluster_script_never_touches_daemons_it_did_not_start(tmp_path):
+    """A SLURM daemon that is not ours (a real cluster on the host; here a stand-in process
+    named slurmctld) makes start_test_slurm.sh give up without killing or starting anything."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    stand_in = tmp_path / "slurmctld"
+    stand_in.symlink_to(shutil.which("sleep"))
+    other = subprocess.Popen([str(stand_in), "60"])
+    try:
+        script = Path(__file__).parents[1] / "scripts" / "start_test_slurm.sh"
+        done = subprocess.run(["bash", str(script), str(tmp_path / "state")],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "did not start" in done.stderr
+        time.sleep(0.2)
+        assert other.poll() is None  # still running
+        assert (tmp_path / "state" / "pids").read_text() == ""
+        assert not (tmp_path / "state" / "slurm.conf").exists()
+    finally:
+        os.kill(other.pid, signal.SIGTERM)
+        other.wait()

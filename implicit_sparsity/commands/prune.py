@@ -67,7 +67,8 @@ def run(args) -> int:
                          check_data=test, gamma_threshold=args.gamma_threshold,
                          activation_threshold=args.activation_threshold, fold_bn=args.fold_bn,
                          latency_batches=() if args.no_latency else (1, 64),
-                         threads=args.threads)
+                         threads=args.threads, tolerance=args.tolerance,
+                         force=True)  # the table first; check_before_writing then refuses
     if device.type != "cpu" and not args.no_latency:  # the CPU figures too
         import copy
 

@@ -5,8 +5,7 @@
   old file or the new one, never half of one. A failed write (a full disk) leaves no
   temporary file behind and raises one `StorageError` line.
 - `load_tensors` loads with `weights_only=True`: tensors and plain data, never pickled code.
-- `FolderLock` holds an exclusive `flock` on `FOLDER/.lock` for as long as a run writes
-  there. The OS releases it when the process ends, however it ends, so a killed run never
+- `FolderLock` holds an exclusive `flock` on a folder for as long as a run writes there. The OS releases it when the process ends, however it ends, so a killed run never
   leaves a stale lock.
 """
 
@@ -22,9 +21,6 @@ from pathlib import Path
 import torch
 
 from implicit_sparsity.errors import RunStateError, StorageError
-
-LOCK_FILE = ".lock"
-
 
 def _describe(error: OSError) -> str:
     if error.errno == errno.ENOSPC:
@@ -102,8 +98,10 @@ class FolderLock:
         with FolderLock(out, what="run folder"):
             ...write into out...
 
-    The folder is made if missing; if this lock made it and it holds nothing but the lock
-    file when the lock is released, it is removed again (a refused run leaves nothing)."""
+    The lock is an `flock` on the folder itself (no lock file: taking it writes nothing),
+    released by the OS when the process ends, however it ends. The folder is made if
+    missing; if this lock made it and it is still empty when the lock is released, it is
+    removed again, so a refused or failed start leaves nothing behind."""
 
     def __init__(self, folder: str | Path, what: str = "folder"):
         self.folder, self.what = Path(folder), what
@@ -116,7 +114,7 @@ class FolderLock:
         try:
             self._made = not self.folder.exists()
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as error:
             raise StorageError(f"cannot write into {self.folder}: {_describe(error)}") from None
         try:
@@ -125,18 +123,16 @@ class FolderLock:
             os.close(fd)
             raise RunStateError(f"another process is writing {self.what} {self.folder}; wait "
                                 "for it to end or choose another folder") from None
-        self._fd = fd  # the lock file itself is never written: taking it changes nothing
+        self._fd = fd
         return self
 
     def __exit__(self, *exc) -> None:
         if self._fd is None:
             return
-        lock = self.folder / LOCK_FILE
-        if self._made and [p.name for p in self.folder.iterdir()] == [LOCK_FILE]:
-            for remove in (lock.unlink, self.folder.rmdir):
-                try:
-                    remove()
-                except OSError:
-                    break
+        if self._made:
+            try:
+                self.folder.rmdir()  # only if still empty
+            except OSError:
+                pass
         os.close(self._fd)  # releases the flock
         self._fd = None

@@ -7,7 +7,9 @@
                          finished epoch (atomic): the single source of truth of a run
     diverged.json        written when the loss became non-finite: the run stops there
     summary.json         written last: its presence means the run is finished
-    .lock                held by the process writing the folder (FolderLock)
+
+The process writing a run folder holds a lock on it (`FolderLock`): a second writer is
+refused.
 
 Every .pt file holds tensors and plain data only and loads with weights_only=True. Every
 write is atomic and flushed to the disk, so a kill at any point leaves a resumable folder.

@@ -22,7 +22,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from implicit_sparsity.errors import ImplicitSparsityError
+from implicit_sparsity.errors import ImplicitSparsityError, NonFiniteError
 from implicit_sparsity.models.blocks import ConvBNAct
 
 
@@ -219,3 +219,10 @@ def count_conv_params(features: list[Feature], input_feature: dict[str, str],
         kept += out_alive * in_alive * per_pair
     return total, kept
 
+
+def require_finite(model: nn.Module) -> None:
+    """Refuse a model holding NaN / inf (a diverged run): no measurement on it is meaningful."""
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(f"the model holds non-finite values ({name}): it diverged; "
+                                 "nothing can be measured or pruned on it")

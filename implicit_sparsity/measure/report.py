@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from implicit_sparsity import defaults
-from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.errors import ConfigError, NonFiniteError
 from implicit_sparsity.measure.activation import activation_statistics
 from implicit_sparsity.measure.features import (count_conv_params, require_batchnorm,
-                                                trace_features)
+                                                require_finite, trace_features)
 from implicit_sparsity.measure.scale import inactive_by_gamma
 
 CRITERIA = ("gamma", "activation", "both")
@@ -127,6 +127,7 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
     use_activation = criterion in ("activation", "both")
     if use_activation and batches is None:
         raise ConfigError("sparsity by activation needs the training corpus (batches)")
+    require_finite(model)  # a diverged model would report 0% sparsity, not an error
     traced = trace_features(model)
     features = traced.features
     if use_gamma:
@@ -143,6 +144,9 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
     if use_activation:
         stats = activation_statistics(model, batches, universality=universality,
                                       universality_threshold=universality_threshold)
+        if not all(bool(torch.isfinite(m).all()) for m in stats.max_activation.values()):
+            raise NonFiniteError("activations over the corpus are not finite (NaN / inf in the "
+                                 "data or the model); sparsity by activation is undefined")
         dead_act = stats.inactive(activation_threshold)
     for layer in layers:
         g, a = dead_gamma.get(layer.name), dead_act.get(layer.name)

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from implicit_sparsity import defaults
-from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.errors import ConfigError, ProofError
 from implicit_sparsity.measure.activation import activation_statistics
-from implicit_sparsity.measure.features import require_batchnorm, trace_features
+from implicit_sparsity.measure.features import require_batchnorm, require_finite, trace_features
 from implicit_sparsity.measure.scale import inactive_by_gamma
 from implicit_sparsity.prune.cost import latency_table, macs, parameter_counts
 from implicit_sparsity.prune.proof import Equivalence, compare_outputs
@@ -86,9 +86,7 @@ class PruneResult:
             e = self.equivalence
             errors = (f", test error {e.error_before:.2f}% -> {e.error_after:.2f}%"
                       if e.error_before is not None else "")
-            lines.append(f"proof on {e.samples} samples: max |delta logits| {e.max_abs_diff:.2e}"
-                         f" ({e.relative_diff:.2e} of max |logit|), {e.changed_predictions} "
-                         f"predictions changed{errors}")
+            lines.append(f"proof on {e.samples} samples: {e.describe()}{errors}")
         return "\n".join(lines)
 
 
@@ -97,6 +95,7 @@ def dead_masks(model: nn.Module, criterion: str, corpus=None,
                activation_threshold: float = defaults.ACTIVATION_THRESHOLD):
     """(dead, strength) per feature name: which channels are dead, and how alive each is."""
     features = trace_features(model).features
+    require_finite(model)
     if criterion == "gamma":
         require_batchnorm(features)
         dead = {f.name: inactive_by_gamma(f.bn.weight, gamma_threshold).cpu()
@@ -122,7 +121,8 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
                 activation_threshold: float = defaults.ACTIVATION_THRESHOLD,
                 fold_bn: bool = False, latency_batches: tuple[int, ...] = (1, 64),
                 threads: int | None = None, min_run_time: float = 0.5,
-                selection: dict[str, torch.Tensor] | None = None) -> PruneResult:
+                selection: dict[str, torch.Tensor] | None = None,
+                tolerance: float = DEFAULT_TOLERANCE, force: bool = False) -> PruneResult:
     """Remove the dead filters of a copy of `model`.
 
     `example_input`: one input batch (shapes for tracing and MACs). `corpus`: the training
@@ -131,6 +131,10 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
     batch sizes at which latency is measured (empty: none). `selection`: masks of filters
     to remove whatever they compute (an explicit method's choice, see
     `implicit_sparsity.explicit`); predictions then change, and fine-tuning follows.
+
+    Exact or refused: when dead filters are removed and `check_data` is given, a slim model
+    whose outputs differ beyond `tolerance` (relative to max |logit|), change a prediction or
+    are not finite raises `ProofError`, unless `force` (the result then says so).
     """
     model.eval()
     if selection is not None:
@@ -148,6 +152,11 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
     folded = fold_batchnorm(slim, traced) if fold_bn else 0
     macs_after = macs(slim, example)
     equivalence = compare_outputs(model, slim, check_data) if check_data is not None else None
+    if (equivalence is not None and selection is None and not force
+            and not equivalence.holds(tolerance)):
+        raise ProofError(f"removing the dead filters changed the outputs: "
+                         f"{equivalence.describe()} (tolerance {tolerance:g}); refused "
+                         "(force=True returns the slim model anyway)")
     conv_params = {f.name: {"before": b.conv.weight.numel(), "after": f.conv.weight.numel()}
                    for f, b in zip(traced.features, before_traced.features)}
     before_per = _per_conv(model, before_traced, macs_before["per_module"])

@@ -20,13 +20,23 @@ class Equivalence:
     error_after: float | None
     error_top5_before: float | None = None  # % top-5 test error, when labels are given
     error_top5_after: float | None = None
+    nonfinite_outputs: int = 0    # samples with a NaN / inf output in either model
 
     @property
     def relative_diff(self) -> float:
         return self.max_abs_diff / max(self.max_abs_logit, 1e-12)
 
     def holds(self, tolerance: float) -> bool:
-        return self.relative_diff <= tolerance and self.changed_predictions == 0
+        """Outputs within `tolerance` of max |logit|, no prediction changed, all finite (a NaN
+        compares false with everything, so it must be counted, never compared)."""
+        return (self.nonfinite_outputs == 0 and self.relative_diff <= tolerance
+                and self.changed_predictions == 0)
+
+    def describe(self) -> str:
+        return (f"max |delta logits| {self.max_abs_diff:.2e} ({self.relative_diff:.2e} of max "
+                f"|logit|), {self.changed_predictions} of {self.samples} predictions changed"
+                + (f", {self.nonfinite_outputs} samples with non-finite outputs"
+                   if self.nonfinite_outputs else ""))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "relative_diff": self.relative_diff}
@@ -37,14 +47,17 @@ def compare_outputs(before: nn.Module, after: nn.Module, batches) -> Equivalence
     """Run both models (eval mode) over `batches` of inputs or (inputs, labels)."""
     before.eval()
     after.eval()
-    samples = changed = wrong_before = wrong_after = top5_before = top5_after = 0
+    samples = changed = wrong_before = wrong_after = top5_before = top5_after = nonfinite = 0
     max_diff = max_logit = 0.0
     labelled = False
     for batch in (batches() if callable(batches) else batches):
         x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
         a, b = before(x).float(), after(x).float()
-        max_diff = max(max_diff, (a - b).abs().max().item())
-        max_logit = max(max_logit, a.abs().max().item())
+        finite = torch.isfinite(a).flatten(1).all(1) & torch.isfinite(b).flatten(1).all(1)
+        nonfinite += int((~finite).sum())
+        if finite.any():
+            max_diff = max(max_diff, (a[finite] - b[finite]).abs().max().item())
+            max_logit = max(max_logit, a[finite].abs().max().item())
         changed += int((a.argmax(1) != b.argmax(1)).sum())
         if y is not None:
             labelled = True
@@ -55,4 +68,4 @@ def compare_outputs(before: nn.Module, after: nn.Module, batches) -> Equivalence
         samples += len(x)
     error = (lambda wrong: 100.0 * wrong / samples if labelled and samples else None)
     return Equivalence(samples, max_diff, max_logit, changed, error(wrong_before),
-                       error(wrong_after), error(top5_before), error(top5_after))
+                       error(wrong_after), error(top5_before), error(top5_after), nonfinite)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from implicit_sparsity.errors import ImplicitSparsityError, RunStateError
+from implicit_sparsity.errors import ProofError, RunStateError
 from implicit_sparsity.io import atomic_torch_save, atomic_write_text, load_tensors
 from implicit_sparsity.models import adopt_shapes
 from implicit_sparsity.prune.api import DEFAULT_TOLERANCE, PruneResult
@@ -33,7 +33,7 @@ REPORT = "prune_report.json"
 FORMAT = "implicit-sparsity-slim/1"
 
 
-class EquivalenceError(ImplicitSparsityError):
+class EquivalenceError(ProofError):
     """The slim model's predictions differ from the original's beyond the tolerance."""
 
 
@@ -42,12 +42,10 @@ def check_before_writing(result: PruneResult, tolerance: float, force: bool) -> 
         raise EquivalenceError("no proof: compare outputs on data (check_data) before saving")
     if result.verified(tolerance) or force:
         return
-    e = result.equivalence
     raise EquivalenceError(
-        f"refusing to write: predictions changed (max |delta logits| {e.max_abs_diff:.2e}, "
-        f"{e.relative_diff:.2e} of max |logit| > tolerance {tolerance:g}, or "
-        f"{e.changed_predictions} of {e.samples} predictions changed); --force writes it "
-        "anyway, at the risk of a model that no longer predicts what the original did")
+        f"refusing to write: {result.equivalence.describe()} (tolerance {tolerance:g}); "
+        "--force writes it anyway, at the risk of a model that no longer predicts what the "
+        "original did")
 
 
 def save_slim(result: PruneResult, out: str | Path, example_input: torch.Tensor,

@@ -31,5 +31,6 @@ def evaluate_trained_run(run_dir: str | Path, data_dir: str | None = None, *,
     report = analyze(trained.model, lambda: data.train_eval_batches(500))
     example = next(iter(data.test_batches(64)))[0]
     pruned = prune_model(trained.model, example, check_data=list(data.test_batches(500)),
-                         latency_batches=latency_batches, min_run_time=min_run_time)
+                         latency_batches=latency_batches, min_run_time=min_run_time,
+                         force=True)  # a failed proof is recorded (changed predictions)
     return RunEvaluation(trained, report, pruned)

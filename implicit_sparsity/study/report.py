@@ -30,15 +30,34 @@ def collect(out: str | Path) -> tuple[dict, list[dict]]:
     out = Path(out)
     if not (out / "index.json").is_file():
         raise ConfigError(f"{out} is not a sweep folder (no index.json)")
-    spec = yaml.safe_load((out / "spec.yaml").read_text())["spec"]
-    index = json.loads((out / "index.json").read_text())
+    try:
+        spec = yaml.safe_load((out / "spec.yaml").read_text())["spec"]
+        index = json.loads((out / "index.json").read_text())
+        assert isinstance(index, dict) and isinstance(spec, dict)
+    except Exception:  # truncated or edited by hand
+        raise ConfigError(f"{out}: index.json or spec.yaml is damaged; run the sweep command "
+                          "again to rewrite them (finished runs are kept)") from None
     records = []
     for key, entry in index.items():
         path = out / "runs" / key / EVALUATION
-        if path.is_file():
-            records.append({**entry["labels"], "seed": entry["seed"], "key": key,
-                            **json.loads(path.read_text())})
+        if not path.is_file():
+            continue
+        try:
+            evaluation = json.loads(path.read_text())
+        except ValueError:
+            raise ConfigError(f"{path} is damaged; delete it and run the sweep again to "
+                              "evaluate that run anew") from None
+        records.append({**entry["labels"], "seed": entry["seed"], "key": key, **evaluation})
     return spec, records
+
+
+def diverged_note(records: list[dict]) -> str:
+    """One line naming the runs that diverged (they are left out of the table)."""
+    gone = [r for r in records if r.get("diverged")]
+    if not gone:
+        return ""
+    return ("\n\ndiverged (non-finite loss; not in the table): "
+            + ", ".join(f"{r['key']} (epoch {r.get('epoch', '?')})" for r in gone))
 
 
 def _get(record: dict, name: str):
@@ -66,6 +85,8 @@ def aggregate(spec: dict, records: list[dict]) -> dict:
         paper[(_key(labels, rows), _key(labels, columns))] = entry
     cells: dict = {}
     for record in records:
+        if record.get("diverged"):
+            continue
         cells.setdefault((_key(record, rows), _key(record, columns)), []).append(record)
     result = {}
     for cell, members in cells.items():
@@ -122,13 +143,14 @@ def render(spec: dict, records: list[dict], fmt: str = "markdown") -> str:
         lines += [" & ".join(x.replace("±", "$\\pm$") for x in line) + " \\\\"
                   for line in body]
         lines += ["\\hline", "\\end{tabular}"]
-        return "\n".join(lines)
+        note = diverged_note(records)
+        return "\n".join(lines) + (f"\n%{note.strip()}" if note else "")
     if fmt != "markdown":
         raise ConfigError(f"unknown format {fmt!r}; valid: markdown, latex, csv")
     title = f"**{spec.get('title', spec.get('name'))}**\n\n"
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(line) + " |" for line in body]
-    return title + "\n".join(lines)
+    return title + "\n".join(lines) + diverged_note(records)
 
 
 def _columns(cells) -> list[tuple]:

@@ -27,10 +27,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.errors import ConfigError, DivergedError
+from implicit_sparsity.io import FolderLock, atomic_write_text
+from implicit_sparsity.io.run_dir import diverged, is_finished
 from implicit_sparsity.study.spec import ExperimentSpec, PlannedRun
-from implicit_sparsity.io import atomic_write_text
-from implicit_sparsity.io.run_dir import is_finished
 
 EVALUATION = "evaluation.json"
 
@@ -81,6 +81,8 @@ def execute_packed(jobs: list[tuple]) -> list[str]:
                          [job[1] for job in fresh], verbose=False)
         except ConfigError:
             pass  # e.g. killed between two runs' checkpoints: each resumes on its own below
+        except DivergedError:
+            pass  # the others finished; execute_run records the diverged ones below
     return [execute_run(*job) for job in jobs]  # trains what is left, evaluates all
 
 
@@ -111,7 +113,12 @@ def execute_run(config_dict: dict, run_dir: str, threads: int, data_dir: str | N
     torch.set_num_threads(threads)
     run_dir = Path(run_dir)
     if not is_finished(run_dir):
-        train(TrainConfig.from_dict(config_dict), run_dir, verbose=False)
+        try:
+            train(TrainConfig.from_dict(config_dict), run_dir, verbose=False)
+        except DivergedError as error:  # recorded, reported, never retried blindly
+            record = {"diverged": True, "reason": str(error), **(diverged(run_dir) or {})}
+            atomic_write_text(run_dir / EVALUATION, json.dumps(record, indent=1))
+            return run_dir.name
     if not (run_dir / EVALUATION).is_file():
         evaluate_run(run_dir, data_dir)
     return run_dir.name
@@ -135,13 +142,26 @@ def write_index(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quic
     previous = out / "spec.yaml"
     payload = {"spec": spec.__dict__, "quick": quick}
     if previous.is_file():
-        old = yaml.safe_load(previous.read_text())
+        try:
+            old = yaml.safe_load(previous.read_text())
+        except yaml.YAMLError:
+            old = None
+        if not isinstance(old, dict):
+            raise ConfigError(f"{previous} is damaged; move the sweep folder away or repair it")
         if old.get("spec", {}).get("name") != spec.name or old.get("quick") != quick:
             raise ConfigError(f"{out} holds a sweep of {old.get('spec', {}).get('name')} "
                               f"(quick: {old.get('quick')}); choose another --out")
     atomic_write_text(previous, yaml.safe_dump(payload, sort_keys=False))
-    index = {p.key: {"labels": p.labels, "seed": p.seed, "config": p.config.to_dict()}
-             for p in planned}
+    index = {}
+    try:  # merged: a rerun with a narrower --where keeps the runs it does not plan
+        old = json.loads((out / "index.json").read_text())
+        if isinstance(old, dict):
+            index.update({key: entry for key, entry in old.items()
+                          if (out / "runs" / key).is_dir()})
+    except (OSError, ValueError):
+        pass  # none yet, or damaged: rebuilt from what is planned now
+    index.update({p.key: {"labels": p.labels, "seed": p.seed, "config": p.config.to_dict()}
+                  for p in planned})
     atomic_write_text(out / "index.json", json.dumps(index, indent=1, default=str))
 
 
@@ -206,6 +226,13 @@ def run_sweep(spec: ExperimentSpec, out: str | Path, *, quick: bool = False,
         overrides["data_dir"] = data_dir
     planned = spec.expand(quick=quick, overrides=overrides, where=where)
     out = Path(out)
+    with FolderLock(out, "sweep folder"):  # one sweep process per folder
+        return _run_sweep(spec, planned, out, quick, workers, data_dir, executor, slurm, pack)
+
+
+def _run_sweep(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick: bool,
+               workers: int | None, data_dir: str | None, executor: str, slurm: dict | None,
+               pack: int) -> list[str]:
     write_index(spec, planned, out, quick)
     todo = [p for p in planned if not (out / "runs" / p.key / EVALUATION).is_file()]
     print(f"sweep {spec.name}: {len(planned)} runs, {len(planned) - len(todo)} already done, "

@@ -8,6 +8,7 @@ explicit values, and that resolved config is what a run folder records.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ from implicit_sparsity.data.registry import get_dataset_entry
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.models.registry import get_model_entry, parse_width
-from implicit_sparsity.optim.optimizers import default_lr, resolve_hyperparameters
+from implicit_sparsity.optim.optimizers import (build_optimizer, default_lr,
+                                                resolve_hyperparameters)
 from implicit_sparsity.optim.regularization import check_regularizer
 from implicit_sparsity.optim.schedule import StepSchedule, same_iterations_epochs
 
@@ -76,7 +78,7 @@ class TrainConfig:
         get_model_entry(self.model)
         entry = get_dataset_entry(self.dataset)
         parse_width(self.width)
-        resolve_hyperparameters(self.optimizer, self.optimizer_args)
+        check_optimizer_args(self.optimizer, self.optimizer_args)
         check_regularizer(self.regularizer, self.lam)
         if self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
@@ -84,14 +86,18 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1 when given, got {value}")
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
+        for name in ("lam", "lr_decay", "beta_init"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.init_from is not None and not Path(self.init_from).is_file():
             raise ConfigError(f"init_from: no file {self.init_from}")
         for name in ("gamma_lr_scale", "beta_lr_scale", "negative_slope", "gamma_threshold",
                      "l1_gamma"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):  # NaN compares false: refuse it
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.step_capture not in CAPTURE_MODES:
@@ -196,8 +202,23 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
                 raise ValueError(value)
             return dict(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name}: cannot read {value!r} as {annotation}") from None
+
+
+def check_optimizer_args(name: str, args: dict | None) -> None:
+    """Refuse hyper-parameters that the optimizer itself would refuse, before any data is
+    loaded or folder made: build it once on a dummy parameter."""
+    import torch
+
+    hyper = resolve_hyperparameters(name, args)
+    try:
+        build_optimizer(name, [{"params": [torch.zeros(1, requires_grad=True)], "lr": 1e-3}],
+                        hyper)
+    except (TypeError, ValueError, IndexError) as error:
+        raise ConfigError(f"optimizer_args {args}: {name} refuses them "
+                          f"({str(error).splitlines()[0] if str(error) else 'bad value'})"
+                          ) from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from implicit_sparsity.data import Augmentation, get_dataset_entry, load_dataset
 from implicit_sparsity.errors import ConfigError, DivergedError, RunStateError
 from implicit_sparsity.io import FolderLock
 from implicit_sparsity.io import run_dir as rd
-from implicit_sparsity.io.files import LOCK_FILE
 from implicit_sparsity.measure.classification import TOP_K, count_wrong
 from implicit_sparsity.measure.scale import gamma_sparsity, total
 from implicit_sparsity.models import adopt_shapes, bn_layer_names, get_model_entry
@@ -84,6 +83,9 @@ def build_for_config(config: TrainConfig, device: torch.device):
                         train_subset=config.train_subset, test_subset=config.test_subset,
                         subset_seed=config.subset_seed, min_size=min_size,
                         num_workers=config.num_workers)
+    if config.batch_size > data.num_train:
+        raise ConfigError(f"batch size {config.batch_size} is larger than the {data.num_train} "
+                          f"training images of {config.dataset}; choose a smaller --batch-size")
     torch.manual_seed(config.seed)
     model = build_model_for(config)
     if config.init_from:
@@ -94,12 +96,22 @@ def build_for_config(config: TrainConfig, device: torch.device):
 def load_initial_weights(model: nn.Module, path: str) -> None:
     """Start from saved weights: a slim model (its smaller shapes are adopted) or a run's
     checkpoint. How fine-tuning after explicit pruning reuses the training loop."""
-    saved = rd.load_checkpoint(Path(path))
-    state = saved.get("state_dict") or saved.get("model")
-    if state is None:
-        raise RunStateError(f"{path} holds no model weights")
-    adopt_shapes(model, state)
-    model.load_state_dict(state)
+    try:
+        saved = rd.load_checkpoint(Path(path))
+    except Exception as error:  # not a file of ours, truncated, or unreadable
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RunStateError(f"init_from {path}: not a checkpoint or slim model that loads "
+                            f"({first[:120]})") from None
+    state = (saved.get("state_dict") or saved.get("model")) if isinstance(saved, dict) else None
+    if not isinstance(state, dict):
+        raise RunStateError(f"init_from {path} holds no model weights")
+    try:
+        adopt_shapes(model, state)
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, AttributeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RunStateError(f"init_from {path}: its weights do not fit this model "
+                            f"({first[:160]})") from None
 
 
 def regularized_params(model: nn.Module, include_bn: bool) -> list[nn.Parameter]:
@@ -220,7 +232,7 @@ def check_run_dir(out: Path, config: TrainConfig, device="cpu") -> dict | None:
         except ConfigError:
             pass  # a damaged config.yaml of a run without a checkpoint: start it again
         return None
-    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
+    if out.exists() and any(out.iterdir()):
         raise RunStateError(f"{out} exists and is not a run folder; refusing to write into it")
     return None
 
