@@ -75,3 +75,18 @@ def test_quick_demo_prints_the_layer_table(tmp_path, fashion_dir, capsys):
     # a second demo reuses the finished runs
     assert main(["demo", "--quick", "--out", str(tmp_path), "--data-dir", str(fashion_dir)]) == 0
     assert out.splitlines()[-1] == capsys.readouterr().out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["models"], ["datasets"], ["analyze"],
+                                     ["prune"], ["simulate"], ["sweep"], ["report"],
+                                     ["compare"], ["demo"]])
+def test_every_help_works(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(command + ["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: implicit-sparsity")
+    if not command:  # the top-level help lists every command
+        from implicit_sparsity.commands import COMMANDS
+
+        assert all(c.NAME in out for c in COMMANDS)
