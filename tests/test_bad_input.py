@@ -55,6 +55,9 @@ def ws(tmp_path_factory) -> Path:
     whole = (root / "run" / "checkpoint.pt").read_bytes()
     (root / "truncated.pt").write_bytes(whole[: len(whole) // 2])
     torch.save({"model": {"nothing.weight": torch.zeros(3)}}, root / "wrong-arch.pt")
+    (root / "torn-run").mkdir()  # a run killed while its checkpoint was copied by hand
+    (root / "torn-run" / "config.yaml").write_bytes((root / "run" / "config.yaml").read_bytes())
+    (root / "torn-run" / "checkpoint.pt").write_bytes(whole[: len(whole) // 3])
     (root / "notes").mkdir()
     (root / "notes" / "mine.txt").write_text("mine")
     (root / "bad.yaml").write_text("lr: [unclosed\n")
@@ -212,6 +215,8 @@ CASES = [
     ("out-a-file", TRAIN + ["--out", f"{W}/file.txt"], "is a file"),
     ("out-not-a-run", TRAIN + ["--out", f"{W}/notes"], "not a run folder"),
     ("out-another-config", TRAIN + ["--lambda", "5e-3", "--out", f"{W}/run"], "another config"),
+    ("resume-torn-checkpoint", TRAIN + ["--lambda", "1e-3", "--out", f"{W}/torn-run"],
+     "checkpoint.pt is damaged"),
     # --- analyze -----------------------------------------------------------------------------
     ("analyze-missing", ["analyze", f"{W}/nope"], "no checkpoint"),
     ("analyze-garbage", ["analyze", f"{W}/garbage.pt"], "cannot load checkpoint"),
