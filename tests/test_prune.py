@@ -177,14 +177,33 @@ def test_save_refuse_and_load(tmp_path, fashion_dir):
         assert torch.allclose(scripted(x), expected, atol=1e-6)
     report = json.loads(files["report"].read_text())
     assert report["equivalence"]["changed_predictions"] == 0 and not report["forced"]
-    # a threshold that calls live filters dead changes predictions: nothing is written
+    # a threshold that calls live filters dead: each removal is checked and undone, so the
+    # result stays exact and says what it kept and why
+    wide = prune_model(model, x, check_data=[x], gamma_threshold=2.0, latency_batches=())
+    assert wide.verified()
+    assert sum(len(l.kept_unsafe) for l in wide.layers) > 0
+    assert any("outputs moved by" in r for l in wide.layers for r in l.reasons)
+    assert "whose removal would not be exact" in wide.table()
+
+
+def test_a_proof_that_fails_raises_unless_forced(tmp_path):
+    """A channel dead on the corpus (and the example batch) but alive on the check data:
+    the per-removal check passes, the proof on the check data does not."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 1.0]).reshape(2, 1, 1, 1))
+        model[0].weight[1] = -1.0
+    model.eval()
+    negative, positive = -torch.rand(4, 1, 5, 5) - 0.1, torch.rand(4, 1, 5, 5) + 0.1
+    kwargs = dict(criterion="activation", corpus=[negative], check_data=[positive],
+                  latency_batches=())
     with pytest.raises(ProofError, match="changed the outputs"):  # exact or refused
-        prune_model(model, x, check_data=[x], gamma_threshold=2.0, latency_batches=())
-    bad = prune_model(model, x, check_data=[x], gamma_threshold=2.0, latency_batches=(),
-                      force=True)
-    assert not bad.verified()
+        prune_model(model, negative, **kwargs)
+    bad = prune_model(model, negative, force=True, **kwargs)
+    assert not bad.verified() and bad.layers[0].filters_after == 1
     with pytest.raises(EquivalenceError, match="refusing to write"):
-        save_slim(bad, tmp_path / "bad", x)
+        save_slim(bad, tmp_path / "bad", negative)
     assert not (tmp_path / "bad").exists()
     check_before_writing(bad, 1e-4, force=True)  # the override lets it through
 
@@ -203,7 +222,9 @@ def test_prune_command(tmp_path, fashion_dir, capsys):
     report = json.loads((tmp_path / "p.json").read_text())
     assert [l["name"] for l in report["layers"]] == [f"C{i}" for i in range(1, 8)]
     assert (tmp_path / "slim" / "slim.pt2").is_file()
-    assert main(["prune", str(run), "--out", str(tmp_path / "bad"), "--gamma-threshold", "5",
-                 "--no-latency"]) == 2
-    assert "refusing to write" in capsys.readouterr().err
-    assert not (tmp_path / "bad").exists()
+    # a threshold that calls every filter dead: only what is exact goes, the rest is kept
+    # with its reason, and the model written predicts what the original did
+    assert main(["prune", str(run), "--out", str(tmp_path / "wide"), "--gamma-threshold", "5",
+                 "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert "whose removal would not be exact" in out and "0 of 60 predictions changed" in out

@@ -39,9 +39,9 @@ def slimming_selection(model: nn.Module, ratio: float) -> dict[str, torch.Tensor
     threshold would empty makes the share removed slightly smaller than `ratio`)."""
     if not 0.0 <= ratio < 1.0:
         raise ConfigError(f"channel ratio must be in [0, 1), got {ratio}")
-    features = [f for f in trace_features(model).features if f.bn is not None]
+    features = [f for f in trace_features(model).features if f.gamma is not None]
     require_batchnorm(features)
-    scores = {f.name: f.bn.weight.detach().abs().cpu() for f in features}
+    scores = {f.name: f.gamma.detach().abs().cpu() for f in features}
     everything = torch.cat(list(scores.values()))
     chosen = torch.zeros(len(everything), dtype=torch.bool)
     chosen[everything.argsort(stable=True)[:int(round(ratio * len(everything)))]] = True

@@ -2,14 +2,21 @@
 
 The model's forward is traced with `torch.fx`, so features are found from the data flow,
 not from module order: a conv whose only user is a BatchNorm2d, optionally followed by an
-activation (module or function). The value a feature passes on is the activation's output
-when the BatchNorm feeds one directly; otherwise (e.g. the last BN of a residual branch,
-which feeds an add) it is the BatchNorm's output itself.
+activation (module or function), with identity slots (`nn.Identity`, dropout) allowed in
+between. The value a feature passes on is the activation's output when the BatchNorm feeds
+one; otherwise (e.g. the last BN of a residual branch, which feeds an add) it is the
+BatchNorm's output itself.
+
+BatchNorm layers are leaves of the trace whatever their class, so BN-with-activation
+modules (timm's `BatchNormAct2d` and the like: a BatchNorm2d subclass whose forward does
+more) are recognized by behaviour: their output already is the activation's. A BatchNorm
+without affine parameters has no gamma: such a feature is measured by activation only.
 
 For each feature we also follow its output forward through channel-preserving operations
-(pooling, dropout, further activations) to the layers that read its channels. A feature
-whose channels reach anything else (a residual add, a concatenation, a product) is
-*coupled*: its channels cannot be removed on their own.
+(pooling, dropout, further activations, global pooling in its usual forms) to the layers
+that read its channels. A feature whose channels reach anything else (a residual add, a
+concatenation, a product) is *coupled*: its channels cannot be removed on their own. One
+that reaches the model's output (a conv classifier) is never pruned.
 """
 
 from __future__ import annotations
@@ -34,18 +41,27 @@ class NoBatchNormError(ImplicitSparsityError):
     """Sparsity by scale needs BatchNorm after the convolutions; the model has none."""
 
 
+#: Elementwise activations (any f, f(0) = 0 or not: constants are computed, never assumed).
 ACTIVATION_MODULES = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
-                      nn.PReLU)
+                      nn.PReLU, nn.Hardtanh, nn.Sigmoid, nn.Softplus, nn.Tanh, nn.Mish,
+                      nn.CELU, nn.SELU, nn.Hardsigmoid, nn.Softsign, nn.LogSigmoid)
 ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu_, torch.relu_, F.leaky_relu, F.relu6,
-                        F.elu, F.gelu, F.silu, F.hardswish}
-ACTIVATION_METHODS = {"relu", "relu_"}
+                        F.elu, F.gelu, F.silu, F.hardswish, F.hardtanh, torch.sigmoid,
+                        F.sigmoid, F.softplus, torch.tanh, F.tanh, F.mish, F.celu, F.selu,
+                        F.hardsigmoid, torch.clamp, torch.clip}
+ACTIVATION_METHODS = {"relu", "relu_", "clamp", "clamp_", "clip", "sigmoid", "tanh",
+                      "clamp_min", "clamp_min_"}
+#: Slots that pass values on unchanged in eval mode.
+IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
 #: Operations after which channel i is still channel i (of the same feature).
-CHANNEL_PRESERVING_MODULES = ACTIVATION_MODULES + (
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout,
-    nn.Dropout2d, nn.Identity)
+CHANNEL_PRESERVING_MODULES = ACTIVATION_MODULES + IDENTITY_MODULES + (
+    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 CHANNEL_PRESERVING_FUNCTIONS = ACTIVATION_FUNCTIONS | {
     F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.dropout,
     F.dropout2d}
+#: Global pooling written as a reduction over the spatial dimensions.
+SPATIAL_REDUCTIONS = {"mean", "amax", "sum"}
+SPATIAL_REDUCTION_FUNCTIONS = {torch.mean, torch.amax, torch.sum}
 #: Where a feature's channels may end: layers that read them as input channels / features.
 CONSUMER_MODULES = (nn.Conv2d, nn.Linear)
 FLATTENERS = (nn.Flatten,)
@@ -67,10 +83,20 @@ class Feature:
     coupled: bool = False             # its channels reach an add / cat / other op
     nonnegative_output: bool = False  # a ReLU follows: the output is never negative
     activation: Callable[[torch.Tensor], torch.Tensor] | None = None  # applies the act
+    reaches_output: bool = False      # its channels are (part of) the model's output
+    border_sensitive: bool = False    # a padded average pool or a BN changes a constant
+    bn_has_activation: bool = False   # a BN-with-activation module (timm BatchNormAct2d)
 
     @property
     def num_features(self) -> int:
         return self.conv.out_channels
+
+    @property
+    def gamma(self) -> torch.Tensor | None:
+        """The BatchNorm scale of the feature, or None (no BN, or BN without affine)."""
+        if self.bn is None or not self.bn.affine:
+            return None
+        return self.bn.weight
 
 
 @dataclass
@@ -81,12 +107,31 @@ class TracedModel:
     input_feature: dict[str, str]
 
 
+class _Tracer(torch.fx.Tracer):
+    """fx's tracer, with every normalization layer a leaf whatever package defines it, so
+    that a BatchNorm2d subclass (BN + activation) stays one module in the graph."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
 def trace(model: nn.Module) -> torch.fx.GraphModule:
     try:
-        return torch.fx.symbolic_trace(model)
+        tracer = _Tracer()
+        graph = tracer.trace(model)
+        return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as error:  # fx raises many kinds; all mean the same to a user
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelTraceError(f"cannot trace {type(model).__name__} with torch.fx: "
-                              f"{str(error).splitlines()[0]}") from None
+                              f"{first}") from None
+
+
+def _is_batchnorm_with_activation(module: nn.Module) -> bool:
+    """A BatchNorm2d subclass whose forward is not BatchNorm's own (it does more)."""
+    own = {nn.BatchNorm2d.forward, nn.modules.batchnorm._BatchNorm.forward}
+    return getattr(type(module), "forward", None) not in own
 
 
 def _module(gm: torch.fx.GraphModule, node: torch.fx.Node):
@@ -114,12 +159,62 @@ def _activation_fn(gm, node) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _is_plain_relu(gm, node) -> bool:
+    """ReLU-like: output never negative (so |x| = x when recording)."""
     module = _module(gm, node)
     if module is not None:
-        return type(module) in (nn.ReLU, nn.ReLU6)
-    if node.op == "call_function":
-        return node.target in (F.relu, torch.relu, F.relu_, torch.relu_, F.relu6)
-    return node.op == "call_method" and node.target in ACTIVATION_METHODS
+        if isinstance(module, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
+            return module.min_val >= 0
+        return type(module) is nn.ReLU
+    target = node.target
+    if node.op == "call_function" and target in (F.relu, torch.relu, F.relu_, torch.relu_,
+                                                  F.relu6):
+        return True
+    if target in (torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clamp_min",
+                  "clamp_min_"):
+        low = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
+        return isinstance(low, (int, float)) and low >= 0
+    return node.op == "call_method" and target in ("relu", "relu_")
+
+
+def _skip_identities(gm, node):
+    """Follow a value through identity slots (nn.Identity, dropout in eval) while it has a
+    single user; returns the last node of the chain."""
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if isinstance(_module(gm, user), IDENTITY_MODULES) and user.args[0] is node:
+            node = user
+        else:
+            break
+    return node
+
+
+def _is_spatial_reduction(node) -> tuple[bool, bool]:
+    """(is a global pooling written as mean / amax / sum over dims 2 and 3, keepdim)."""
+    if not ((node.op == "call_method" and node.target in SPATIAL_REDUCTIONS) or (
+            node.op == "call_function" and node.target in SPATIAL_REDUCTION_FUNCTIONS)):
+        return False, False
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    if isinstance(dims, int):
+        dims = (dims,)
+    if not isinstance(dims, (tuple, list)) or sorted(d % 4 for d in dims) != [2, 3]:
+        return False, False
+    keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+    return True, bool(keepdim)
+
+
+def _pads_with_zeros(gm, node) -> bool:
+    """An average pool that counts zero padding: a constant is not constant at its border."""
+    module = _module(gm, node)
+    if isinstance(module, nn.AvgPool2d):
+        padding = module.padding if isinstance(module.padding, tuple) else (module.padding,)
+        return any(p for p in padding) and module.count_include_pad
+    if node.op == "call_function" and node.target is F.avg_pool2d:
+        padding = node.kwargs.get("padding", node.args[3] if len(node.args) > 3 else 0)
+        padding = padding if isinstance(padding, (tuple, list)) else (padding,)
+        include = node.kwargs.get("count_include_pad",
+                                  node.args[5] if len(node.args) > 5 else True)
+        return any(p for p in padding) and include
+    return False
 
 
 def _is_channel_preserving(gm, node) -> bool:
@@ -132,12 +227,15 @@ def _is_channel_preserving(gm, node) -> bool:
     return node.op == "call_method" and node.target in ACTIVATION_METHODS | {"contiguous"}
 
 
-def _ends_in_consumers(gm, node, consumers: list[str], flattened: bool = False) -> bool:
+def _ends_in_consumers(gm, node, consumers: list[str], flags: dict,
+                       flattened: bool = False) -> bool:
     """Follow a value forward; collect the layers reading its channels. False if it reaches
-    an operation that mixes it with other values (add, cat, ...)."""
+    an operation that mixes it with other values (add, cat, ...). `flags` collects
+    "output" (it reaches the model's output) and "border" (a zero-padded average pool)."""
     ok = True
     for user in node.users:
         module = _module(gm, user)
+        reduction, keepdim = _is_spatial_reduction(user)
         if module is not None and isinstance(module, CONSUMER_MODULES):
             if user.args[0] is not node:
                 ok = False
@@ -148,11 +246,15 @@ def _ends_in_consumers(gm, node, consumers: list[str], flattened: bool = False) 
         elif (module is not None and isinstance(module, FLATTENERS)) or (
                 user.op == "call_function" and user.target in FLATTEN_FUNCTIONS) or (
                 user.op == "call_method" and user.target in ("flatten", "view", "reshape")):
-            ok &= _ends_in_consumers(gm, user, consumers, flattened=True)
+            ok &= _ends_in_consumers(gm, user, consumers, flags, flattened=True)
+        elif reduction and user.args and user.args[0] is node:
+            ok &= _ends_in_consumers(gm, user, consumers, flags, flattened or not keepdim)
         elif _is_channel_preserving(gm, user) and user.args and user.args[0] is node:
-            ok &= _ends_in_consumers(gm, user, consumers, flattened)
+            if _pads_with_zeros(gm, user) or isinstance(module, nn.BatchNorm2d):
+                flags["border"] = True  # a constant does not pass through unchanged
+            ok &= _ends_in_consumers(gm, user, consumers, flags, flattened)
         elif user.op == "output":
-            continue
+            flags["output"] = True
         else:
             ok = False
     return ok
@@ -168,21 +270,27 @@ def trace_features(model: nn.Module) -> TracedModel:
         conv = _module(gm, node)
         if not isinstance(conv, nn.Conv2d):
             continue
-        bn_node = next(iter(node.users)) if len(node.users) == 1 else None
+        first = _skip_identities(gm, node)
+        bn_node = next(iter(first.users)) if len(first.users) == 1 else None
         bn = _module(gm, bn_node) if bn_node is not None else None
-        if not isinstance(bn, nn.BatchNorm2d) or bn_node.args[0] is not node:
+        if not isinstance(bn, nn.BatchNorm2d) or bn_node.args[0] is not first:
             bn_node, bn = None, None
-        out = bn_node if bn_node is not None else node
-        act = next(iter(out.users)) if len(out.users) == 1 else None
+        bn_act = bn is not None and _is_batchnorm_with_activation(bn)
+        out = _skip_identities(gm, bn_node if bn_node is not None else first)
+        act = next(iter(out.users)) if len(out.users) == 1 and not bn_act else None
         has_act = act is not None and _is_activation(gm, act) and act.args[0] is out
-        output = act if has_act else out
+        output = _skip_identities(gm, act) if has_act else out
         consumers: list[str] = []
-        coupled = not _ends_in_consumers(gm, output, consumers)
+        flags: dict = {}
+        coupled = not _ends_in_consumers(gm, output, consumers, flags)
         features.append(Feature(node.target, node.target, conv,
                                 bn_node.target if bn_node is not None else None, bn,
-                                output.name, has_act, consumers, coupled,
+                                output.name, has_act or bn_act, consumers, coupled,
                                 has_act and _is_plain_relu(gm, act),
-                                _activation_fn(gm, act) if has_act else None))
+                                _activation_fn(gm, act) if has_act else None,
+                                reaches_output=bool(flags.get("output")),
+                                border_sensitive=bool(flags.get("border")),
+                                bn_has_activation=bn_act))
     if features and all(id(f.conv) in blocks for f in features):
         order = sorted(features, key=lambda f: blocks[id(f.conv)])
         for i, f in enumerate(order):
@@ -192,10 +300,10 @@ def trace_features(model: nn.Module) -> TracedModel:
 
 
 def require_batchnorm(features: list[Feature]) -> None:
-    if not any(f.bn is not None for f in features):
+    if not any(f.gamma is not None for f in features):
         raise NoBatchNormError(
-            "the model has no BatchNorm2d directly after a convolution, so sparsity by "
-            "|gamma| is undefined for it; use --criterion activation")
+            "the model has no BatchNorm2d directly after a convolution (with a scale: affine), "
+            "so sparsity by |gamma| is undefined for it; use --criterion activation")
 
 
 def count_conv_params(features: list[Feature], input_feature: dict[str, str],

@@ -132,13 +132,13 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
     features = traced.features
     if use_gamma:
         require_batchnorm(features)
-    layers = [LayerReport(f.name, f.num_features, f.bn is not None, f.coupled)
+    layers = [LayerReport(f.name, f.num_features, f.gamma is not None, f.coupled)
               for f in features]
     dead_gamma: dict[str, torch.Tensor] = {}
     if use_gamma:
         for f in features:
-            if f.bn is not None:
-                dead_gamma[f.name] = inactive_by_gamma(f.bn.weight, gamma_threshold).cpu()
+            if f.gamma is not None:
+                dead_gamma[f.name] = inactive_by_gamma(f.gamma, gamma_threshold).cpu()
     stats = None
     dead_act: dict[str, torch.Tensor] = {}
     if use_activation:

@@ -22,6 +22,9 @@ CRITERIA = ("gamma", "activation")
 #: test prediction may change). Exact removals stay far below; |gamma| that is small but
 #: not zero leaves a trace of this order at most.
 DEFAULT_TOLERANCE = 1e-4
+#: Each removal is checked on the example batch against this share of max |output|: float32
+#: rounding of a removal that changes nothing is ~1e-7 of it, an inexact one far more.
+DEFAULT_STEP_TOLERANCE = 1e-5
 
 
 @dataclass
@@ -71,13 +74,17 @@ class PruneResult:
                      f"{self.params['before']['all']:,} -> {self.params['after']['all']:,}, "
                      f"MAC reduction {self.mac_reduction:.2f}x")
         kept = {k: sum(len(getattr(l, k)) for l in self.layers)
-                for k in ("kept_constant", "kept_coupled", "kept_last")}
+                for k in ("kept_constant", "kept_coupled", "kept_last", "kept_unsafe")}
         folded = sum(len(l.folded) for l in self.layers)
         if any(kept.values()) or folded:
-            lines.append(f"dead but kept: {kept['kept_constant']} constant (beta > 0, not "
-                         f"foldable), {kept['kept_coupled']} coupled with a live channel, "
-                         f"{kept['kept_last']} last of their layer; {folded} constant "
-                         "filters folded into the next layer's bias")
+            lines.append(f"dead but kept: {kept['kept_constant']} constant (not foldable), "
+                         f"{kept['kept_coupled']} coupled with a live channel, "
+                         f"{kept['kept_last']} last of their layer, {kept['kept_unsafe']} "
+                         f"whose removal would not be exact; {folded} constant filters "
+                         "folded into the next layer's bias")
+        for l in self.layers:
+            for reason, count in l.reasons.items():
+                lines.append(f"  {l.name}: {count} kept: {reason}")
         for row in self.latency:
             lines.append(f"latency {row['device']} batch {row['batch']:>3d} ({row['threads']} "
                          f"threads): {row['before_ms']:.2f} ms -> {row['after_ms']:.2f} ms, "
@@ -98,10 +105,10 @@ def dead_masks(model: nn.Module, criterion: str, corpus=None,
     require_finite(model)
     if criterion == "gamma":
         require_batchnorm(features)
-        dead = {f.name: inactive_by_gamma(f.bn.weight, gamma_threshold).cpu()
-                for f in features if f.bn is not None}
-        strength = {f.name: f.bn.weight.detach().abs().cpu() for f in features
-                    if f.bn is not None}
+        dead = {f.name: inactive_by_gamma(f.gamma, gamma_threshold).cpu()
+                for f in features if f.gamma is not None}
+        strength = {f.name: f.gamma.detach().abs().cpu() for f in features
+                    if f.gamma is not None}
         return dead, strength
     if criterion == "activation":
         if corpus is None:
@@ -147,8 +154,10 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
     before_traced = trace_features(model)
     macs_before = macs(model, example)
     traced = trace_features(slim)
-    decisions = remove_dead_filters(slim, traced, dead, example, strength,
-                                    exact=selection is None)
+    decisions = remove_dead_filters(slim, traced, dead, example_input, strength,
+                                    exact=selection is None,
+                                    zero_when_dead=criterion == "activation",
+                                    tolerance=min(tolerance, DEFAULT_STEP_TOLERANCE))
     folded = fold_batchnorm(slim, traced) if fold_bn else 0
     macs_after = macs(slim, example)
     equivalence = compare_outputs(model, slim, check_data) if check_data is not None else None

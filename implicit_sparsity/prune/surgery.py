@@ -1,20 +1,28 @@
-"""Remove dead filters for real: smaller tensors, the same predictions.
+"""Remove dead filters for real: smaller tensors, the same predictions, or nothing.
 
 Coupled layers are found with torch-pruning's dependency graph: removing output channel j
 of a conv also removes its BatchNorm entries and input channel j of whatever reads it,
 and, through residual adds and concatenations, channel j of every other producer of the
-same tensor. A channel goes only when it is dead in every producer of its group, and no
-layer is ever emptied.
+same tensor. A channel goes only when it is dead, with a zero output, in every producer of
+its group (a producer that is not a dead conv feature, such as a Linear broadcast-added,
+keeps it), a model output is never pruned, and no layer is ever emptied.
 
 A filter whose |gamma| ~ 0 outputs the constant act(beta) (beta itself when no activation
 follows its BatchNorm): zero only when that constant is zero. A non-zero constant is folded
-into the bias of the layers that read it where that is exact (a Linear after flattening,
-a conv without zero padding); elsewhere (a zero-padded conv sees zeros at the borders, a
-residual add mixes it with other tensors) the filter is kept, and the report says so.
+into the bias of the layers that read it where that is exact (a Linear after flattening
+or global pooling, a conv without zero padding); elsewhere (a zero-padded conv or average
+pool sees zeros at the borders, a residual add mixes it with other tensors, a normalization
+turns it into something else) the filter is kept, and the report says so.
+
+Exact or not at all: each group is removed as one transaction and the model's outputs on
+the example batch are compared with the original's; a removal that changes them beyond the
+tolerance, or that torch-pruning cannot carry out (a channel shuffle, a grouped conv it
+cannot regroup), is undone and its channels are kept, with the reason.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -46,28 +54,45 @@ class LayerDecision:
     kept_constant: list[int] = field(default_factory=list)  # constant output, not foldable
     kept_coupled: list[int] = field(default_factory=list)   # alive in a coupled producer
     kept_last: list[int] = field(default_factory=list)      # kept so the layer is not empty
+    kept_unsafe: list[int] = field(default_factory=list)    # removal not exact / not possible
+    reasons: dict[str, int] = field(default_factory=dict)   # why, and how many channels
+
+    def keep(self, originals, reason: str) -> None:
+        new = [o for o in originals if o not in self.kept_unsafe]
+        self.kept_unsafe += new
+        if new:
+            self.reasons[reason] = self.reasons.get(reason, 0) + len(new)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "filters_before": self.filters_before,
                 "filters_after": self.filters_after, "dead": self.dead,
                 "removed": len(self.removed), "folded": self.folded,
                 "kept_constant": self.kept_constant, "kept_coupled": self.kept_coupled,
-                "kept_last": self.kept_last}
+                "kept_last": self.kept_last, "kept_unsafe": self.kept_unsafe,
+                "reasons": self.reasons}
 
 
+@torch.no_grad()
 def constant_outputs(feature: Feature) -> torch.Tensor:
-    """Per channel, what the feature outputs when its gamma is zero: act(beta), or beta."""
-    if feature.bn is None:
+    """Per channel, what the feature outputs when its gamma is zero: act(beta), or beta; a
+    BN-with-activation module is run itself (its activation is whatever it applies)."""
+    bn = feature.bn
+    if bn is None or not bn.affine:
         return torch.zeros(feature.num_features)
-    beta = feature.bn.bias.detach().float().cpu().clone()
-    if feature.has_activation:
+    if feature.bn_has_activation:
+        probe = copy.deepcopy(bn).eval().float().cpu()
+        probe.weight.zero_()
+        return probe(torch.zeros(1, feature.num_features, 1, 1)).reshape(-1)
+    beta = bn.bias.detach().float().cpu().clone()
+    if feature.activation is not None:
         return feature.activation(beta.reshape(1, -1, 1, 1)).reshape(-1)
     return beta
 
 
 def _foldable(feature: Feature, gm: torch.fx.GraphModule) -> bool:
     """Can a constant channel of this feature be folded exactly into its readers?"""
-    if feature.coupled or not feature.consumers:
+    if feature.coupled or feature.border_sensitive or feature.reaches_output \
+            or not feature.consumers:
         return False
     for path in feature.consumers:
         module = gm.get_submodule(path)
@@ -95,27 +120,99 @@ def _fold_constant(model: nn.Module, feature: Feature, channel: int, total_chann
         module.bias += contribution
 
 
+class _Outputs:
+    """The model's outputs on the example batch, compared with the original's after each
+    removal: the per-group proof. A failed forward counts as a change."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, tolerance: float):
+        self.model, self.example, self.tolerance = model, example, tolerance
+        self.reference = self._run()
+        if not isinstance(self.reference, torch.Tensor):
+            raise ImplicitSparsityError("the model must return one tensor to be pruned")
+        self.scale = max(float(self.reference.abs().max()), 1e-12)
+
+    @torch.no_grad()
+    def _run(self):
+        return self.model(self.example)
+
+    def change(self) -> str | None:
+        """None when the outputs are those of the original, else what changed."""
+        try:
+            now = self._run()
+        except Exception as error:  # e.g. a grouped conv left with the wrong width
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return f"the pruned model fails to run ({first[:100]})"
+        if not isinstance(now, torch.Tensor) or now.shape != self.reference.shape:
+            return "the output's shape changed"
+        if not bool(torch.isfinite(now).all()):
+            return "outputs became non-finite"
+        relative = float((now - self.reference).abs().max()) / self.scale
+        if relative > self.tolerance:
+            return f"outputs moved by {relative:.1e} of max |output|"
+        return None
+
+
+class _Transaction:
+    """Snapshots of the leaf modules a removal touches, to undo it in place (the dependency
+    graph and the traced features keep referring to the same module objects)."""
+
+    def __init__(self, modules):
+        self.saved = [(m, copy.deepcopy(m.__dict__)) for m in {id(m): m for m in modules}.values()]
+
+    def undo(self) -> None:
+        for module, state in self.saved:
+            module.__dict__.clear()
+            module.__dict__.update(state)
+
+
 def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, torch.Tensor],
                         example_input: torch.Tensor,
                         strength: dict[str, torch.Tensor] | None = None,
-                        exact: bool = True) -> list[LayerDecision]:
+                        exact: bool = True, zero_when_dead: bool = False,
+                        tolerance: float = 1e-5) -> list[LayerDecision]:
     """Prune `model` in place. `dead[name]` marks each feature's dead channels (original
     indices); `strength[name]` (e.g. |gamma|) picks which dead filter a layer keeps when all
     are dead. `traced` must come from the same model (its modules are edited in place).
+    `zero_when_dead`: dead channels output zero (dead by activation over the corpus), not
+    the constant act(beta) of a zero gamma. Each removal is checked on `example_input`
+    against `tolerance` (relative to max |output|) and undone when it changes the outputs.
 
     `exact=False` removes every marked filter as it is, live or constant (the explicit
-    methods' pruning, to be followed by fine-tuning): nothing is folded or kept for it."""
+    methods' pruning, to be followed by fine-tuning): nothing is folded, kept or checked."""
     tp = _torch_pruning()
     model.eval()
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                  verbose=False)
     features = traced.features
+    decisions = {f.name: LayerDecision(f.name, f.num_features) for f in features}
+
+    def build_graph():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
+                                                     verbose=False)
+    try:
+        graph = build_graph()
+    except Exception as error:  # a structure torch-pruning cannot analyse: keep everything
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        for f in features:
+            decision = decisions[f.name]
+            mask = dead.get(f.name)
+            if mask is not None and bool(mask.any()):
+                decision.dead = int(mask.sum())
+                decision.keep(torch.nonzero(mask).flatten().tolist(),
+                              f"torch-pruning cannot analyse this model "
+                              f"({type(error).__name__}: {first[:80]})")
+            decision.filters_after = f.conv.out_channels
+        return [decisions[f.name] for f in features]
+    outputs = _Outputs(model, example_input, tolerance) if exact else None
     by_conv = {id(f.conv): f for f in features}
     # original index of each current output channel, per conv
     remaining = {f.name: list(range(f.num_features)) for f in features}
-    constants = {f.name: constant_outputs(f) for f in features}
-    decisions = {f.name: LayerDecision(f.name, f.num_features) for f in features}
-    out_fns = (tp.prune_conv_out_channels,)
+    constants = {f.name: torch.zeros(f.num_features) if zero_when_dead else constant_outputs(f)
+                 for f in features}
+    conv_out = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
+    producers = {h for h in (getattr(tp, n) for n in dir(tp)
+                             if n.startswith("prune_") and n.endswith("_out_channels"))
+                 if h not in (tp.prune_batchnorm_out_channels, tp.prune_layernorm_out_channels,
+                              tp.prune_groupnorm_out_channels,
+                              tp.prune_instancenorm_out_channels, tp.prune_prelu_out_channels)}
 
     def is_dead(feature: Feature, current: int) -> bool:
         mask = dead.get(feature.name)
@@ -124,12 +221,61 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
     def removable_constant(feature: Feature, original: int) -> bool:
         return not exact or float(constants[feature.name][original]) == 0.0
 
+    def attempt(feature: Feature, chosen: list[int], folds: list[int]) -> str | None:
+        """Remove `chosen` (current indices) of `feature` with their group, folding the
+        constants of `folds`; undo and say why when that is not exact."""
+        nonlocal graph
+        group = graph.get_pruning_group(feature.conv, tp.prune_conv_out_channels, chosen)
+        touched = [item.dep.target.module for item in group]
+        touched += [model.get_submodule(p) for p in feature.consumers] if folds else []
+        transaction = _Transaction(touched) if exact else None
+        total = feature.conv.out_channels
+        before = {name: list(r) for name, r in remaining.items()}
+        try:
+            for current in folds:
+                if current in chosen:
+                    original = remaining[feature.name][current]
+                    _fold_constant(model, feature, current, total,
+                                   float(constants[feature.name][original]))
+            removed = {}
+            for item in group:
+                module = item.dep.target.module
+                if item.dep.handler in conv_out and id(module) in by_conv:
+                    name = by_conv[id(module)].name
+                    gone = set(item.idxs)
+                    removed[name] = [remaining[name][i] for i in sorted(gone)]
+                    remaining[name] = [r for i, r in enumerate(remaining[name]) if i not in gone]
+            group.prune()
+            problem = outputs.change() if outputs is not None else None
+        except Exception as error:  # torch-pruning's index mapping, a shape it cannot fix
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            problem = f"torch-pruning cannot remove it ({type(error).__name__}: {first[:80]})"
+        if problem is None:
+            for name, originals in removed.items():
+                decisions[name].removed += originals
+                if name == feature.name:
+                    decisions[name].folded += [before[name][c] for c in folds if c in chosen]
+            return None
+        if transaction is None:
+            raise ImplicitSparsityError(f"{feature.name}: {problem}")
+        transaction.undo()
+        remaining.clear()
+        remaining.update(before)
+        graph = build_graph()  # its index maps may have moved with the undone removal
+        return problem
+
     for feature in features:
         decision = decisions[feature.name]
         mask = dead.get(feature.name)
         if mask is None:
             continue
         decision.dead = int(mask.sum())
+        if not decision.dead:
+            continue
+        if exact and feature.reaches_output:
+            decision.keep(torch.nonzero(mask).flatten().tolist(),
+                          "its channels are the model's output")
+            continue
         foldable = _foldable(feature, traced.graph_module)
         candidates, folds = [], []
         for current, original in enumerate(remaining[feature.name]):
@@ -149,9 +295,9 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
         allowed = set(candidates)
         for item in group:
             module = item.dep.target.module
-            if item.dep.handler not in out_fns or module is feature.conv:
+            if item.dep.handler not in producers or module is feature.conv:
                 continue
-            other = by_conv.get(id(module))
+            other = by_conv.get(id(module)) if item.dep.handler in conv_out else None
             for idx, root in zip(item.idxs, item.root_idxs):
                 if other is None or not is_dead(other, idx) or not removable_constant(
                         other, remaining[other.name][idx]):
@@ -162,8 +308,8 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
         chosen = sorted(allowed)
         while chosen:
             group = graph.get_pruning_group(feature.conv, tp.prune_conv_out_channels, chosen)
-            emptied = [item for item in group if item.dep.handler in out_fns
-                       and len(item.idxs) >= item.dep.target.module.out_channels]
+            emptied = [item for item in group if item.dep.handler in producers
+                       and len(item.idxs) >= _out_size(item.dep.target.module)]
             if not emptied:
                 break
             score = strength.get(feature.name) if strength else None
@@ -173,28 +319,30 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
             decision.kept_last.append(remaining[feature.name][keep])
         if not chosen:
             continue
-        total = feature.conv.out_channels
-        for current in folds:
-            if current in chosen:
-                original = remaining[feature.name][current]
-                _fold_constant(model, feature, current, total,
-                               float(constants[feature.name][original]))
-                decision.folded.append(original)
-        # prune, then update every pruned conv's map of original indices
-        for item in group:
-            module = item.dep.target.module
-            if item.dep.handler in out_fns and id(module) in by_conv:
-                name = by_conv[id(module)].name
-                gone = set(item.idxs)
-                if module is feature.conv:
-                    decision.removed += [remaining[name][i] for i in sorted(gone)]
-                else:
-                    decisions[name].removed += [remaining[name][i] for i in sorted(gone)]
-                remaining[name] = [r for i, r in enumerate(remaining[name]) if i not in gone]
-        group.prune()
+        originals = {c: remaining[feature.name][c] for c in chosen}
+        problem = attempt(feature, chosen, folds)
+        if problem is not None and any(c in chosen for c in folds):
+            # the folds may be what is not exact: try the channels that output zero alone
+            zero = [c for c in chosen if c not in folds]
+            decision.keep([originals[c] for c in chosen if c in folds],
+                          f"folding its constant is not exact ({problem})")
+            problem = attempt(feature, zero, []) if zero else None
+            if problem is not None:
+                decision.keep([originals[c] for c in zero], problem)
+        elif problem is not None:
+            decision.keep(list(originals.values()), problem)
     for f in features:
         decisions[f.name].filters_after = f.conv.out_channels
     return [decisions[f.name] for f in features]
+
+
+def _out_size(module: nn.Module) -> int:
+    """The output width of a producer (conv, linear, ...), for "never empty a layer"."""
+    for name in ("out_channels", "out_features", "num_embeddings"):
+        if hasattr(module, name):
+            return int(getattr(module, name))
+    weight = getattr(module, "weight", None)
+    return int(weight.shape[0]) if weight is not None else 1 << 30
 
 
 @torch.no_grad()
@@ -204,12 +352,14 @@ def fold_batchnorm(model: nn.Module, traced: TracedModel) -> int:
     folded = 0
     for feature in traced.features:
         bn, conv = feature.bn, feature.conv
-        if bn is None:
-            continue
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        if bn is None or feature.bn_has_activation or bn.running_var is None:
+            continue  # a BN-with-activation module keeps its activation: not folded
+        scale = 1.0 / torch.sqrt(bn.running_var + bn.eps)
+        if bn.affine:
+            scale = scale * bn.weight
         conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        new_bias = (bias - bn.running_mean) * scale + bn.bias
+        new_bias = (bias - bn.running_mean) * scale + (bn.bias if bn.affine else 0.0)
         conv.bias = nn.Parameter(new_bias.detach().clone())
         parent_path, _, child = feature.bn_path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
