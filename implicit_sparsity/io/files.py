@@ -5,8 +5,9 @@
   old file or the new one, never half of one. A failed write (a full disk) leaves no
   temporary file behind and raises one `StorageError` line.
 - `load_tensors` loads with `weights_only=True`: tensors and plain data, never pickled code.
-- `FolderLock` holds an exclusive `flock` on a folder for as long as a run writes there. The OS releases it when the process ends, however it ends, so a killed run never
-  leaves a stale lock.
+- `FolderLock` holds an exclusive `flock` on a folder for as long as a run writes there.
+  The OS releases it when the process ends, however it ends, so a killed run never leaves
+  a stale lock.
 """
 
 from __future__ import annotations
