@@ -291,19 +291,34 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
         if not candidates:
             continue
         # a channel goes only if it is dead (with a zero output) in every coupled producer
-        group = graph.get_pruning_group(feature.conv, tp.prune_conv_out_channels, candidates)
-        allowed = set(candidates)
+        try:
+            group = graph.get_pruning_group(feature.conv, tp.prune_conv_out_channels,
+                                            candidates)
+        except Exception as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            decision.keep([remaining[feature.name][c] for c in candidates],
+                          f"torch-pruning cannot group its channels ({first[:80]})")
+            continue
+        allowed, mapped = set(candidates), True
         for item in group:
             module = item.dep.target.module
             if item.dep.handler not in producers or module is feature.conv:
                 continue
             other = by_conv.get(id(module)) if item.dep.handler in conv_out else None
             for idx, root in zip(item.idxs, item.root_idxs):
+                if other is not None and not 0 <= idx < len(remaining[other.name]):
+                    mapped = False  # torch-pruning's index map does not fit (a shuffle?)
+                    continue
                 if other is None or not is_dead(other, idx) or not removable_constant(
                         other, remaining[other.name][idx]):
                     if root in allowed:
                         allowed.discard(root)
                         decision.kept_coupled.append(remaining[feature.name][root])
+        if not mapped:
+            decision.keep([remaining[feature.name][c] for c in allowed],
+                          "torch-pruning's channel index map does not fit this structure "
+                          "(a channel shuffle or split)")
+            continue
         # never empty a layer: keep the strongest dead filter of any layer the group empties
         chosen = sorted(allowed)
         while chosen:
