@@ -102,3 +102,73 @@ def test_batchnorm_without_affine_is_measured_by_activation():
     assert len(no_gamma) == 1
     assert by_name[no_gamma[0]].inactive_gamma is None
     assert by_name[no_gamma[0]].inactive_activation is not None
+
+
+USER_MODULE = '''
+import torch
+from torch import nn
+
+
+def build(width=8):
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, padding=1, groups=1, bias=False),
+        nn.BatchNorm2d(2 * width), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(2 * width, 4))
+'''
+
+
+def test_analyze_and_prune_a_users_own_model_from_the_command_line(tmp_path, monkeypatch,
+                                                                   capsys):
+    """`--model module:function --weights state.pt --data folder`: a factory in the user's
+    folder, a state dict with dead filters, an image folder of PNGs (class folders)."""
+    import numpy as np
+
+    from conftest import save_png
+    from implicit_sparsity.cli import main
+
+    (tmp_path / "usernets.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from usernets import build
+
+    torch.manual_seed(0)
+    model = build(width=8)
+    warm = torch.Generator().manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(16, 3, 12, 12, generator=warm))
+        model[1].weight[:3] = 0.0   # three dead filters in the first layer (beta < 0)
+        model[1].bias[:3] = -0.2
+        model[4].weight[5:9] = 0.0  # four in the second, constant (beta > 0): folded
+        model[4].bias[5:9] = 0.3
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        save_png(tmp_path / "images" / f"class{i % 2}" / f"{i}.png",
+                 rng.integers(0, 255, (3, 12, 12), dtype=np.uint8))
+    source = ["--model", "usernets:build", "--model-args", "{width: 8}", "--weights",
+              "weights.pt", "--data", "images", "--device", "cpu"]
+    assert main(["analyze", *source, "--json", "a.json"]) == 0
+    out = capsys.readouterr().out
+    assert "Sequential from usernets:build; 12 images from images" in out
+    import json
+
+    layers = json.loads((tmp_path / "a.json").read_text())["layers"]
+    assert [l["inactive_gamma"] for l in layers] == [3, 4]
+    assert main(["prune", *source, "--out", "slim", "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 12 predictions changed" in out
+    exported = torch.export.load(tmp_path / "slim" / "slim.pt2").module()
+    x = torch.rand(5, 3, 12, 12)
+    with torch.no_grad():
+        assert relative(model.eval()(x), exported(x)) <= TOLERANCE
+    assert exported.state_dict()["0.weight"].shape[0] == 5  # the dead filters are gone
+    # a tensor file works as data too; a bad factory is one line
+    torch.save({"x": torch.rand(6, 3, 12, 12), "y": torch.zeros(6, dtype=torch.long)},
+               tmp_path / "data.pt")
+    assert main(["analyze", "--model", "usernets:build", "--weights", "weights.pt",
+                 "--data", "data.pt", "--no-universality"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "--model", "usernets:nothing", "--data", "data.pt"]) == 2
+    assert "has no function nothing" in capsys.readouterr().err

@@ -1,12 +1,14 @@
 """`implicit-sparsity analyze`: per-layer sparsity by |gamma| and by activation, universality
-and % of conv parameters freed, of a run folder or checkpoint."""
+and % of conv parameters freed, of a run folder or checkpoint, or of a user's own model
+(`--model module:function --weights state.pt --data images/`)."""
 
 from __future__ import annotations
 
 import argparse
 
 from implicit_sparsity import defaults
-from implicit_sparsity.commands.common import (dump_json, non_negative_float, positive_int,
+from implicit_sparsity.commands.common import (add_model_source_flags, dump_json,
+                                               non_negative_float, open_source, positive_int,
                                                writable_file, writable_folder)
 
 NAME = "analyze"
@@ -14,8 +16,8 @@ NAME = "analyze"
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(NAME, help="per-layer sparsity (|gamma| and activation), "
-                            "universality, %% params, of a run folder or checkpoint")
-    parser.add_argument("path", help="a run folder or a checkpoint.pt")
+                            "universality, %% params, of a run folder or of your own model")
+    add_model_source_flags(parser)
     parser.add_argument("--criterion", choices=("gamma", "activation", "both"), default="both")
     parser.add_argument("--json", default=None, help="write the per-layer figures as JSON")
     parser.add_argument("--plots", default=None, help="folder for PNG figures")
@@ -35,29 +37,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from implicit_sparsity.measure.report import analyze
     from implicit_sparsity.train.loop import resolve_device
-    from implicit_sparsity.train.restore import load_trained, load_training_data
 
     json_path = writable_file(args.json, "--json")
     plots = writable_folder(args.plots, "--plots")
     device = resolve_device(args.device)
-    run = load_trained(args.path, device)
-    batches, samples = None, None
-    if args.criterion != "gamma":
-        data = load_training_data(run, device, args.data_dir)
-        batches = lambda: data.train_eval_batches(args.batch_size)  # noqa: E731
-        samples = data.num_train
-    print(f"{run.config.model} (width {run.config.width}) trained on {run.config.dataset} "
-          f"with {run.config.optimizer} + {run.config.regularizer} {run.config.lam:g}, "
-          f"epoch {run.epoch}" + (f"; activations over {samples} training images"
-                                  if samples else ""))
-    report = analyze(run.model, batches, criterion=args.criterion,
+    source = open_source(args, device, need_data=args.criterion != "gamma")
+    print(source.description)
+    report = analyze(source.model, source.corpus, criterion=args.criterion,
                      gamma_threshold=args.gamma_threshold,
                      activation_threshold=args.activation_threshold,
                      universality=not args.no_universality)
     print(report.table())
     if json_path:
-        dump_json(json_path, {"source": str(args.path), "epoch": run.epoch,
-                              "config": run.config.to_dict(), **report.to_dict()})
+        dump_json(json_path, {"source": str(args.path or args.model), "epoch": source.epoch,
+                              "config": source.config, **report.to_dict()})
         print(f"wrote {json_path}")
     if plots:
         from implicit_sparsity.io.run_dir import load_bn_history
@@ -68,7 +61,7 @@ def run(args) -> int:
         written = [plot_layer_sparsity(report, plots / "layer_sparsity.png")]
         if any(l.universality is not None for l in report.layers):
             written.append(plot_universality(report, plots / "universality.png"))
-        history = load_bn_history(run.run_dir) if run.run_dir else {}
+        history = load_bn_history(source.run_dir) if source.run_dir else {}
         if history:
             written.append(plot_bn_history(history, plots / "gamma_beta_history.png"))
         for path in written:

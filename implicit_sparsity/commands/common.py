@@ -134,3 +134,80 @@ def dump_json(path: Path, payload) -> None:
     from implicit_sparsity.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=1))
+
+
+# --- what analyze and prune work on: a run of ours, or a user's own model and data --------
+def add_model_source_flags(parser: argparse.ArgumentParser) -> None:
+    """A run folder / checkpoint (positional), or `--model` with `--weights` and `--data`."""
+    parser.add_argument("path", nargs="?", default=None,
+                        help="a run folder or checkpoint.pt of ours (or use --model)")
+    group = parser.add_argument_group("your own model")
+    group.add_argument("--model", default=None, metavar="MODULE:FUNCTION",
+                       help="a Python factory returning your nn.Module (e.g. mymodels:resnet)")
+    group.add_argument("--model-args", type=yaml_mapping, default=None, metavar="YAML",
+                       help="keyword arguments for the factory, e.g. '{num_classes: 10}'")
+    group.add_argument("--weights", default=None, help="its state dict (torch.save)")
+    group.add_argument("--data", default=None,
+                       help="its training images: an image folder (class folders or flat) "
+                            "or a tensor file ([N, C, H, W], or {x: ..., y: ...})")
+    group.add_argument("--check-data", default=None,
+                       help="prune: the data of the proof (default: --data)")
+    group.add_argument("--image-size", type=positive_int, default=None,
+                       help="resize images to this side")
+    group.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    group.add_argument("--mean", type=finite_float, nargs="+", default=None)
+    group.add_argument("--std", type=finite_float, nargs="+", default=None)
+
+
+@dataclasses.dataclass
+class Source:
+    model: object
+    description: str
+    corpus: object          # a callable returning training batches, or None
+    test: list | None       # batches for the proof
+    config: dict | None     # our run's config (None for a user's model)
+    run_dir: Path | None
+    epoch: int | None = None
+
+
+def open_source(args, device, need_data: bool, need_test: bool = False) -> Source:
+    """The model (and data) that `analyze` / `prune` work on."""
+    if args.model is None and args.path is None:
+        raise ConfigError("give a run folder / checkpoint, or --model MODULE:FUNCTION")
+    if args.model is not None and args.path is not None:
+        raise ConfigError(f"give either a run folder ({args.path}) or --model, not both")
+    if args.model is None:
+        from implicit_sparsity.train.restore import load_trained, load_training_data
+
+        run = load_trained(args.path, device)
+        corpus = test = None
+        c = run.config
+        description = (f"{c.model} (width {c.width}) trained on {c.dataset} with "
+                       f"{c.optimizer} + {c.regularizer} {c.lam:g}, epoch {run.epoch}")
+        if need_data or need_test:
+            data = load_training_data(run, device, args.data_dir)
+            corpus = lambda: data.train_eval_batches(args.batch_size)  # noqa: E731
+            test = list(data.test_batches(args.batch_size))
+            description += f"; {data.num_train} training / {data.num_test} test images"
+        return Source(run.model, description, corpus, test, c.to_dict(), run.run_dir,
+                      run.epoch)
+    from implicit_sparsity.data.user import load_user_data
+    from implicit_sparsity.models.user import load_user_model
+
+    if (need_data or need_test) and args.data is None:
+        raise ConfigError("--model needs --data (its training images) for this")
+    model = load_user_model(args.model, args.weights, args.model_args).to(device)
+    corpus = test = None
+    description = f"{type(model).__name__} from {args.model}"
+    if args.data is not None:
+        options = dict(batch_size=args.batch_size, size=args.image_size, mean=args.mean,
+                       std=args.std, channels=args.channels)
+        batches = [(x.to(device), None if y is None else y.to(device))
+                   for x, y in load_user_data(args.data, **options)]
+        corpus = lambda: iter(batches)  # noqa: E731
+        test = batches
+        if getattr(args, "check_data", None):
+            test = [(x.to(device), None if y is None else y.to(device))
+                    for x, y in load_user_data(args.check_data, **options)]
+        description += f"; {sum(len(x) for x, _ in batches)} images from {args.data}"
+    return Source(model, description, corpus, test, None, None)

@@ -1,4 +1,5 @@
-"""`implicit-sparsity prune`: remove the dead filters of a trained run for real, prove that
+"""`implicit-sparsity prune`: remove the dead filters of a trained run (or of a user's own
+model: `--model module:function --weights state.pt --data images/`) for real, prove that
 predictions did not change, measure the speed-up, write the slim model."""
 
 from __future__ import annotations
@@ -6,7 +7,8 @@ from __future__ import annotations
 import argparse
 
 from implicit_sparsity import defaults
-from implicit_sparsity.commands.common import (dump_json, non_negative_float, positive_int,
+from implicit_sparsity.commands.common import (add_model_source_flags, dump_json,
+                                               non_negative_float, open_source, positive_int,
                                                writable_file, writable_folder)
 
 NAME = "prune"
@@ -15,7 +17,7 @@ NAME = "prune"
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(NAME, help="remove dead filters for real, prove predictions "
                             "did not change, measure the speed-up")
-    parser.add_argument("checkpoint", help="a run folder or a checkpoint.pt")
+    add_model_source_flags(parser)
     parser.add_argument("--out", required=True, help="folder for the slim model and report")
     parser.add_argument("--criterion", choices=("gamma", "activation"), default="gamma")
     parser.add_argument("--json", default=None, help="also write the report here")
@@ -48,23 +50,21 @@ def run(args) -> int:
     from implicit_sparsity.prune import prune_model
     from implicit_sparsity.prune.slim_io import check_before_writing, load_slim, save_slim
     from implicit_sparsity.train.loop import resolve_device
-    from implicit_sparsity.train.restore import load_trained, load_training_data
 
     out = writable_folder(args.out, "--out")
     json_path = writable_file(args.json, "--json")
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = load_trained(args.checkpoint, device)
-    data = load_training_data(run, device, args.data_dir)
-    corpus = lambda: data.train_eval_batches(args.batch_size)  # noqa: E731
-    test = list(data.test_batches(args.batch_size))
-    example = next(iter(data.test_batches(64)))[0]
-    print(f"pruning {run.config.model} (width {run.config.width}, {run.config.dataset}, "
-          f"epoch {run.epoch}) by {args.criterion}; proof on {data.num_test} test images")
-    result = prune_model(run.model, example, criterion=args.criterion,
-                         corpus=corpus if args.criterion == "activation" else None,
-                         check_data=test, gamma_threshold=args.gamma_threshold,
+    source = open_source(args, device, need_data=args.criterion == "activation",
+                         need_test=True)
+    example = torch.cat([x for x, _ in source.test])[:64]
+    print(f"pruning {source.description}, by {args.criterion}; proof on "
+          f"{sum(len(x) for x, _ in source.test)} images")
+    result = prune_model(source.model, example, criterion=args.criterion,
+                         corpus=source.corpus if args.criterion == "activation" else None,
+                         check_data=[(x, y) if y is not None else x for x, y in source.test],
+                         gamma_threshold=args.gamma_threshold,
                          activation_threshold=args.activation_threshold, fold_bn=args.fold_bn,
                          latency_batches=() if args.no_latency else (1, 64),
                          threads=args.threads, tolerance=args.tolerance,
@@ -74,24 +74,24 @@ def run(args) -> int:
 
         from implicit_sparsity.prune.cost import latency_table
 
-        result.latency += latency_table(copy.deepcopy(run.model).cpu(),
+        result.latency += latency_table(copy.deepcopy(source.model).cpu(),
                                         copy.deepcopy(result.model).cpu(), example.cpu(),
                                         (1, 64), args.threads)
     print(result.table())
     check_before_writing(result, args.tolerance, args.force)
-    files = save_slim(result, out, example, config=run.config.to_dict(),
+    files = save_slim(result, out, example, config=source.config,
                       tolerance=args.tolerance, force=args.force,
-                      extra={"source": str(args.checkpoint), "epoch": run.epoch})
+                      extra={"source": str(args.path or args.model), "epoch": source.epoch})
     # the written files give the same outputs as the model in memory
-    reloaded = load_slim(files["slim"], device)
-    exported = torch.export.load(files["exported"]).module()
+    loaded = [torch.export.load(files["exported"]).module()]
+    if source.config is not None:
+        loaded.append(load_slim(files["slim"], device))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.load(str(files["torchscript"]), map_location=device)
+        loaded.append(torch.jit.load(str(files["torchscript"]), map_location=device))
     with torch.no_grad():
         expected = result.model(example)
-        drift = max((loaded(example) - expected).abs().max().item()
-                    for loaded in (reloaded, exported, scripted))
+        drift = max((model(example) - expected).abs().max().item() for model in loaded)
     print(f"wrote {out} (slim.pt, slim.pt2, slim.torchscript.pt, prune_report.json); reloaded "
           f"outputs differ by at most {drift:.1e}")
     if json_path:
