@@ -37,3 +37,10 @@ def test_denormal_benchmark_flushes_only_in_its_flushing_process():
 def test_image_cache_benchmark_reads_back_what_it_decoded():
     out = run("image_cache.py", "--images", "200")
     assert re.search(r"from the cache \(later runs\) +\d+ img/s \([\d.]+ s\): [\d.]+x", out)
+
+
+def test_zoo_benchmark_prints_a_row_per_architecture():
+    out = run("zoo.py", "--quick")
+    rows = [line for line in out.splitlines() if "exact (" in line or "refused" in line]
+    assert len(rows) == 13, out
+    assert re.search(r"resnet +\d+\.\d% .* exact", out)
