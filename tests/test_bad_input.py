@@ -58,6 +58,7 @@ def ws(tmp_path_factory) -> Path:
     (root / "torn-run").mkdir()  # a run killed while its checkpoint was copied by hand
     (root / "torn-run" / "config.yaml").write_bytes((root / "run" / "config.yaml").read_bytes())
     (root / "torn-run" / "checkpoint.pt").write_bytes(whole[: len(whole) // 3])
+    torch.save(torch.rand(4, 3, 8, 8), root / "user-data.pt")
     (root / "notes").mkdir()
     (root / "notes" / "mine.txt").write_text("mine")
     (root / "bad.yaml").write_text("lr: [unclosed\n")
@@ -249,6 +250,9 @@ CASES = [
                                    f"{W}/garbage.pt"], "not a tensor file"),
     ("analyze-user-data-no-images", ["analyze", "--model", "torch.nn:Identity", "--data",
                                      f"{W}/notes"], "no images found"),
+    ("analyze-model-wrong-data", ["analyze", "--model", "torch.nn:Conv2d", "--model-args",
+                                  "{in_channels: 5, out_channels: 2, kernel_size: 1}",
+                                  "--data", f"{W}/user-data.pt"], "fails on the first images"),
     # --- prune -------------------------------------------------------------------------------
     ("prune-out-a-file", ["prune", f"{W}/run", "--out", f"{W}/file.txt"], "is a file"),
     ("prune-tolerance", ["prune", f"{W}/run", "--out", f"{W}/o", "--tolerance", "-1"],

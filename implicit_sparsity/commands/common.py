@@ -210,4 +210,14 @@ def open_source(args, device, need_data: bool, need_test: bool = False) -> Sourc
             test = [(x.to(device), None if y is None else y.to(device))
                     for x, y in load_user_data(args.check_data, **options)]
         description += f"; {sum(len(x) for x, _ in batches)} images from {args.data}"
+        try:  # a model that does not take this data: one line, before any measuring
+            import torch
+
+            with torch.no_grad():
+                model(batches[0][0][:2])
+        except Exception as error:
+            first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+            raise ConfigError(f"{args.model} fails on the first images of {args.data} "
+                              f"({type(error).__name__}: {first}); check --image-size, "
+                              "--channels, --mean / --std") from None
     return Source(model, description, corpus, test, None, None)
