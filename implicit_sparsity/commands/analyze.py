@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from implicit_sparsity import defaults
-from implicit_sparsity.commands.common import (add_model_source_flags, dump_json,
-                                               non_negative_float, open_source, positive_int,
-                                               writable_file, writable_folder)
+from implicit_sparsity.commands.common import (add_measurement_flags, add_model_source_flags,
+                                               dump_json, open_source, writable_file,
+                                               writable_folder)
 
 NAME = "analyze"
 
@@ -21,13 +20,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--criterion", choices=("gamma", "activation", "both"), default="both")
     parser.add_argument("--json", default=None, help="write the per-layer figures as JSON")
     parser.add_argument("--plots", default=None, help="folder for PNG figures")
-    parser.add_argument("--data-dir", default=None, help="where the training data is now")
-    parser.add_argument("--batch-size", type=positive_int, default=500)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--gamma-threshold", type=non_negative_float,
-                        default=defaults.GAMMA_THRESHOLD)
-    parser.add_argument("--activation-threshold", type=non_negative_float,
-                        default=defaults.ACTIVATION_THRESHOLD)
+    add_measurement_flags(parser)
     parser.add_argument("--no-universality", action="store_true",
                         help="skip the second pass over the corpus")
     parser.set_defaults(func=run)

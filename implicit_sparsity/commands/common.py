@@ -159,6 +159,19 @@ def add_model_source_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--std", type=finite_float, nargs="+", default=None)
 
 
+def add_measurement_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the data is, on which device, in which batches, with which thresholds."""
+    from implicit_sparsity import defaults
+
+    parser.add_argument("--data-dir", default=None, help="where our run's data is now")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=positive_int, default=500)
+    parser.add_argument("--gamma-threshold", type=non_negative_float,
+                        default=defaults.GAMMA_THRESHOLD)
+    parser.add_argument("--activation-threshold", type=non_negative_float,
+                        default=defaults.ACTIVATION_THRESHOLD)
+
+
 @dataclasses.dataclass
 class Source:
     model: object

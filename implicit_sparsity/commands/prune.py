@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from implicit_sparsity import defaults
-from implicit_sparsity.commands.common import (add_model_source_flags, dump_json,
-                                               non_negative_float, open_source, positive_int,
-                                               writable_file, writable_folder)
+from implicit_sparsity.commands.common import (add_measurement_flags, add_model_source_flags,
+                                               dump_json, non_negative_float, open_source,
+                                               positive_int, writable_file, writable_folder)
 
 NAME = "prune"
 
@@ -28,16 +27,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         help="write even if predictions changed (the report says so)")
     parser.add_argument("--fold-bn", action="store_true",
                         help="fold BatchNorm into the convolutions for deployment")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=positive_int, default=500)
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads (latency)")
     parser.add_argument("--no-latency", action="store_true")
-    parser.add_argument("--gamma-threshold", type=non_negative_float,
-                        default=defaults.GAMMA_THRESHOLD)
-    parser.add_argument("--activation-threshold", type=non_negative_float,
-                        default=defaults.ACTIVATION_THRESHOLD)
+    add_measurement_flags(parser)
     parser.set_defaults(func=run)
     return parser
 
