@@ -232,6 +232,7 @@ CASES = [
      "does not exist"),
     ("analyze-json-a-folder", ["analyze", f"{W}/run", "--json", f"{W}/notes"], "is a folder"),
     ("analyze-plots-a-file", ["analyze", f"{W}/run", "--plots", f"{W}/file.txt"], "is a file"),
+    ("analyze-export-program", ["analyze", f"{W}/slim.pt2"], "torch.export program"),
     ("analyze-diverged", ["analyze", f"{W}/nan-run", "--criterion", "gamma"], "non-finite"),
     ("analyze-nothing", ["analyze"], "give a run folder"),
     ("analyze-both", ["analyze", f"{W}/run", "--model", "m:f"], "not both"),

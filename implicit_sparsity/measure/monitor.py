@@ -21,6 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from implicit_sparsity import defaults
+from implicit_sparsity.io.files import append_line
 from implicit_sparsity.io.run_dir import save_bn_snapshot
 from implicit_sparsity.measure.report import analyze
 from implicit_sparsity.models import bn_layer_names
@@ -66,8 +67,7 @@ class SparsityMonitor:
                 if getattr(l, f"inactive_{criterion}") is not None}
             record[f"sparsity_{criterion}_total"] = 100.0 * total[0] / total[1]
             record[f"params_pruned_{criterion}"] = report.percent_params_pruned(criterion)
-        with open(self.log_dir / "sparsity.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.log_dir / "sparsity.jsonl", json.dumps(record))
         save_bn_snapshot(bn_layer_names(model), self.log_dir, epoch)
         if self.writer is not None:
             self._tensorboard(epoch, model, record)

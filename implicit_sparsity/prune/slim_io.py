@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 
 from implicit_sparsity.errors import ProofError, RunStateError
-from implicit_sparsity.io import atomic_torch_save, atomic_write_text, load_tensors
+from implicit_sparsity.io import (atomic_torch_save, atomic_write_bytes, atomic_write_text,
+                                 load_tensors)
 from implicit_sparsity.models import adopt_shapes
 from implicit_sparsity.prune.api import DEFAULT_TOLERANCE, PruneResult
 from implicit_sparsity.train.config import TrainConfig
@@ -61,11 +63,15 @@ def save_slim(result: PruneResult, out: str | Path, example_input: torch.Tensor,
     example = example_input[:2].expand(2, *example_input.shape[1:]).contiguous()
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, out / EXPORTED)
+    buffer = io.BytesIO()  # written whole and atomically, like every file of ours
+    torch.export.save(program, buffer)
+    atomic_write_bytes(out / EXPORTED, buffer.getvalue())
     with warnings.catch_warnings():  # TorchScript is deprecated, still widely deployed
         warnings.simplefilter("ignore", DeprecationWarning)
         with torch.no_grad():
-            torch.jit.trace(model, example, check_trace=False).save(str(out / TORCHSCRIPT))
+            buffer = io.BytesIO()
+            torch.jit.save(torch.jit.trace(model, example, check_trace=False), buffer)
+    atomic_write_bytes(out / TORCHSCRIPT, buffer.getvalue())
     report = {**result.to_dict(), "tolerance": tolerance, "forced": bool(
         force and not result.verified(tolerance)), **(extra or {})}
     atomic_write_text(out / REPORT, json.dumps(report, indent=1))

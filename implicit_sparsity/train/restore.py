@@ -50,6 +50,10 @@ def build_model_for(config: TrainConfig) -> nn.Module:
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
     """The model of a run folder or checkpoint, rebuilt from its saved config, in eval mode."""
+    if str(path).endswith(".pt2"):
+        raise RunStateError(f"{path} is a torch.export program: it holds no modules to trace; "
+                            "give your model's factory instead (--model MODULE:FUNCTION "
+                            "--weights STATE.pt)")
     file = checkpoint_path(path)
     try:
         state = rd.load_checkpoint(file, map_location=device)
