@@ -88,7 +88,9 @@ class PruneResult:
         for row in self.latency:
             lines.append(f"latency {row['device']} batch {row['batch']:>3d} ({row['threads']} "
                          f"threads): {row['before_ms']:.2f} ms -> {row['after_ms']:.2f} ms, "
-                         f"speed-up {row['speedup']:.2f}x")
+                         f"speed-up {row['speedup']:.2f}x"
+                         + (f" ({row['speedup_min']:.2f}-{row['speedup_max']:.2f} over "
+                            f"{row['rounds']} interleaved rounds)" if "rounds" in row else ""))
         if self.equivalence is not None:
             e = self.equivalence
             errors = (f", test error {e.error_before:.2f}% -> {e.error_after:.2f}%"
