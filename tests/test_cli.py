@@ -79,7 +79,7 @@ def test_quick_demo_prints_the_layer_table(tmp_path, fashion_dir, capsys):
 
 @pytest.mark.parametrize("command", [[], ["train"], ["models"], ["datasets"], ["analyze"],
                                      ["prune"], ["simulate"], ["sweep"], ["report"],
-                                     ["compare"], ["demo"]])
+                                     ["compare"], ["findings"], ["demo"]])
 def test_every_help_works(command, capsys):
     with pytest.raises(SystemExit) as done:
         main(command + ["--help"])

@@ -179,3 +179,16 @@ def test_small_images_are_zero_padded_for_vgg(tmp_path):
     images, _ = class_pattern_images(20, 10, 1, 28, 0)
     assert np.array_equal(data.train_images[:, :, 2:30, 2:30].numpy(), images)
     assert data.train_images[:, :, :2].sum() == 0 and data.train_images[:, :, :, 30:].sum() == 0
+
+
+def test_a_class_subset_keeps_the_first_classes_only(tmp_path):
+    from conftest import write_fashion_mnist
+    from implicit_sparsity.data import load_dataset
+    from implicit_sparsity.train import TrainConfig, train
+
+    folder = write_fashion_mnist(tmp_path / "f", n_train=100, n_test=40)
+    data = load_dataset("fashion-mnist", folder, classes=3)
+    assert data.num_train == 30 and data.num_test == 12  # labels cycle through 10 classes
+    run = train(TrainConfig(data_dir=str(folder), width="0.0625", epochs=[1], class_subset=3,
+                            batch_size=10), tmp_path / "run", verbose=False)
+    assert run.model(torch.zeros(2, 1, 28, 28)).shape == (2, 3)

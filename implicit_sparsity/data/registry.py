@@ -220,13 +220,15 @@ def locate(entry: DatasetEntry, data_dir: str | Path | None) -> Path:
 def load_dataset(name: str, data_dir: str | Path | None = None, *, device="cpu",
                  train_subset: int | None = None, test_subset: int | None = None,
                  subset_seed: int = 0, min_size: int = 0, num_workers: int = 4,
-                 mean: list[float] | None = None, std: list[float] | None = None):
+                 mean: list[float] | None = None, std: list[float] | None = None,
+                 classes: int | None = None):
     """Read a data set and put it where training needs it.
 
     In-memory data sets come back as `DeviceTensorData` (uint8 on `device`); images smaller
     than `min_size` are zero-padded up to it (e.g. 28x28 Fashion-MNIST for VGG's five
     pools). ImageNet comes back as `StreamingImageData`. Subsets are fixed by `subset_seed`.
     `mean` / `std` (per channel, in [0, 1] units) default to the training images' own.
+    `classes`: keep only the images of the first N classes (before the subsets are drawn).
     """
     entry = get_dataset_entry(name)
     folder = locate(entry, data_dir)
@@ -248,6 +250,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, device="cpu",
         raise DatasetNotFoundError(f"{name}: no images found under {folder}")
     check_arrays(entry, folder, "train", train_x, train_y)
     check_arrays(entry, folder, "test", test_x, test_y)
+    if classes is not None:
+        train_x, train_y = train_x[train_y < classes], train_y[train_y < classes]
+        test_x, test_y = test_x[test_y < classes], test_y[test_y < classes]
     train_idx = seeded_subset(len(train_y), train_subset, subset_seed)
     test_idx = seeded_subset(len(test_y), test_subset, subset_seed + 1)
     if train_idx is not None:
@@ -255,4 +260,4 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, device="cpu",
     if test_idx is not None:
         test_x, test_y = test_x[test_idx], test_y[test_idx]
     return DeviceTensorData(pad_to(train_x, min_size), train_y, pad_to(test_x, min_size), test_y,
-                            entry.num_classes, torch.device(device), mean, std)
+                            classes or entry.num_classes, torch.device(device), mean, std)

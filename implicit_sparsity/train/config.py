@@ -37,6 +37,7 @@ class TrainConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     train_subset: int | None = None      # fixed, seeded subsets for quick runs
+    class_subset: int | None = None      # only the first N classes: a task of graded difficulty
     test_subset: int | None = None
     subset_seed: int = 0
     # how
@@ -82,6 +83,11 @@ class TrainConfig:
         check_regularizer(self.regularizer, self.lam)
         if self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.class_subset is not None and not 2 <= self.class_subset <= entry.num_classes:
+            raise ConfigError(f"class_subset must be in [2, {entry.num_classes}] for "
+                              f"{self.dataset}, got {self.class_subset}")
+        if self.class_subset is not None and entry.streaming:
+            raise ConfigError(f"class_subset does not apply to {self.dataset} (streamed)")
         for name in ("batch_size", "train_subset", "test_subset", "same_iterations_as"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -161,7 +167,7 @@ RESULT_NEUTRAL_FIELDS = ("data_dir", "device", "eval_batch_size", "num_workers",
 
 #: Fields added after run folders existed, with the value every earlier run had: left out of
 #: a run's key at that value, so that earlier sweeps keep their keys.
-LATER_FIELDS_AT_DEFAULT = {"flush_denormal": False}
+LATER_FIELDS_AT_DEFAULT = {"flush_denormal": False, "class_subset": None}
 
 
 def result_fields(config: TrainConfig) -> dict[str, Any]:

@@ -80,6 +80,7 @@ def build_for_config(config: TrainConfig, device: torch.device):
     entry = get_dataset_entry(config.dataset)
     min_size = get_model_entry(config.model).min_input_size(entry.head)
     data = load_dataset(config.dataset, config.data_dir, device=device,
+                        classes=config.class_subset,
                         train_subset=config.train_subset, test_subset=config.test_subset,
                         subset_seed=config.subset_seed, min_size=min_size,
                         num_workers=config.num_workers)

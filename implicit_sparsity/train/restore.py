@@ -43,7 +43,7 @@ def build_model_for(config: TrainConfig) -> nn.Module:
     """The (freshly initialized) network a config describes, without loading its data."""
     entry = get_dataset_entry(config.dataset)
     return build_model(config.model, in_channels=entry.in_channels,
-                       num_classes=entry.num_classes, head=entry.head,
+                       num_classes=config.class_subset or entry.num_classes, head=entry.head,
                        input_size=input_size_for(config), width=config.width,
                        negative_slope=config.negative_slope, beta_init=config.beta_init)
 
@@ -75,6 +75,7 @@ def load_training_data(run: TrainedRun, device, data_dir: str | None = None):
     entry = get_dataset_entry(config.dataset)
     min_size = get_model_entry(config.model).min_input_size(entry.head)
     return load_dataset(config.dataset, data_dir or config.data_dir, device=device,
+                        classes=config.class_subset,
                         train_subset=config.train_subset, test_subset=config.test_subset,
                         subset_seed=config.subset_seed, min_size=min_size,
                         num_workers=config.num_workers, mean=run.data_stats.get("mean"),

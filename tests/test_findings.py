@@ -1,0 +1,82 @@
+"""The findings report: the verdict rule against hand numbers, each finding's reading of
+its runs, and the whole command at the tiny scale on small real files."""
+
+from __future__ import annotations
+
+import json
+
+from implicit_sparsity.cli import main
+from implicit_sparsity.findings.claims import (FAILS, FINDINGS, HOLDS, INCONCLUSIVE, Context,
+                                               Stat, combine, compare)
+
+
+def test_the_verdict_rule_by_hand():
+    # difference 5, spread sqrt(1 + 1) = 1.41: holds; the other way: does not hold
+    assert compare(Stat(10, 1, 2), Stat(5, 1, 2)) == HOLDS
+    assert compare(Stat(5, 1, 2), Stat(10, 1, 2)) == FAILS
+    # difference 2 inside a spread of sqrt(4 + 4) = 2.83: inconclusive
+    assert compare(Stat(12, 2, 3), Stat(10, 2, 3)) == INCONCLUSIVE
+    # one seed (no spread): the minimum effect of 1 point decides
+    assert compare(Stat(10.5, 0, 1), Stat(10, 0, 1)) == INCONCLUSIVE
+    assert compare(Stat(11.5, 0, 1), Stat(10, 0, 1)) == HOLDS
+    assert compare(Stat(5, 0, 1), Stat(float("nan"), float("nan"), 0)) == INCONCLUSIVE
+    assert combine([HOLDS, HOLDS]) == HOLDS
+    assert combine([HOLDS, INCONCLUSIVE]) == INCONCLUSIVE
+    assert combine([HOLDS, FAILS, INCONCLUSIVE]) == FAILS
+    assert str(Stat.of([10.0, 12.0])) == "11.0 ± 1.4"
+
+
+def run(sparsity, layers=None, **extra):
+    layers = layers or {}
+    return {"sparsity_gamma": sparsity, "test_error": 10.0, "pruned_test_error": 10.0,
+            "changed_predictions": 0,
+            "layers": {f"C{i}": {"sparsity_gamma": layers.get(f"C{i}", sparsity)}
+                       for i in range(1, 8)}, **extra}
+
+
+def test_each_finding_reads_its_runs():
+    late = {"C5": 80, "C6": 90, "C7": 95, "C1": 0, "C2": 0, "C3": 0}
+    early = {"C1": 10, "C2": 5, "C3": 0, "C5": 0, "C6": 0, "C7": 0}
+    runs = {"adam-l2": [run(60, late, run_dir="a"), run(62, late, run_dir="b")],
+            "adam-l2-low": [run(10), run(12)], "adam-none": [run(0), run(0.5)],
+            "sgd-l2": [run(3, early), run(2, early)], "adam-wd": [run(20), run(25)],
+            "task-easier": [run(70), run(72)], "task-harder": [run(60), run(62)],
+            "adam-l2-big-batch": [run(40), run(44)], "adam-l2-narrow": [run(61), run(60)],
+            "adam-l2-gamma-lr": [run(30), run(31)], "adam-l2-leaky": [run(55), run(58)]}
+    verdicts = {f.number: f.measure(Context(runs, ("adam",))).verdict for f in FINDINGS}
+    assert verdicts[1] == HOLDS       # 0 -> 11 -> 61
+    assert verdicts[2] == HOLDS       # adam 61 vs sgd 2.5
+    assert verdicts[3] == HOLDS       # L2 61 vs WD 22.5
+    assert verdicts[4] == HOLDS       # Adam late, SGD early
+    assert verdicts[5] == HOLDS       # easier 71 vs harder 61
+    assert verdicts[6] == HOLDS       # batch 40: 61 vs 160: 42
+    assert verdicts[7] == INCONCLUSIVE  # 61 vs 60.5: no effect
+    assert verdicts[8] == HOLDS       # 61 > 30.5 and leaky 56.5 > 30.5
+    assert verdicts[9] == INCONCLUSIVE  # no simulation given
+    assert verdicts[10] == HOLDS
+    assert verdicts[11] == INCONCLUSIVE  # no comparison given
+    runs["adam-wd"] = [run(80), run(82)]  # the other way
+    runs["adam-l2"][0]["changed_predictions"] = 1
+    verdicts = {f.number: f.measure(Context(runs, ("adam",))).verdict for f in FINDINGS}
+    assert verdicts[3] == FAILS and verdicts[10] == FAILS
+
+
+def test_the_findings_command_at_the_tiny_scale(tmp_path, capsys):
+    from conftest import write_fashion_mnist
+
+    data = write_fashion_mnist(tmp_path / "fashion", n_train=120, n_test=60)
+    argv = ["findings", "--scale", "tiny", "--out", str(tmp_path / "out"), "--data-dir",
+            str(data)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("    ours: ") == 11
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.count("\n| ") == 12  # the header and eleven findings
+    assert "tiny scale" in report and "Rule: A claim" in report
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3
+    verdicts = json.loads((tmp_path / "out" / "findings.json").read_text())["findings"]
+    assert [f["number"] for f in verdicts] == list(range(1, 12))
+    assert verdicts[9]["verdict"] == HOLDS  # removing dead filters: exact at any scale
+    assert main(argv) == 0  # again: every run is reused
+    assert "0 to run" in capsys.readouterr().out
