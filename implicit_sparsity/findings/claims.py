@@ -173,15 +173,17 @@ def _simulation(ctx: Context) -> Outcome:
     for lam in result.settings["lambdas"]:
         if lam > 1e-3:  # the claim is for the paper's small λ (at 1e-2 others get there first)
             continue
-        reached = {f"{o}+{r.upper()}": result.steps_to(o, r, lam, level) or math.inf
-                   for o in result.curves for r in result.curves[o]}
-        best = min(reached, key=reached.get)
-        if not math.isfinite(reached[best]):
-            parts.append(INCONCLUSIVE)
-            text.append(f"λ {lam:g}: none below {level:g}")
-            continue
+        # Fig. 4 sets Adam against SGD, each with L2 and WD (other adaptive methods: supp.)
+        # first below the level; where none gets there, the smallest |value| at the end
+        rank = {f"{o}+{r.upper()}": (result.steps_to(o, r, lam, level) or math.inf,
+                                     abs(result.final(o, r, lam)))
+                for o in ("adam", "sgd") if o in result.curves for r in result.curves[o]}
+        best = min(rank, key=rank.get)
         parts.append(HOLDS if best == "adam+L2" else FAILS)
-        text.append(f"λ {lam:g}: first {best} ({reached[best]:,} it.)")
+        steps, final = rank[best]
+        text.append(f"λ {lam:g}: {best} first" + (f" ({steps:,} it.)" if math.isfinite(steps)
+                                                 else f" (none below {level:g}; ends at "
+                                                      f"{final:.3f})"))
     return Outcome("; ".join(text), combine(parts))
 
 
@@ -240,8 +242,9 @@ FINDINGS = [
             "Table 6: 64-1x more sparse than 32-0.25x", _width),
     Finding(8, "A 0.1 learning-rate scale on γ reduces sparsity; Leaky ReLU reduces it less.",
             "supp. Tables 2-3 (CIFAR-100)", _gamma_lr_and_leaky),
-    Finding(9, "In the low-gradient simulation, Adam + L2 decays fastest.",
-            "Fig. 4: a scalar under tiny gradients reaches 0 first with Adam + L2",
+    Finding(9, "In the low-gradient simulation, Adam + L2 decays faster than Adam + WD and "
+            "SGD + L2, even at small λ.",
+            "Fig. 4: a scalar under tiny gradients (std 1e-5) decays first with Adam + L2",
             _simulation),
     Finding(10, "Removing the dead filters leaves the test error unchanged.",
             "every table's pruned test error equals the test error", _pruning_exact),
