@@ -142,3 +142,38 @@ def test_parallel_workers_and_report_formats(spec_path, tmp_path, capsys):
         for suffix in ("png", "pdf"):
             assert (tmp_path / "figures" / f"{stem}.{suffix}").stat().st_size > 1000
     assert "optimizer=sgd" in (tmp_path / "figures" / "index.txt").read_text()
+
+
+def strict_latex_problems(latex: str) -> list[str]:
+    """What a LaTeX run would choke on in a tabular of plain text cells: a reserved
+    character not escaped, or a non-ASCII character outside math mode."""
+    import re
+
+    problems = []
+    text = re.sub(r"\$[^$]*\$", "", latex)          # math mode: $\gamma$, $\pm$
+    text = re.sub(r"\\(textbackslash|textasciitilde|textasciicircum)\{\}", "", text)
+    text = re.sub(r"\\[&%$#_{}]", "", text)           # escaped characters
+    text = re.sub(r"\\(begin|end)\{tabular\}(\{[lrc]+\})?", "", text)
+    text = text.replace("\\hline", "").replace("\\\\", "")
+    for ch in "%#_{}$^~\\":
+        if ch in text:
+            problems.append(f"unescaped {ch!r}")
+    if any(ord(ch) > 127 for ch in text):
+        problems.append("non-ASCII outside math mode")
+    columns = len(re.match(r"\\begin\{tabular\}\{([lrc]+)\}", latex).group(1))
+    for line in latex.splitlines():
+        if line.endswith("\\\\") and line.count(" & ") != columns - 1:
+            problems.append(f"{line.count(' & ') + 1} cells in a {columns}-column row")
+    return problems
+
+
+def test_latex_tables_escape_what_latex_reserves():
+    spec = {"name": "t", "table": {"rows": ["optimizer"], "columns": [],
+                                   "values": ["sparsity_gamma", "layers.C1.sparsity_gamma"]}}
+    records = [{"optimizer": "adam_w & co #1", "sparsity_gamma": 50.0 + s, "seed": s,
+                "layers": {"C1": {"sparsity_gamma": 10.0}}} for s in (0, 1)]
+    latex = render(spec, records, "latex")
+    assert strict_latex_problems(latex) == [], latex
+    assert "adam\\_w \\& co \\#1" in latex and "$\\gamma$" in latex and "$\\pm$" in latex
+    assert strict_latex_problems("\\begin{tabular}{lr}\na_b & 5% \\\\\n\\end{tabular}") \
+        == ["unescaped '%'", "unescaped '_'"]  # the checker itself catches both

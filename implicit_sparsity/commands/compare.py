@@ -86,6 +86,6 @@ def run(args) -> int:
                       finetune_epochs=tuple(args.finetune_epochs))
     points = compare(base, args.out, latency=not args.no_latency, verbose=True, **kwargs)
     print(comparison_table(points, paper))
-    path = plot_tradeoff(points, Path(args.out) / "tradeoff.png")
+    path = plot_tradeoff(points, Path(args.out) / "tradeoff.png", paper)
     print(f"wrote {Path(args.out) / 'comparison.json'} and {path}")
     return 0

@@ -211,7 +211,8 @@ def comparison_table(points: list[OperatingPoint], paper: list[dict] | None = No
     for p in points:
         params = f"{p.conv_params_before:,} -> {p.conv_params_after:,}"
         macs = p.macs_before / max(1, p.macs_after)
-        speed = f"{p.speedup_batch64:.2f}x" if p.speedup_batch64 else "-"
+        lost = p.filters_after < p.filters_before  # no filter lost: no speed-up to speak of
+        speed = f"{p.speedup_batch64:.2f}x" if p.speedup_batch64 and lost else "-"
         tuned = f"{p.error_finetuned:.1f}" if p.error_finetuned is not None else "-"
         theirs = reported.get((p.method, p.setting))
         beside = (f"  {theirs.get('percent_pruned', '-')}, {theirs.get('error', '-')}"
@@ -227,22 +228,33 @@ def comparison_table(points: list[OperatingPoint], paper: list[dict] | None = No
     return "\n".join(lines)
 
 
-def plot_tradeoff(points: list[OperatingPoint], path: Path) -> Path:
+def plot_tradeoff(points: list[OperatingPoint], path: Path, paper: list[dict] | None = None
+                  ) -> Path:
     """Test error (after fine-tuning where a method fine-tunes) against % filters removed,
-    one curve per method."""
+    one curve per method, with the paper's points (hollow squares) when given."""
     from implicit_sparsity.measure.plots import _pyplot
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for i, method in enumerate(dict.fromkeys(p.method for p in points)):
         mine = sorted((p for p in points if p.method == method), key=lambda p: p.percent_pruned)
-        ax.plot([p.percent_pruned for p in mine], [p.final_error for p in mine], "o-",
+        # points of one method at different settings are markers, joined only along x
+        style = "o-" if len({p.percent_pruned for p in mine}) == len(mine) else "o"
+        ax.plot([p.percent_pruned for p in mine], [p.final_error for p in mine], style,
                 color=f"C{i}", label=method)
         for p in mine:
-            ax.annotate(p.setting, (p.percent_pruned, p.final_error), fontsize=6)
+            ax.annotate(p.setting, (p.percent_pruned, p.final_error), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points", clip_on=False)
+    for entry in paper or []:  # the paper's operating points, hollow
+        if "percent_pruned" in entry and "error" in entry:
+            ax.plot(entry["percent_pruned"], entry["error"], "s", mfc="none", color="0.4")
+            ax.annotate(f"paper: {entry.get('method')} {entry.get('setting', '')}",
+                        (entry["percent_pruned"], entry["error"]), fontsize=5,
+                        xytext=(3, -8), textcoords="offset points", color="0.4")
     ax.set_xlabel("% conv filters removed")
     ax.set_ylabel("test error (%)")
-    ax.legend()
+    ax.margins(x=0.15, y=0.15)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -25,6 +25,20 @@ VALUE_NAMES = {**{f"layers.C{i}.sparsity_gamma": f"C{i} % by γ" for i in range(
                "test_loss": "test loss"}
 
 
+#: Text -> LaTeX: the characters LaTeX reserves, and the symbols our tables use.
+LATEX_REPLACEMENTS = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$",
+                      "#": "\\#", "_": "\\_", "{": "\\{", "}": "\\}",
+                      "~": "\\textasciitilde{}", "^": "\\textasciicircum{}",
+                      "±": "$\\pm$", "γ": "$\\gamma$", "β": "$\\beta$", "λ": "$\\lambda$",
+                      "×": "$\\times$", "→": "$\\rightarrow$", "≤": "$\\leq$",
+                      "≥": "$\\geq$"}
+
+
+def latex_escape(text: str) -> str:
+    """`text` as LaTeX typesets it, one character at a time (so escapes never stack)."""
+    return "".join(LATEX_REPLACEMENTS.get(ch, ch) for ch in str(text))
+
+
 def collect(out: str | Path) -> tuple[dict, list[dict]]:
     """(spec, records): one record per evaluated run, its labels and figures."""
     out = Path(out)
@@ -138,10 +152,8 @@ def render(spec: dict, records: list[dict], fmt: str = "markdown") -> str:
     if fmt == "latex":
         spec_cols = "l" * len(rows) + "r" * (len(header) - len(rows))
         lines = [f"\\begin{{tabular}}{{{spec_cols}}}", "\\hline",
-                 " & ".join(h.replace("%", "\\%").replace("±", "$\\pm$") for h in header)
-                 + " \\\\", "\\hline"]
-        lines += [" & ".join(x.replace("±", "$\\pm$") for x in line) + " \\\\"
-                  for line in body]
+                 " & ".join(latex_escape(h) for h in header) + " \\\\", "\\hline"]
+        lines += [" & ".join(latex_escape(x) for x in line) + " \\\\" for line in body]
         lines += ["\\hline", "\\end{tabular}"]
         note = diverged_note(records)
         return "\n".join(lines) + (f"\n%{note.strip()}" if note else "")

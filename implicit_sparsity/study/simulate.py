@@ -104,10 +104,11 @@ def plot_simulation(result: SimulationResult, path) -> None:
                         label=f"{reg.upper()} {lam:g}")
         ax.set_title(f"{name} (lr {result.settings['learning_rates'][name]:g})", fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
+        ax.set_ylabel("value of the scalar", fontsize=8)
         ax.axhline(0, color="k", lw=0.5)
+        ax.legend(fontsize=5, ncol=2)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
