@@ -206,6 +206,11 @@ def test_sweep_reruns_merge_the_index_and_report_diverged_runs(fashion_dir, tmp_
     report = capsys.readouterr().out
     assert "diverged (non-finite loss; not in the table)" in report
     assert "| sgd | wd |" not in report and "| adam | l2 |" in report
+    assert "two: 1/1 runs done (" in report  # progress lines when the output is not a TTY
+    assert main(["sweep", "--status", str(out)]) == 0
+    status = capsys.readouterr().out
+    assert status.count("  done ") == 2 and status.count("  diverged ") == 1
+    assert "3 runs: 1 diverged, 2 done" in status
     with FolderLock(out, "sweep folder"):  # a second sweep into a busy folder is refused
         assert main(["sweep", str(spec), "--out", str(out), "--workers", "1"]) == 2
     assert "another process is writing sweep folder" in capsys.readouterr().err

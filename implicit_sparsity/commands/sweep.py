@@ -14,7 +14,11 @@ NAME = "sweep"
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(NAME, help="run every run of an experiment spec (finished runs "
                             "are skipped, interrupted ones resume) and print its table")
-    parser.add_argument("spec", help="a spec name (experiments/NAME.yaml) or a YAML path")
+    parser.add_argument("spec", nargs="?", default=None,
+                        help="a spec name (experiments/NAME.yaml) or a YAML path")
+    parser.add_argument("--status", default=None, metavar="DIR",
+                        help="list the runs of sweep folder DIR: done, running, interrupted, "
+                             "pending, diverged, with their last epoch (trains nothing)")
     parser.add_argument("--out", default=None, help="sweep folder (default: runs/SPEC[-quick])")
     parser.add_argument("--quick", action="store_true", help="the spec's CPU-sized scale-down")
     parser.add_argument("--executor", default="local", choices=["local", "slurm"],
@@ -44,10 +48,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from implicit_sparsity.errors import ConfigError
     from implicit_sparsity.study.report import collect, render
     from implicit_sparsity.study.spec import load_spec
     from implicit_sparsity.study.sweep import run_sweep
 
+    if args.status:
+        return status(args.status)
+    if args.spec is None:
+        raise ConfigError("give a spec (a name in experiments/ or a YAML path), or --status DIR")
     spec = load_spec(args.spec)
     out = Path(args.out) if args.out else Path("runs") / (spec.name + ("-quick" if args.quick
                                                                       else ""))
@@ -62,4 +71,19 @@ def run(args) -> int:
               slurm={k: v for k, v in slurm.items() if v is not None})
     print(render(*collect(out)))
     print(f"sweep folder: {out} (implicit-sparsity report {out} for LaTeX / CSV)")
+    return 0
+
+
+def status(folder: str) -> int:
+    from implicit_sparsity.study.sweep import sweep_status
+
+    rows = sweep_status(folder)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+        labels = ", ".join(f"{k}={v}" for k, v in row["labels"].items())
+        print(f"  {row['state']:11s} epoch {row['epoch']:>4d}/{row['epochs']:<4d} "
+              f"{row['key']}  seed {row['seed']}  {labels}")
+    print(f"{folder}: {len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(
+        counts.items())))
     return 0

@@ -27,9 +27,9 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from implicit_sparsity.errors import ConfigError, DivergedError
+from implicit_sparsity.errors import ConfigError, DivergedError, RunStateError
 from implicit_sparsity.io import FolderLock, atomic_write_text
-from implicit_sparsity.io.run_dir import diverged, is_finished
+from implicit_sparsity.io.run_dir import diverged, is_finished, read_metrics
 from implicit_sparsity.study.spec import ExperimentSpec, PlannedRun
 
 EVALUATION = "evaluation.json"
@@ -38,7 +38,6 @@ EVALUATION = "evaluation.json"
 def evaluate_run(run_dir: Path, data_dir: str | None = None) -> dict:
     """The figures the paper's tables report for one finished run."""
     from implicit_sparsity.study.evaluation import evaluate_trained_run
-    from implicit_sparsity.io.run_dir import read_metrics
 
     result = evaluate_trained_run(run_dir, data_dir)
     report, pruned = result.report, result.pruned
@@ -124,6 +123,54 @@ def execute_run(config_dict: dict, run_dir: str, threads: int, data_dir: str | N
     return run_dir.name
 
 
+class RunProgress:
+    """A progress bar on a terminal; one line per finished run when the output goes to a
+    file (a log of a long sweep), so that progress shows there too."""
+
+    def __init__(self, total: int, name: str):
+        self.total, self.done, self.name = total, 0, name
+        self.bar = tqdm(total=total, desc=f"{name} runs", disable=None)
+
+    def update(self, keys: list[str]) -> None:
+        self.done += len(keys)
+        self.bar.update(len(keys))
+        if self.bar.disable:
+            print(f"{self.name}: {self.done}/{self.total} runs done ({', '.join(keys)})",
+                  flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def sweep_status(out: str | Path) -> list[dict]:
+    """Every run of a sweep folder: done (evaluated), diverged, running (its folder is
+    locked by a live process), interrupted (a checkpoint, no process) or pending."""
+    out = Path(out)
+    try:
+        index = json.loads((out / "index.json").read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{out} is not a sweep folder (no readable index.json)") from None
+    rows = []
+    for key, entry in index.items():
+        folder = out / "runs" / key
+        metrics = read_metrics(folder) if folder.is_dir() else []
+        evaluation = folder / EVALUATION
+        if evaluation.is_file():
+            state = "diverged" if diverged(folder) is not None else "done"
+        elif not folder.is_dir():
+            state = "pending"
+        else:
+            try:
+                with FolderLock(folder, "run folder"):
+                    state = "interrupted" if metrics else "pending"
+            except RunStateError:
+                state = "running"
+        rows.append({"key": key, "labels": entry.get("labels", {}), "seed": entry.get("seed"),
+                     "state": state, "epoch": metrics[-1]["epoch"] if metrics else 0,
+                     "epochs": sum(entry.get("config", {}).get("epochs") or [0])})
+    return rows
+
+
 def _claim_gpu(gpus) -> None:
     """Worker initializer: each worker process takes one GPU for all its runs."""
     if gpus is not None:
@@ -201,9 +248,9 @@ def run_on_slurm(jobs: list[tuple], out: Path, name: str, options: dict) -> None
     submitted = executor.map_array(execute_runs, chunks)
     print(f"submitted {len(chunks)} SLURM job(s) for {len(jobs)} run(s): "
           f"{submitted[0].job_id.split('_')[0]} (logs in {out / 'slurm'})")
-    bar = tqdm(total=len(jobs), desc=f"{name} runs", disable=None)
+    bar = RunProgress(len(jobs), name)
     for job in submitit.helpers.as_completed(submitted):
-        bar.update(len(job.result()))  # a failed job raises with its log
+        bar.update(job.result())  # a failed job raises with its log
     bar.close()
 
 
@@ -246,7 +293,7 @@ def _run_sweep(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick
     workers = max(1, min(workers or default_workers(), len(todo)))
     threads = max(1, (os.cpu_count() or 1) // workers)
     jobs = [(p.config.to_dict(), str(out / "runs" / p.key), threads, data_dir) for p in todo]
-    bar = tqdm(total=len(jobs), desc=f"{spec.name} runs", disable=None)
+    bar = RunProgress(len(jobs), spec.name)
     if pack > 1:
         packs = pack_jobs(jobs, pack)
         workers = max(1, min(workers, len(packs)))
@@ -254,13 +301,12 @@ def _run_sweep(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick
         packs = [[(c, d, threads, dd) for c, d, _, dd in group] for group in packs]
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             for future in as_completed([pool.submit(execute_packed, g) for g in packs]):
-                bar.update(len(future.result()))
+                bar.update(future.result())
         bar.close()
         return [p.key for p in planned]
     if workers == 1:
         for job in jobs:
-            execute_run(*job)
-            bar.update()
+            bar.update([execute_run(*job)])
     else:
         context = get_context("spawn")
         gpus = None
@@ -272,7 +318,6 @@ def _run_sweep(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick
                                  initargs=(gpus,)) as pool:
             futures = [pool.submit(execute_run, *job) for job in jobs]
             for future in as_completed(futures):
-                future.result()  # a failed run stops the sweep with its error
-                bar.update()
+                bar.update([future.result()])  # a failed run stops the sweep with its error
     bar.close()
     return [p.key for p in planned]
