@@ -127,6 +127,8 @@ def test_parallel_workers_and_report_formats(spec_path, tmp_path, capsys):
     markdown = render(spec, records)
     adam_row = next(line for line in markdown.splitlines() if line.startswith("| adam"))
     assert "| 85 |" in adam_row and "| 13.1 |" in adam_row  # the paper's numbers beside
+    # what ours are, plainly: the data set, the scale, the seeds
+    assert "Ours: fashion-mnist, width 0.0625, epochs [2], 2 seed(s) per row." in markdown
     rows = list(csv.DictReader(io.StringIO(render(spec, records, "csv"))))
     adam_gamma = [r for r in rows if r["optimizer"] == "adam" and r["value"] == "sparsity_gamma"]
     assert adam_gamma[0]["n"] == "2" and adam_gamma[0]["paper"] == "85"
@@ -177,3 +179,16 @@ def test_latex_tables_escape_what_latex_reserves():
     assert "adam\\_w \\& co \\#1" in latex and "$\\gamma$" in latex and "$\\pm$" in latex
     assert strict_latex_problems("\\begin{tabular}{lr}\na_b & 5% \\\\\n\\end{tabular}") \
         == ["unescaped '%'", "unescaped '_'"]  # the checker itself catches both
+
+
+def test_a_report_on_a_stand_in_data_set_says_so():
+    from implicit_sparsity.study.report import provenance
+
+    spec = {"paper_ref": "main text, Table 1", "paper": [{"dataset": "cifar10"}],
+            "_quick": True}
+    records = [{"seed": s, "config": {"dataset": "fashion-mnist", "train_subset": 10000,
+                                      "width": "0.25", "epochs": [16, 4]}} for s in (0, 1)]
+    line = provenance(spec, records)
+    assert line.startswith("Ours: fashion-mnist (a stand-in for the paper's data)")
+    assert "training images 10000" in line and "2 seed(s)" in line and "--quick" in line
+    assert line.endswith("The paper's: main text, Table 1 on cifar10.")

@@ -45,7 +45,8 @@ def collect(out: str | Path) -> tuple[dict, list[dict]]:
     if not (out / "index.json").is_file():
         raise ConfigError(f"{out} is not a sweep folder (no index.json)")
     try:
-        spec = yaml.safe_load((out / "spec.yaml").read_text())["spec"]
+        saved = yaml.safe_load((out / "spec.yaml").read_text())
+        spec = {**saved["spec"], "_quick": bool(saved.get("quick"))}
         index = json.loads((out / "index.json").read_text())
         assert isinstance(index, dict) and isinstance(spec, dict)
     except Exception:  # truncated or edited by hand
@@ -61,7 +62,8 @@ def collect(out: str | Path) -> tuple[dict, list[dict]]:
         except ValueError:
             raise ConfigError(f"{path} is damaged; delete it and run the sweep again to "
                               "evaluate that run anew") from None
-        records.append({**entry["labels"], "seed": entry["seed"], "key": key, **evaluation})
+        records.append({**entry["labels"], "seed": entry["seed"], "key": key,
+                        "config": entry.get("config") or {}, **evaluation})
     return spec, records
 
 
@@ -159,10 +161,33 @@ def render(spec: dict, records: list[dict], fmt: str = "markdown") -> str:
         return "\n".join(lines) + (f"\n%{note.strip()}" if note else "")
     if fmt != "markdown":
         raise ConfigError(f"unknown format {fmt!r}; valid: markdown, latex, csv")
-    title = f"**{spec.get('title', spec.get('name'))}**\n\n"
+    title = f"**{spec.get('title', spec.get('name'))}**\n\n{provenance(spec, records)}\n\n"
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(line) + " |" for line in body]
     return title + "\n".join(lines) + diverged_note(records)
+
+
+def provenance(spec: dict, records: list[dict]) -> str:
+    """One line on what "ours" and "paper" are: a stand-in data set or a scale-down is named."""
+    configs = [r.get("config") or {} for r in records]
+    datasets = sorted({str(c.get("dataset")) for c in configs if c.get("dataset")})
+    seeds = sorted({r.get("seed") for r in records})
+    scale = []
+    for key, name in (("train_subset", "training images"), ("width", "width"),
+                      ("epochs", "epochs")):
+        values = sorted({str(c.get(key)) for c in configs if c.get(key) is not None})
+        if values:
+            scale.append(f"{name} {'/'.join(values)}")
+    paper_sets = sorted({str(e.get("dataset")) for e in spec.get("paper") or []
+                         if e.get("dataset")})
+    stand_in = paper_sets and datasets and set(datasets) != set(paper_sets)
+    return (f"Ours: {', '.join(datasets) or '-'}"
+            + (" (a stand-in for the paper's data)" if stand_in else "")
+            + (f", {', '.join(scale)}" if scale else "")
+            + f", {len(seeds)} seed(s) per row"
+            + (" — the spec's --quick scale-down" if spec.get("_quick") else "")
+            + ". The paper's: " + (spec.get("paper_ref") or "its own settings")
+            + (f" on {', '.join(paper_sets)}" if paper_sets else "") + ".")
 
 
 def _columns(cells) -> list[tuple]:
