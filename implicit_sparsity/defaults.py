@@ -26,7 +26,7 @@ TOP_K = 5
 OPTIMIZER_DEFAULTS: dict[str, dict] = {
     "sgd": {"lr": 0.1, "momentum": 0.9},
     "adam": {"lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-8},
-    "amsgrad": {"lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-8},
+    "amsgrad": {"lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-8},  # Adam's stated β, ε
     "adamax": {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8},
     "rmsprop": {"lr": 1e-3, "alpha": 0.99, "eps": 1e-8},
     "adagrad": {"lr": 1e-2, "eps": 1e-10},

@@ -53,7 +53,8 @@ def test_comparison_specs_load_and_one_runs_with_the_paper_beside(tmp_path, caps
 
     for name, methods in (("compare_table7", ("implicit", "l1norm")),
                           ("compare_table9", ("implicit", "slimming")),
-                          ("compare_table10", ("implicit", "slimming"))):
+                          ("compare_table10", ("implicit", "slimming")),
+                          ("compare_table10_cifar100", ("implicit", "slimming"))):
         spec, base, kwargs = load_comparison(name)
         assert kwargs["methods"] == methods and spec["paper"]
         assert base.lam == 1e-4 and base.optimizer == "adam"

@@ -216,15 +216,18 @@ def comparison_table(points: list[OperatingPoint], paper: list[dict] | None = No
         tuned = f"{p.error_finetuned:.1f}" if p.error_finetuned is not None else "-"
         theirs = reported.get((p.method, p.setting))
         beside = (f"  {theirs.get('percent_pruned', '-')}, {theirs.get('error', '-')}"
-                  if theirs else "")
+                  + (f" (before pruning {theirs['error_before']})"
+                     if "error_before" in theirs else "") if theirs else "")
         lines.append(f"{p.method:10s}{p.setting:>18s}{p.percent_pruned:10.1f}{params:>24s}"
                      f"{macs:7.2f}x{speed:>10s}{p.error_before:7.1f}{p.error_pruned:8.1f}"
                      f"{tuned:>7s}{p.train_seconds:9.0f}{p.epochs:8d}{beside}")
     shown = {(p.method, p.setting) for p in points}
     for (method, setting), theirs in reported.items():
         if (method, setting) not in shown:  # the paper's own baselines (not rerun here)
-            lines.append(f"{method:10s}{setting:>18s}{'':>96s}  {theirs.get('percent_pruned', '-')}"
-                         f", {theirs.get('error', '-')}")
+            lines.append(f"{method:10s}{setting:>18s}{'':>96s}  "
+                         f"{theirs.get('percent_pruned', '-')}, {theirs.get('error', '-')}"
+                         + (f" (before pruning {theirs['error_before']})"
+                            if "error_before" in theirs else ""))
     return "\n".join(lines)
 
 
