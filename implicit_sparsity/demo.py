@@ -113,7 +113,8 @@ def measure_and_prune(run: Path, label: str, data_dir: str | None, quick: bool) 
     figures.mkdir(exist_ok=True)
     paths = [plot_layer_sparsity(result.report, figures / "layer_sparsity.png"),
              plot_universality(result.report, figures / "universality.png"),
-             plot_bn_history(load_bn_history(run), figures / "gamma_beta_history.png")]
+             plot_bn_history(load_bn_history(run), figures / "gamma_beta_history.png",
+                             title=f"γ and β over training: {label}")]
     return {"label": label, "gamma": result.percent("gamma"),
             "activation": result.percent("activation"), "pruned": result.pruned,
             "figures": paths}

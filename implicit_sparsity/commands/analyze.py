@@ -56,7 +56,8 @@ def run(args) -> int:
             written.append(plot_universality(report, plots / "universality.png"))
         history = load_bn_history(source.run_dir) if source.run_dir else {}
         if history:
-            written.append(plot_bn_history(history, plots / "gamma_beta_history.png"))
+            written.append(plot_bn_history(history, plots / "gamma_beta_history.png",
+                                           title=source.description))
         for path in written:
             print(f"wrote {path}")
     return 0

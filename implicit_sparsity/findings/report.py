@@ -53,7 +53,8 @@ def _figures(out: Path, context) -> list[tuple[str, Path]]:
         history = load_bn_history(Path(context.runs["adam-l2"][0]["run_dir"])) \
             if context.runs.get("adam-l2") else {}
         if history:
-            path = plot_bn_history(history, folder / "gamma_beta.png")
+            path = plot_bn_history(history, folder / "gamma_beta.png",
+                                   title="Adam + L2 (the reference run), first seed")
             figures.append(("γ and β of each layer over the epochs (Adam + L2, first seed)",
                             path))
     if context.simulation is not None:

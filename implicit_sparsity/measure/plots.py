@@ -73,9 +73,10 @@ def plot_universality(report, path: Path) -> Path:
 
 
 def plot_bn_history(history: dict[str, dict[str, torch.Tensor]], path: Path,
-                    layers: list[str] | None = None) -> Path:
+                    layers: list[str] | None = None, title: str | None = None) -> Path:
     """gamma (top) and beta (bottom) of each layer over epochs: median and 5-95 / 25-75
-    percentile bands, as the evolving distributions of the paper's Fig. 2."""
+    percentile bands, as the evolving distributions of the paper's Fig. 2. `title` names
+    the run."""
     plt = _pyplot()
     names = layers or [n for n in history if not n.startswith("classifier")] or list(history)
     fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 4.6), squeeze=False,
@@ -93,6 +94,10 @@ def plot_bn_history(history: dict[str, dict[str, torch.Tensor]], path: Path,
             ax.set_title(f"{name} {key}", fontsize=9)
             if row == 1:
                 ax.set_xlabel("epoch", fontsize=8)
+            if col == 0:
+                ax.set_ylabel("γ" if key == "gamma" else "β", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
 
 from implicit_sparsity.io.run_dir import load_bn_history
@@ -65,7 +66,7 @@ def write_figures(sweep_dir: str | Path, spec: dict, records: list[dict],
     firsts = {label: min(members, key=lambda m: m["seed"]) for label, members in groups.items()}
     if all(r["layers"][layers[0]].get("universality_histogram") for r in firsts.values()):
         fig, axes = plt.subplots(len(firsts), len(layers), squeeze=False,
-                                 figsize=(1.9 * len(layers), 1.7 * len(firsts)))
+                                 figsize=(1.9 * len(layers) + 1.2, max(2.6, 1.7 * len(firsts))))
         for row, (label, record) in enumerate(firsts.items()):
             for col, name in enumerate(layers):
                 hist = record["layers"][name]["universality_histogram"]
@@ -77,20 +78,23 @@ def write_figures(sweep_dir: str | Path, spec: dict, records: list[dict],
                 ax.tick_params(labelsize=6)
                 if row == 0:
                     ax.set_title(name, fontsize=8)
-                if col == 0:
-                    ax.set_ylabel(label, fontsize=6)
+                if col == 0:  # the row's label beside it, wrapped, never cut off
+                    ax.set_ylabel(textwrap.fill(str(label), 18), fontsize=6, rotation=0,
+                                  ha="right", va="center")
         fig.supxlabel("universality (%)", fontsize=8)
+        fig.supylabel("fraction of features", fontsize=8)
         fig.tight_layout()
         written += _save(fig, folder, "universality")
         plt.close(fig)
 
     # gamma / beta over training, one figure per table row (first seed)
-    for i, record in enumerate(firsts.values()):
+    for i, (label, record) in enumerate(firsts.items()):
         history = load_bn_history(Path(sweep_dir) / "runs" / record["key"])
         if history:
             stem = f"gamma_beta_{i + 1}"
-            png = plot_bn_history(history, folder / f"{stem}.png")
-            plot_bn_history(history, folder / f"{stem}.pdf")
+            title = f"γ and β over training: {label} (seed {record['seed']})"
+            png = plot_bn_history(history, folder / f"{stem}.png", title=title)
+            plot_bn_history(history, folder / f"{stem}.pdf", title=title)
             written += [png, folder / f"{stem}.pdf"]
     (folder / "index.txt").write_text("".join(
         f"gamma_beta_{i + 1}: {label}\n" for i, label in enumerate(firsts)))
