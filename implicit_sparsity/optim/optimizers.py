@@ -83,6 +83,11 @@ def param_groups(model: nn.Module, lr: float, gamma_lr_scale: float = 1.0,
 
 def build_optimizer(name: str, groups: list[dict], hyperparameters: dict
                     ) -> torch.optim.Optimizer:
+    """The optimizer with the paper's hyper-parameters and no weight decay of its own (L2 and
+    WD are ours: optim.regularization). The multi-tensor (`foreach`) implementation computes
+    the same update as the per-tensor one in a few kernels a step instead of a few per
+    parameter; PyTorch picks it by default on GPUs only, so it is asked for here."""
     check_optimizer_name(name)
     extra = {"amsgrad": True} if name == "amsgrad" else {}
-    return OPTIMIZER_CLASSES[name](groups, weight_decay=0.0, **extra, **hyperparameters)
+    return OPTIMIZER_CLASSES[name](groups, weight_decay=0.0, foreach=True, **extra,
+                                   **hyperparameters)
