@@ -80,3 +80,14 @@ def test_the_findings_command_at_the_tiny_scale(tmp_path, capsys):
     assert verdicts[9]["verdict"] == HOLDS  # removing dead filters: exact at any scale
     assert main(argv) == 0  # again: every run is reused
     assert "0 to run" in capsys.readouterr().out
+
+
+def test_every_scale_plans_distinct_runs():
+    from implicit_sparsity.findings.plan import SCALES, findings_spec, roles
+
+    for scale in SCALES.values():
+        runs = findings_spec(scale).expand()  # refuses two variants of one config
+        assert len(runs) == len(scale.seeds) * len(findings_spec(scale).variants)
+        assert roles(scale)["task-easier"] != roles(scale)["task-harder"]
+    full = {r.labels.get("dataset") for r in findings_spec(SCALES["full"]).expand()}
+    assert full == {None, "cifar100"}  # CIFAR-10 is the base: the harder task differs

@@ -76,7 +76,18 @@ REFERENCE = "adam-l2"
 
 
 def roles(scale: Scale) -> dict[str, dict]:
-    """Each run's role and how it differs from the base (its labels in the sweep)."""
+    """Each run's role and how it differs from the base (its labels in the sweep): keys at
+    the base's value or None are left out, so that two roles of one run (the reference as
+    one side of the task pair, say) are one run."""
+    return {role: {k: v for k, v in labels.items()
+                   if v is not None and scale.base.get(k, _ABSENT) != v}
+            for role, labels in _roles(scale).items()}
+
+
+_ABSENT = object()
+
+
+def _roles(scale: Scale) -> dict[str, dict]:
     adam_l2 = {"optimizer": "adam", "regularizer": "l2", "lam": scale.lam}
     runs = {
         REFERENCE: adam_l2,
@@ -101,12 +112,10 @@ def roles(scale: Scale) -> dict[str, dict]:
 
 def findings_spec(scale: Scale) -> ExperimentSpec:
     """One experiment spec holding every run of every finding at this scale."""
-    variants, seen = [], []
+    variants = []
     for labels in roles(scale).values():
-        clean = {k: v for k, v in labels.items() if v is not None}
-        if clean not in seen:  # task-harder may be the reference itself
-            seen.append(clean)
-            variants.append(clean)
+        if labels not in variants:  # one side of the task pair may be the reference itself
+            variants.append(labels)
     return ExperimentSpec(name=f"findings-{scale.name}",
                           title=f"The paper's findings, re-checked ({scale.description})",
                           base=dict(scale.base), variants=variants, seeds=list(scale.seeds))

@@ -28,7 +28,7 @@ def collect_roles(sweep_dir: Path, scale) -> dict[str, list[dict]]:
     index = json.loads((sweep_dir / "index.json").read_text())
     found: dict[str, list[dict]] = {}
     for role, labels in roles(scale).items():
-        wanted = normalize_labels({k: v for k, v in labels.items() if v is not None})
+        wanted = normalize_labels(labels)
         for key, entry in index.items():
             if entry["labels"] != wanted:
                 continue
