@@ -29,16 +29,22 @@ from implicit_sparsity.models import build_model
 from implicit_sparsity.train import TrainConfig, train
 
 
-def plain_loop(args, device) -> list[float]:
+def plain_setup(args, device, data_device):
+    """The images (normalized, on `data_device`), labels, model and Adam + L2 of a plain loop."""
     data = load_dataset("fashion-mnist", args.data_dir, train_subset=args.images)
-    x = data.normalize(data.train_images).cpu()
-    y = data.train_labels.cpu()
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
-                                         batch_size=40, shuffle=True)
+    x = data.normalize(data.train_images).to(data_device)
+    y = data.train_labels.to(data_device)
     torch.manual_seed(0)
     model = build_model("basicnet", in_channels=1, num_classes=10, width=args.width).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.99),
                                  weight_decay=args.lam)  # torch's weight_decay is L2
+    return x, y, model, optimizer
+
+
+def plain_loop(args, device) -> list[float]:
+    x, y, model, optimizer = plain_setup(args, device, "cpu")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
+                                         batch_size=40, shuffle=True)
     rates = []
     for _ in range(args.epochs):
         start, total_loss, seen = time.perf_counter(), 0.0, 0
@@ -55,13 +61,7 @@ def plain_loop(args, device) -> list[float]:
 
 
 def indexed_loop(args, device) -> list[float]:
-    data = load_dataset("fashion-mnist", args.data_dir, train_subset=args.images)
-    x = data.normalize(data.train_images).to(device)
-    y = data.train_labels.to(device)
-    torch.manual_seed(0)
-    model = build_model("basicnet", in_channels=1, num_classes=10, width=args.width).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.99),
-                                 weight_decay=args.lam)  # torch's weight_decay is L2
+    x, y, model, optimizer = plain_setup(args, device, device)
     rates = []
     for _ in range(args.epochs):
         start = time.perf_counter()
