@@ -44,3 +44,10 @@ def test_zoo_benchmark_prints_a_row_per_architecture():
     rows = [line for line in out.splitlines() if "exact (" in line or "refused" in line]
     assert len(rows) == 13, out
     assert re.search(r"resnet +\d+\.\d% .* exact", out)
+
+
+def test_train_throughput_benchmark_prints_both_baselines():
+    out = run("train_throughput.py", "--images", "200", "--epochs", "1", "--width", "0.0625")
+    assert re.search(r"plain, indexed +\d+ images/s", out)
+    assert re.search(r"plain, DataLoader +\d+ images/s", out)
+    assert re.search(r"ratio ours / indexed: \d+\.\d\d .* ours / DataLoader: \d+\.\d\d", out)
