@@ -16,6 +16,12 @@ GAMMA_THRESHOLD = 1e-3
 ACTIVATION_THRESHOLD = 1e-12
 #: Universality counts the samples whose normalized pooled activation exceeds this.
 UNIVERSALITY_THRESHOLD = 1e-3
+#: The thresholds of the sensitivity table (`analyze --sensitivity`): |gamma|, max-pooled
+#: |activation|, and ReDo's dormancy tau (Sokar et al., ICML 2023: a unit's mean |activation|
+#: over samples and positions, divided by the layer's mean of that; dormant when <= tau).
+SENSITIVITY_GAMMA = (1e-4, 1e-3, 1e-2)
+SENSITIVITY_ACTIVATION = (0.0, 1e-12, 1e-8, 1e-4)
+SENSITIVITY_TAU = (0.0, 0.025, 0.05, 0.1)
 #: Tables 4, 5, 8 and 9 also report the top-5 error: a sample counts as wrong when its label
 #: is not among the TOP_K highest logits.
 TOP_K = 5

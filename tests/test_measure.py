@@ -240,3 +240,48 @@ def test_lightning_callback_needs_lightning_or_says_so(tmp_path):
         current_epoch = 0
     callback.on_train_epoch_end(Trainer(), tiny_basicnet())
     assert (tmp_path / "sparsity.jsonl").read_text().count("\n") == 1
+
+
+def test_redo_dormancy_and_the_sensitivity_table_by_hand():
+    """Three units with constant outputs 1, 3 and 0 after ReLU: mean |h| (1, 3, 0), layer
+    mean 4/3, ReDo scores (0.75, 2.25, 0); |gamma| (1, 1e-3.5, 2e-2)."""
+    from implicit_sparsity.measure.activation import activation_statistics
+    from implicit_sparsity.measure.sensitivity import (sensitivity, sensitivity_json,
+                                                       sensitivity_table)
+
+    model = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.zero_()  # the conv outputs 0: the BN output is beta
+        model[1].weight.copy_(torch.tensor([1.0, 10 ** -3.5, 2e-2]))
+        model[1].bias.copy_(torch.tensor([1.0, 3.0, -1.0]))
+    model.eval()
+    x = [torch.randn(4, 1, 5, 5), torch.randn(3, 1, 5, 5)]
+    stats = activation_statistics(model, x, universality=False, mean_abs=True)
+    name = next(iter(stats.mean_abs))
+    assert torch.allclose(stats.mean_abs[name], torch.tensor([1.0, 3.0, 0.0]))
+    assert torch.allclose(stats.dormancy()[name], torch.tensor([0.75, 2.25, 0.0]))
+    table = sensitivity(model, x, gamma_thresholds=(1e-4, 1e-3, 1e-1),
+                        activation_thresholds=(0.0, 0.5), taus=(0.0, 0.8, 3.0))[name]
+    assert table["gamma"] == {1e-4: 0, 1e-3: 1, 1e-1: 2}
+    assert table["activation"] == {0.0: 1, 0.5: 1}
+    assert table["dormant"] == {0.0: 1, 0.8: 2, 3.0: 3}
+    text = sensitivity_table({name: table})
+    assert "ReDo tau <= 0.8" in text and "|gamma| < 0.001" in text
+    assert sensitivity_json({name: table})[name]["dormant"] == {"0": 1, "0.8": 2, "3": 3}
+
+
+def test_analyze_prints_the_sensitivity_table(tmp_path, fashion_dir, capsys):
+    import json
+
+    from implicit_sparsity.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(data_dir=str(fashion_dir), width="0.0625", epochs=[1], lam=1e-3), run,
+          verbose=False)
+    assert main(["analyze", str(run), "--sensitivity", "--no-universality", "--json",
+                 str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr().out
+    assert "ReDo tau <= 0.1" in out and "act <= 1e-12" in out and "|gamma| < 0.01" in out
+    saved = json.loads((tmp_path / "a.json").read_text())["sensitivity"]
+    assert set(saved["C1"]) == {"features", "gamma", "activation", "dormant"}

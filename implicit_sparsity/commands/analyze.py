@@ -23,6 +23,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_measurement_flags(parser)
     parser.add_argument("--no-universality", action="store_true",
                         help="skip the second pass over the corpus")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="also count inactive units at several |gamma| and activation "
+                             "thresholds and ReDo's dormancy tau (one more pass)")
     parser.set_defaults(func=run)
     return parser
 
@@ -41,9 +44,19 @@ def run(args) -> int:
                      activation_threshold=args.activation_threshold,
                      universality=not args.no_universality)
     print(report.table())
+    from implicit_sparsity.measure.sensitivity import sensitivity_json
+
+    table = None
+    if args.sensitivity:
+        from implicit_sparsity.measure.sensitivity import sensitivity, sensitivity_table
+
+        table = sensitivity(source.model, source.corpus)
+        print("sensitivity to the thresholds (units counted per layer):")
+        print(sensitivity_table(table))
     if json_path:
         dump_json(json_path, {"source": str(args.path or args.model), "epoch": source.epoch,
-                              "config": source.config, **report.to_dict()})
+                              "config": source.config, **report.to_dict(),
+                              **({"sensitivity": sensitivity_json(table)} if table else {})})
         print(f"wrote {json_path}")
     if plots:
         from implicit_sparsity.io.run_dir import load_bn_history

@@ -25,9 +25,11 @@ from implicit_sparsity.measure.features import TracedModel, trace_features
 class _Recorder(nn.Module):
     """Passes its input through; keeps per-channel statistics of its pooled |values|."""
 
-    def __init__(self, channels: int, device, nonnegative: bool):
+    def __init__(self, channels: int, device, nonnegative: bool, mean_abs: bool = False):
         super().__init__()
         self.nonnegative = nonnegative  # after a ReLU, |x| = x: one reduction, no copy
+        self.mean_abs = mean_abs        # also sum, per channel, each sample's mean |x|
+        self.abs_sum = torch.zeros(channels, device=device, dtype=torch.float64)
         self.max = torch.zeros(channels, device=device)
         self.count = torch.zeros(channels, device=device, dtype=torch.long)
         self.samples = torch.zeros((), device=device, dtype=torch.long)
@@ -48,6 +50,9 @@ class _Recorder(nn.Module):
         else:
             torch.maximum(self.max, pooled.amax(0), out=self.max)
             self.samples += pooled.shape[0]
+            if self.mean_abs:
+                means = flat.mean(2) if self.nonnegative else flat.abs().mean(2)
+                self.abs_sum += means.sum(0, dtype=torch.float64)
         return x
 
 
@@ -58,6 +63,19 @@ class ActivationStats:
     max_activation: dict[str, torch.Tensor]
     universality: dict[str, torch.Tensor] | None
     samples: int
+    #: per unit, mean |activation| over every sample and position (with `mean_abs=True`)
+    mean_abs: dict[str, torch.Tensor] | None = None
+
+    def dormancy(self) -> dict[str, torch.Tensor]:
+        """ReDo's score per unit (Sokar et al. 2023): its mean |activation| divided by the
+        mean of that over its layer's units (0 for a layer that is all zero)."""
+        if self.mean_abs is None:
+            raise ValueError("dormancy needs activation_statistics(..., mean_abs=True)")
+        scores = {}
+        for name, values in self.mean_abs.items():
+            layer = values.mean()
+            scores[name] = values / layer if layer > 0 else torch.zeros_like(values)
+        return scores
 
     def inactive(self, threshold: float = defaults.ACTIVATION_THRESHOLD
                  ) -> dict[str, torch.Tensor]:
@@ -65,13 +83,14 @@ class ActivationStats:
         return {name: m <= threshold for name, m in self.max_activation.items()}
 
 
-def _instrument(traced: TracedModel, device) -> dict[str, _Recorder]:
+def _instrument(traced: TracedModel, device, mean_abs: bool = False) -> dict[str, _Recorder]:
     gm = traced.graph_module
     nodes = {n.name: n for n in gm.graph.nodes}
     recorders: dict[str, _Recorder] = {}
     for i, feature in enumerate(traced.features):
         node = nodes[feature.output_node]
-        recorder = _Recorder(feature.num_features, device, feature.nonnegative_output)
+        recorder = _Recorder(feature.num_features, device, feature.nonnegative_output,
+                             mean_abs)
         target = f"_sparsity_recorder_{i}"
         gm.add_submodule(target, recorder)
         with gm.graph.inserting_after(node):
@@ -85,15 +104,15 @@ def _instrument(traced: TracedModel, device) -> dict[str, _Recorder]:
 
 @torch.no_grad()
 def activation_statistics(model: nn.Module, batches: Iterable, *, universality: bool = True,
-                          universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD
-                          ) -> ActivationStats:
+                          universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD,
+                          mean_abs: bool = False) -> ActivationStats:
     """One pass over `batches` (inputs, or (inputs, labels) pairs) for the maxima, and a
     second one for universality when asked. `batches` must be re-iterable for the second
     pass (a list, or an object whose __iter__ starts over); a callable returning a fresh
     iterator also works. The model is evaluated in eval mode, in float32."""
     traced = trace_features(model)  # a fresh trace: the recorders go into its graph only
     device = next(model.parameters()).device
-    recorders = _instrument(traced, device)
+    recorders = _instrument(traced, device, mean_abs)
     gm = traced.graph_module
     was_training = model.training
     gm.eval()
@@ -116,7 +135,9 @@ def activation_statistics(model: nn.Module, batches: Iterable, *, universality: 
             uni = {name: (100.0 * r.count.float() / samples).cpu()
                    for name, r in recorders.items()}
         samples = int(next(iter(recorders.values())).samples) if recorders else 0
+        means = ({name: (r.abs_sum / max(1, samples)).float().cpu()
+                  for name, r in recorders.items()} if mean_abs else None)
         return ActivationStats({name: r.max.cpu() for name, r in recorders.items()}, uni,
-                               samples)
+                               samples, means)
     finally:
         model.train(was_training)
