@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -327,3 +328,14 @@ def test_bad_input_is_one_line_and_changes_nothing(ws, capsys, argv, message):
     assert message in err, err
     assert tree_digest(ws) == before, "files changed on disk"
     assert not (ws.parent / "PWNED").exists(), "a poisoned pickle ran its payload"
+
+
+def test_a_sweep_without_torch_pruning_stops_before_training(ws, capsys, monkeypatch):
+    """Every run's evaluation removes its dead filters: a sweep checks for torch-pruning
+    first instead of failing after its runs have trained."""
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)  # import fails
+    out = ws.parent / "no-tp-sweep"
+    code = run_cli(["sweep", str(ws / "spec.yaml"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "pip install torch-pruning" in err, err
+    assert not (out / "runs").exists()

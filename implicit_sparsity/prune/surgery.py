@@ -33,12 +33,17 @@ from implicit_sparsity.measure.features import Feature, TracedModel
 
 
 def _torch_pruning():
+    """torch-pruning, or one line saying how to install it (also called before long work
+    that ends in a removal, so that hours of training are not lost to a missing package)."""
     try:
         import torch_pruning
     except ImportError:
         raise ImplicitSparsityError("pruning needs torch-pruning: pip install torch-pruning"
                                     ) from None
     return torch_pruning
+
+
+require_torch_pruning = _torch_pruning
 
 
 @dataclass

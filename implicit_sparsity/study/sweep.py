@@ -30,6 +30,7 @@ from tqdm import tqdm
 from implicit_sparsity.errors import ConfigError, DivergedError, RunStateError
 from implicit_sparsity.io import FolderLock, atomic_write_text
 from implicit_sparsity.io.run_dir import diverged, is_finished, read_metrics
+from implicit_sparsity.prune.surgery import require_torch_pruning
 from implicit_sparsity.study.spec import ExperimentSpec, PlannedRun
 
 EVALUATION = "evaluation.json"
@@ -272,6 +273,7 @@ def run_sweep(spec: ExperimentSpec, out: str | Path, *, quick: bool = False,
     if data_dir is not None:
         overrides["data_dir"] = data_dir
     planned = spec.expand(quick=quick, overrides=overrides, where=where)
+    require_torch_pruning()  # every run's evaluation removes its dead filters: fail now
     out = Path(out)
     with FolderLock(out, "sweep folder"):  # one sweep process per folder
         return _run_sweep(spec, planned, out, quick, workers, data_dir, executor, slurm, pack)
