@@ -123,3 +123,19 @@ def test_width_parsing():
         build_model("vgg16", in_channels=3, num_classes=10, width="64-0.5x")
     with pytest.raises(ConfigError, match="valid models"):
         build_model("resnet18", in_channels=3, num_classes=10)
+
+
+def test_vgg19_on_cifar_is_network_slimmings_layout():
+    """Four max-pools, then the 2x2 map averaged into [classes] (Liu et al. 2017), not a
+    fifth max-pool; the other VGGs keep five."""
+    torch.manual_seed(0)
+    model = build_model("vgg19", in_channels=3, num_classes=10, width=0.125).double().eval()
+    pools = [m for m in model.features if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == 4
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    last = model.features(x)
+    assert last.shape[-2:] == (2, 2)
+    expected = model.classifier(last.mean(dim=(2, 3)))
+    assert torch.allclose(model(x), expected, rtol=0, atol=1e-12)
+    vgg16 = build_model("vgg16", in_channels=3, num_classes=10, width=0.125)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in vgg16.features) == 5

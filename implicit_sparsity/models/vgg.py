@@ -15,6 +15,9 @@ VGG_CONFIGS = {
     "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
               512, 512, 512, 512, "M"),
 }
+#: VGG-19 on CIFAR follows Network Slimming (Liu et al. 2017, the paper's section 5): four
+#: max-pools, the last block's 2x2 map averaged (GAP), then [classes]; not a fifth max-pool.
+NETWORK_SLIMMING_VGG19 = VGG_CONFIGS["vgg19"][:-1]
 #: Five 2x2 pools: inputs smaller than this are zero-padded up to it by the data pipeline.
 VGG_MIN_INPUT_SIZE = 32
 
@@ -34,7 +37,8 @@ class VGG(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
-        for item in VGG_CONFIGS[name]:
+        layout = NETWORK_SLIMMING_VGG19 if (name, head) == ("vgg19", "cifar") else VGG_CONFIGS[name]
+        for item in layout:
             if item == "M":
                 layers.append(nn.MaxPool2d(2))
                 continue
