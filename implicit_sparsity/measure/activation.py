@@ -109,9 +109,13 @@ def activation_statistics(model: nn.Module, batches: Iterable, *, universality: 
     """One pass over `batches` (inputs, or (inputs, labels) pairs) for the maxima, and a
     second one for universality when asked. `batches` must be re-iterable for the second
     pass (a list, or an object whose __iter__ starts over); a callable returning a fresh
-    iterator also works. The model is evaluated in eval mode, in float32."""
+    iterator also works. The model is evaluated in eval mode, in float32 (float64 for a
+    float64 model)."""
     traced = trace_features(model)  # a fresh trace: the recorders go into its graph only
-    device = next(model.parameters()).device
+    first = next(model.parameters())
+    device = first.device
+    dtype = first.dtype if first.is_floating_point() and first.dtype == torch.float64 else (
+        torch.float32)  # float32, or float64 for a float64 model
     recorders = _instrument(traced, device, mean_abs)
     gm = traced.graph_module
     was_training = model.training
@@ -122,7 +126,7 @@ def activation_statistics(model: nn.Module, batches: Iterable, *, universality: 
         with torch.autocast(device.type, enabled=False):
             for batch in source:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                gm(x.to(device, non_blocking=True).float())
+                gm(x.to(device, dtype=dtype, non_blocking=True))
 
     try:
         run_pass()

@@ -55,6 +55,8 @@ class TrainConfig:
     same_iterations_as: int | None = None  # scale epochs to keep this batch size's iterations
     l1_gamma: float = 0.0                # Network Slimming's L1 penalty on BN gamma
     init_from: str | None = None         # start from these weights (slim.pt, checkpoint.pt)
+    recycle_every: int = 0               # > 0: recycle dormant units every N steps (ReDo)
+    recycle_tau: float = defaults.RECYCLE_TAU  # ... those whose ReDo score is <= this
     flush_denormal: bool = False         # CPU: floats below 1.2e-38 count as 0 (train.device)
     negative_slope: float = 0.0          # > 0: Leaky ReLU
     beta_init: float = defaults.BETA_INIT
@@ -104,6 +106,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):  # NaN compares false: refuse it
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        if self.recycle_every < 0:
+            raise ConfigError(f"recycle_every must be >= 0 steps (0: off), got "
+                              f"{self.recycle_every}")
+        if not (math.isfinite(self.recycle_tau) and 0.0 <= self.recycle_tau < 1.0):
+            raise ConfigError(f"recycle_tau must be in [0, 1), got {self.recycle_tau}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.step_capture not in CAPTURE_MODES:
@@ -167,7 +174,8 @@ RESULT_NEUTRAL_FIELDS = ("data_dir", "device", "eval_batch_size", "num_workers",
 
 #: Fields added after run folders existed, with the value every earlier run had: left out of
 #: a run's key at that value, so that earlier sweeps keep their keys.
-LATER_FIELDS_AT_DEFAULT = {"flush_denormal": False, "class_subset": None}
+LATER_FIELDS_AT_DEFAULT = {"flush_denormal": False, "class_subset": None, "recycle_every": 0,
+                           "recycle_tau": defaults.RECYCLE_TAU}
 
 
 def result_fields(config: TrainConfig) -> dict[str, Any]:

@@ -281,6 +281,20 @@ def diverged_error(out: Path, epoch: int, step: int | None, steps: int) -> Diver
                          f"marked in {rd.DIVERGED} (not resumed), last good checkpoint kept")
 
 
+def make_recycler(config: TrainConfig, model, optimizer, world: int):
+    """The ReDo recycler of a run that asks for one (train.recycle), or None."""
+    if not config.recycle_every:
+        return None
+    if world > 1:
+        raise ConfigError("recycle_every: recycling is per process and would make the "
+                          "processes' models differ; train with one process")
+    from implicit_sparsity.train.recycle import Recycler
+
+    return Recycler(model, optimizer, every=config.recycle_every, tau=config.recycle_tau,
+                    negative_slope=config.negative_slope, beta_init=config.beta_init,
+                    seed=config.seed)
+
+
 def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallback, ...] = (),
           verbose: bool = True) -> RunResult:
     """Train one run into folder `out`, resuming it if it holds a checkpoint."""
@@ -320,6 +334,7 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
     history = prepare_run_dir(out, config, model, state) if cluster.main else []
+    recycler = make_recycler(config, model, optimizer, cluster.world)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     net = model  # what the training steps call: DDP's wrapper in a distributed run
@@ -362,6 +377,9 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
         wrong = torch.zeros((), device=device, dtype=torch.long)
         seen = torch.zeros((), device=device, dtype=torch.long)
         watch = NonFiniteWatch(1, device)
+        if recycler is not None:
+            recycler.steps = (epoch - 1) * steps  # also right when resuming
+            recycled_before = recycler.log.total
         epoch_start = time.perf_counter()
         batches = data.train_batches(config.batch_size, epoch_seed(config.seed, epoch), aug,
                                      cluster.rank, cluster.world)
@@ -372,6 +390,8 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
             loss, logits = forward_backward(x, y)
             watch.update(loss)
             regularized_step(optimizer, regularizers, factor)
+            if recycler is not None:
+                recycler.step(x)
             loss_sum += loss * len(y)
             wrong += (logits.argmax(1) != y).sum()
             seen += len(y)
@@ -389,6 +409,8 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
         metrics = epoch_metrics(model, config, data, epoch, factor, loss_sum.item(),
                                 wrong.item(), seen, train_seconds)
         metrics["training_step"] = forward_backward.status
+        if recycler is not None:
+            metrics["recycled"] = recycler.log.total - recycled_before
         if forward_backward.status != step_status:  # decided during this epoch
             step_status = forward_backward.status
             say(f"training step: {step_status}")

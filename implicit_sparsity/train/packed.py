@@ -204,8 +204,9 @@ def optimizer_identity(config: TrainConfig) -> tuple:
 
 def packable(config: TrainConfig) -> bool:
     """vmap's batch rules do not take BatchNorm under bf16 autocast, and stacked weights have
-    no NHWC layout: such runs train one by one."""
-    return config.precision == "fp32" and not config.channels_last
+    no NHWC layout; recycling edits one run's weights between steps: such runs train one by
+    one."""
+    return config.precision == "fp32" and not config.channels_last and not config.recycle_every
 
 
 def pack_key(config: TrainConfig) -> tuple:
