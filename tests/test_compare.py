@@ -69,3 +69,26 @@ def test_comparison_specs_load_and_one_runs_with_the_paper_beside(tmp_path, caps
     vgg16_a = next(line for line in out.splitlines() if "VGG-16-A" in line)
     assert vgg16_a.rstrip().endswith("37, 6.6")  # Li et al.'s numbers beside ours
     assert "batch 160" in out
+
+
+def test_a_matched_slimming_ratio_takes_the_implicit_share():
+    from implicit_sparsity.explicit.compare import MATCHED, slimming_arms
+
+    assert slimming_arms((MATCHED, 0.5), 0.2) == [(0.2, "ratio 0.2 (= implicit)"),
+                                                   (0.5, "ratio 0.5")]
+    assert slimming_arms((MATCHED, 0.5), 0.0) == [(0.5, "ratio 0.5")]  # nothing to match
+    assert slimming_arms((MATCHED, 0.5), 0.5) == [(0.5, "ratio 0.5")]  # already an arm
+    assert slimming_arms((0.25,), None) == [(0.25, "ratio 0.25")]
+
+
+def test_a_matched_ratio_without_the_implicit_arm_is_refused(fashion_dir, tmp_path):
+    import pytest
+
+    from implicit_sparsity.errors import ConfigError
+    from implicit_sparsity.explicit.compare import MATCHED
+
+    base = TrainConfig(data_dir=str(fashion_dir), width="0.0625", epochs=[1])
+    with pytest.raises(ConfigError, match="matched"):
+        compare(base, tmp_path / "c", methods=("slimming",), slimming_ratios=(MATCHED,),
+                latency=False)
+    assert not (tmp_path / "c").exists()

@@ -43,6 +43,7 @@ def test_each_finding_reads_its_runs():
             "task-easier": [run(70), run(72)], "task-harder": [run(60), run(62)],
             "adam-l2-big-batch": [run(40), run(44)], "adam-l2-narrow": [run(61), run(60)],
             "adam-l2-gamma-lr": [run(30), run(31)], "adam-l2-leaky": [run(55), run(58)]}
+    runs["wd-pair-l2"], runs["wd-pair-wd"] = runs["adam-l2"], runs["adam-wd"]  # at the same λ
     verdicts = {f.number: f.measure(Context(runs, ("adam",))).verdict for f in FINDINGS}
     assert verdicts[1] == HOLDS       # 0 -> 11 -> 61
     assert verdicts[2] == HOLDS       # adam 61 vs sgd 2.5
@@ -55,10 +56,19 @@ def test_each_finding_reads_its_runs():
     assert verdicts[9] == INCONCLUSIVE  # no simulation given
     assert verdicts[10] == HOLDS
     assert verdicts[11] == INCONCLUSIVE  # no comparison given
-    runs["adam-wd"] = [run(80), run(82)]  # the other way
+    runs["wd-pair-wd"] = [run(80), run(82)]  # the other way
     runs["adam-l2"][0]["changed_predictions"] = 1
     verdicts = {f.number: f.measure(Context(runs, ("adam",))).verdict for f in FINDINGS}
     assert verdicts[3] == FAILS and verdicts[10] == FAILS
+
+
+def test_l2_against_wd_is_judged_at_the_scales_pair_and_shows_the_reference_too():
+    runs = {"adam-l2": [run(20), run(21)], "adam-wd": [run(30), run(33)],
+            "wd-pair-l2": [run(7), run(6)], "wd-pair-wd": [run(2), run(2.5)]}
+    finding = next(f for f in FINDINGS if f.number == 3)
+    outcome = finding.measure(Context(runs, ("adam",), settings={"lam": 2e-3, "wd_lam": 1e-3}))
+    assert outcome.verdict == HOLDS  # 6.5 vs 2.25 at λ 1e-3; the reference pair not judged
+    assert "at λ 0.001" in outcome.ours and "reference λ 0.002: L2 20.5" in outcome.ours
 
 
 def test_the_findings_command_at_the_tiny_scale(tmp_path, capsys):
@@ -73,6 +83,13 @@ def test_the_findings_command_at_the_tiny_scale(tmp_path, capsys):
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.count("\n| ") == 12  # the header and eleven findings
     assert "tiny scale" in report and "Rule: A claim" in report
+    assert "What this scale cannot show.** Finding 6" in report
+    from implicit_sparsity.findings.plan import SCALES, roles
+    from implicit_sparsity.findings.run import collect_roles
+    found = collect_roles(tmp_path / "out" / "runs", SCALES["tiny"])
+    assert set(found) == set(roles(SCALES["tiny"]))  # every role has its run
+    harder = {r["run_dir"] for r in found["task-harder"]}
+    assert harder.isdisjoint(r["run_dir"] for r in found["adam-l2"])  # 10 classes, not 5
     page = (tmp_path / "out" / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3
     verdicts = json.loads((tmp_path / "out" / "findings.json").read_text())["findings"]

@@ -74,6 +74,25 @@ def _point(method, setting, result, seconds, epochs, finetuned=None) -> Operatin
         e.error_after, finetuned, seconds, epochs)
 
 
+#: A Network Slimming ratio that takes the share of filters the implicit arm removed: the
+#: two methods compared at the same number of filters.
+MATCHED = "matched"
+
+
+def slimming_arms(ratios, implicit_share: float | None) -> list[tuple[float, str]]:
+    """(ratio, label) of each Network Slimming arm; MATCHED becomes the implicit arm's share,
+    left out where that share is 0 or already an arm."""
+    arms = []
+    for ratio in ratios:
+        if ratio != MATCHED:
+            arms.append((ratio, f"ratio {ratio:g}"))
+            continue
+        share = round(implicit_share or 0.0, 4)
+        if share > 0.0 and share not in ratios:
+            arms.append((share, f"ratio {share:g} (= implicit)"))
+    return arms
+
+
 def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
             implicit_batch_sizes: tuple[int, ...] = (), slimming_strength: float = 1e-4,
             slimming_ratios: tuple[float, ...] = (0.5,), l1_fractions: dict | None = None,
@@ -87,6 +106,10 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
     for ratio in slimming_ratios:  # every choice checked before the first training
+        if ratio == MATCHED:
+            if "implicit" not in methods:
+                raise ConfigError("a Network Slimming ratio 'matched' needs the implicit arm")
+            continue
         if not 0.0 <= ratio < 1.0:
             raise ConfigError(f"Network Slimming ratio must be in [0, 1), got {ratio:g}")
     if "l1norm" in methods and l1_fractions:
@@ -129,14 +152,15 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
     if "slimming" in methods:
         config = dataclasses.replace(explicit_base, l1_gamma=slimming_strength)
         run = ensure_trained(config, out / "slimming" / "train", verbose=verbose)
-        for ratio in slimming_ratios:
+        implicit = [p.percent_pruned / 100 for p in points if p.method == "implicit"]
+        for ratio, label in slimming_arms(slimming_ratios, implicit[0] if implicit else None):
             trained, result, example = prune(
                 run, lambda model, ratio=ratio: slimming_selection(model, ratio))
             error, seconds, epochs = fine_tune(trained, result, example,
                                                out / "slimming" / f"ratio{ratio:g}",
                                                *_cost(run.metrics))
             points.append(dataclasses.replace(
-                _point("slimming", f"ratio {ratio:g}", result, seconds, epochs),
+                _point("slimming", label, result, seconds, epochs),
                 error_finetuned=error))
     if "l1norm" in methods:
         run = ensure_trained(explicit_base, out / "l1norm" / "train", verbose=verbose)
@@ -191,7 +215,8 @@ def load_comparison(name_or_path: str, quick: bool = False, overrides: dict | No
         "methods": methods,
         "implicit_batch_sizes": tuple((implicit or {}).get("batch_sizes", ())),
         "slimming_strength": float((slimming or {}).get("strength", 1e-4)),
-        "slimming_ratios": tuple(float(r) for r in (slimming or {}).get("ratios", [0.5])),
+        "slimming_ratios": tuple(r if r == MATCHED else float(r)
+                                 for r in (slimming or {}).get("ratios", [0.5])),
         "l1_fractions": VGG16_A_FRACTIONS if fractions == "vgg16-a" else fractions,
         "explicit_optimizer": (slimming or l1norm or {}).get("optimizer", "sgd"),
         "finetune_epochs": tuple(finetune or (slimming or l1norm or {}).get(

@@ -86,6 +86,9 @@ def write_report(out: Path, scale, outcomes, context, wall_seconds: float) -> di
                  f"**{outcome.verdict}**"]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     lines.append("")
+    caveats = [f"Finding {n}: {text}" for n, text in sorted(scale.caveats.items())]
+    lines += [f"**What this scale cannot show.** {c}" for c in caveats]
+    lines += [""] if caveats else []
     for caption, path in figures:
         lines += [f"![{caption}]({path.relative_to(out)})", "", f"*{caption}*", ""]
     markdown = out / "report.md"
@@ -102,6 +105,8 @@ def write_report(out: Path, scale, outcomes, context, wall_seconds: float) -> di
         f"{base64.b64encode(path.read_bytes()).decode()}' alt='{html.escape(caption)}'>"
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         for caption, path in figures)
+    notes = "".join(f"<p><b>What this scale cannot show.</b> {html.escape(c)}</p>"
+                    for c in caveats)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
@@ -110,7 +115,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;ve
 img{{max-width:100%}}</style></head><body>
 <h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p><p>Rule: {html.escape(RULE)}</p>
 <table><tr><th>#</th><th>claim</th><th>the paper</th><th>ours</th><th>verdict</th></tr>
-{rows}</table>{images}</body></html>
+{rows}</table>{notes}{images}</body></html>
 """
     page_path = out / "report.html"
     atomic_write_text(page_path, page)

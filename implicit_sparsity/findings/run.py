@@ -56,7 +56,8 @@ def run_findings(out: str | Path, scale: str = "quick", *, workers: int | None =
         runs = collect_roles(out / "runs", chosen)
         simulation = _simulation(scale)
         comparison = _comparison(chosen, out / "compare", data_dir) if explicit else None
-        context = Context(runs, chosen.adaptive, simulation, comparison)
+        context = Context(runs, chosen.adaptive, simulation, comparison,
+                          {"lam": chosen.lam, "wd_lam": chosen.wd_lam})
         outcomes = [(finding, finding.measure(context)) for finding in FINDINGS]
         wall = time.perf_counter() - started
         paths = write_report(out, chosen, outcomes, context, wall)
