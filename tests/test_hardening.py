@@ -214,3 +214,57 @@ def test_sweep_reruns_merge_the_index_and_report_diverged_runs(fashion_dir, tmp_
     with FolderLock(out, "sweep folder"):  # a second sweep into a busy folder is refused
         assert main(["sweep", str(spec), "--out", str(out), "--workers", "1"]) == 2
     assert "another process is writing sweep folder" in capsys.readouterr().err
+
+
+LONG_SPEC = """
+name: long
+base: {{model: basicnet, dataset: fashion-mnist, data_dir: {data}, width: "0.0625",
+        epochs: [400], batch_size: 40}}
+variants:
+  - {{optimizer: adam}}
+  - {{optimizer: sgd}}
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_sweep_takes_its_workers_with_it(fashion_dir, tmp_path):
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG_SPEC.format(data=fashion_dir))
+    sweep = subprocess.Popen([sys.executable, "-m", "implicit_sparsity", "sweep", str(spec),
+                              "--out", str(tmp_path / "out"), "--workers", "2"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((tmp_path / "out").glob("runs/*/metrics.jsonl")):
+            time.sleep(0.5)  # a worker has trained an epoch
+        workers = _children(sweep.pid)
+        assert workers, "no worker process started"
+    finally:
+        os.kill(sweep.pid, signal.SIGKILL)  # no clean-up code runs in the sweep
+        sweep.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers), "workers went on training"

@@ -17,8 +17,11 @@ runs packed into each job (many short runs cost fewer scheduler slots), and wait
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -172,8 +175,21 @@ def sweep_status(out: str | Path) -> list[dict]:
     return rows
 
 
-def _claim_gpu(gpus) -> None:
-    """Worker initializer: each worker process takes one GPU for all its runs."""
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the sweep's process dies (Linux), so that a
+    killed sweep leaves no run training on unseen (its folder lock goes with it)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+    if os.getppid() != parent:  # the sweep died before the line above
+        os._exit(1)
+
+
+def _init_worker(parent: int, gpus) -> None:
+    """Worker initializer: die with the sweep; each worker takes one GPU for all its runs."""
+    _die_with_parent(parent)
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
@@ -301,7 +317,8 @@ def _run_sweep(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick
         workers = max(1, min(workers, len(packs)))
         threads = max(1, (os.cpu_count() or 1) // workers)
         packs = [[(c, d, threads, dd) for c, d, _, dd in group] for group in packs]
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                 initializer=_init_worker, initargs=(os.getpid(), None)) as pool:
             for future in as_completed([pool.submit(execute_packed, g) for g in packs]):
                 bar.update(future.result())
         bar.close()
@@ -316,8 +333,8 @@ def _run_sweep(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick
             gpus = context.Manager().Queue()
             for i in range(workers):
                 gpus.put(i % torch.cuda.device_count())
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_claim_gpu,
-                                 initargs=(gpus,)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                 initargs=(os.getpid(), gpus)) as pool:
             futures = [pool.submit(execute_run, *job) for job in jobs]
             for future in as_completed(futures):
                 bar.update([future.result()])  # a failed run stops the sweep with its error
