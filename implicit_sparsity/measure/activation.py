@@ -19,14 +19,16 @@ import torch
 from torch import nn
 
 from implicit_sparsity import defaults
-from implicit_sparsity.measure.features import TracedModel, trace_features
+from implicit_sparsity.measure.features import CONV_UNITS, TracedModel, trace_features
 
 
 class _Recorder(nn.Module):
     """Passes its input through; keeps per-channel statistics of its pooled |values|."""
 
-    def __init__(self, channels: int, device, nonnegative: bool, mean_abs: bool = False):
+    def __init__(self, channels: int, device, nonnegative: bool, mean_abs: bool = False,
+                 channels_last: bool = False):
         super().__init__()
+        self.channels_last = channels_last  # MLP units: [B, C] or [B, tokens, C]
         self.nonnegative = nonnegative  # after a ReLU, |x| = x: one reduction, no copy
         self.mean_abs = mean_abs        # also sum, per channel, each sample's mean |x|
         self.abs_sum = torch.zeros(channels, device=device, dtype=torch.float64)
@@ -37,7 +39,10 @@ class _Recorder(nn.Module):
         self.threshold = defaults.UNIVERSALITY_THRESHOLD
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.detach().float().flatten(2)  # [B, C, H*W]
+        flat = x.detach().float()
+        if self.channels_last:  # positions are the tokens (none for [B, C])
+            flat = flat.unsqueeze(-1) if flat.dim() == 2 else flat.movedim(-1, 1)
+        flat = flat.flatten(2)  # [B, C, positions]
         if self.nonnegative:
             pooled = flat.amax(dim=2)
         else:
@@ -90,7 +95,7 @@ def _instrument(traced: TracedModel, device, mean_abs: bool = False) -> dict[str
     for i, feature in enumerate(traced.features):
         node = nodes[feature.output_node]
         recorder = _Recorder(feature.num_features, device, feature.nonnegative_output,
-                             mean_abs)
+                             mean_abs, feature.channels_last)
         target = f"_sparsity_recorder_{i}"
         gm.add_submodule(target, recorder)
         with gm.graph.inserting_after(node):
@@ -105,13 +110,14 @@ def _instrument(traced: TracedModel, device, mean_abs: bool = False) -> dict[str
 @torch.no_grad()
 def activation_statistics(model: nn.Module, batches: Iterable, *, universality: bool = True,
                           universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD,
-                          mean_abs: bool = False) -> ActivationStats:
+                          mean_abs: bool = False, units: tuple[str, ...] = CONV_UNITS
+                          ) -> ActivationStats:
     """One pass over `batches` (inputs, or (inputs, labels) pairs) for the maxima, and a
     second one for universality when asked. `batches` must be re-iterable for the second
     pass (a list, or an object whose __iter__ starts over); a callable returning a fresh
     iterator also works. The model is evaluated in eval mode, in float32 (float64 for a
     float64 model)."""
-    traced = trace_features(model)  # a fresh trace: the recorders go into its graph only
+    traced = trace_features(model, units)  # a fresh trace: recorders go into its graph only
     first = next(model.parameters())
     device = first.device
     dtype = first.dtype if first.is_floating_point() and first.dtype == torch.float64 else (

@@ -17,6 +17,13 @@ For each feature we also follow its output forward through channel-preserving op
 that read its channels. A feature whose channels reach anything else (a residual add, a
 concatenation, a product) is *coupled*: its channels cannot be removed on their own. One
 that reaches the model's output (a conv classifier) is never pruned.
+
+Units beyond conv filters (`units=ALL_UNITS`): a Linear followed by an activation, with an
+optional BatchNorm1d between (MLP hidden units, the hidden units of a Transformer's MLP
+block: Linear -> GELU / ReLU -> Linear). Their channels are the last dimension ([B, C] or
+[B, tokens, C]); they may end only in Linear layers (a reshape, a conv or an add after them
+makes them coupled). A Linear without an activation (a classifier, attention projections)
+is no unit layer. The paper counts conv filters only, so `CONV_UNITS` is the default.
 """
 
 from __future__ import annotations
@@ -31,6 +38,12 @@ from torch import nn
 
 from implicit_sparsity.errors import ImplicitSparsityError, NonFiniteError
 from implicit_sparsity.models.blocks import ConvBNAct
+
+
+#: Which layers make units: the paper's conv filters, or also MLP units (Linear -> act).
+CONV_UNITS = ("conv",)
+ALL_UNITS = ("conv", "linear")
+UNIT_CHOICES = {"conv": CONV_UNITS, "all": ALL_UNITS}
 
 
 class ModelTraceError(ImplicitSparsityError):
@@ -70,13 +83,14 @@ FLATTEN_FUNCTIONS = {torch.flatten}
 
 @dataclass
 class Feature:
-    """One conv feature layer of a traced model."""
+    """One feature (unit) layer of a traced model: conv filters, or MLP units, whose
+    producing layer `conv` is then an nn.Linear (`kind` "linear")."""
 
     name: str
     conv_path: str
-    conv: nn.Conv2d
+    conv: nn.Conv2d | nn.Linear
     bn_path: str | None
-    bn: nn.BatchNorm2d | None
+    bn: nn.BatchNorm2d | nn.BatchNorm1d | None
     output_node: str                  # fx node whose value is the feature's output
     has_activation: bool
     consumers: list[str] = field(default_factory=list)  # module paths reading its channels
@@ -86,10 +100,15 @@ class Feature:
     reaches_output: bool = False      # its channels are (part of) the model's output
     border_sensitive: bool = False    # a padded average pool or a BN changes a constant
     bn_has_activation: bool = False   # a BN-with-activation module (timm BatchNormAct2d)
+    kind: str = "conv"                # "conv" (channels dim 1) or "linear" (channels last)
 
     @property
     def num_features(self) -> int:
-        return self.conv.out_channels
+        return self.conv.out_channels if self.kind == "conv" else self.conv.out_features
+
+    @property
+    def channels_last(self) -> bool:
+        return self.kind == "linear"
 
     @property
     def gamma(self) -> torch.Tensor | None:
@@ -228,13 +247,26 @@ def _is_channel_preserving(gm, node) -> bool:
 
 
 def _ends_in_consumers(gm, node, consumers: list[str], flags: dict,
-                       flattened: bool = False) -> bool:
+                       flattened: bool = False, channels_last: bool = False) -> bool:
     """Follow a value forward; collect the layers reading its channels. False if it reaches
     an operation that mixes it with other values (add, cat, ...). `flags` collects
-    "output" (it reaches the model's output) and "border" (a zero-padded average pool)."""
+    "output" (it reaches the model's output) and "border" (a zero-padded average pool).
+    `channels_last` (MLP units): only elementwise slots and Linear readers keep them apart."""
     ok = True
     for user in node.users:
         module = _module(gm, user)
+        if channels_last:
+            if isinstance(module, nn.Linear) and user.args[0] is node:
+                consumers.append(user.target)
+            elif user.op == "output":
+                flags["output"] = True
+            elif (isinstance(module, ACTIVATION_MODULES + IDENTITY_MODULES) or (
+                    user.op == "call_function" and user.target in ACTIVATION_FUNCTIONS)) \
+                    and user.args and user.args[0] is node:
+                ok &= _ends_in_consumers(gm, user, consumers, flags, channels_last=True)
+            else:
+                ok = False
+            continue
         reduction, keepdim = _is_spatial_reduction(user)
         if module is not None and isinstance(module, CONSUMER_MODULES):
             if user.args[0] is not node:
@@ -260,29 +292,38 @@ def _ends_in_consumers(gm, node, consumers: list[str], flags: dict,
     return ok
 
 
-def trace_features(model: nn.Module) -> TracedModel:
-    """Trace `model` and return its conv features in forward order."""
+def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> TracedModel:
+    """Trace `model` and return its feature layers in forward order: conv filters, and
+    with `units=ALL_UNITS` also MLP units (Linear -> [BatchNorm1d] -> activation)."""
+    unknown = set(units) - set(ALL_UNITS)
+    if unknown:
+        raise ImplicitSparsityError(f"unknown unit kind(s) {sorted(unknown)}; valid: conv, "
+                                    "linear")
     gm = trace(model)
     blocks = {id(m.conv): i for i, m in enumerate(
         m for m in model.modules() if isinstance(m, ConvBNAct))}
     features: list[Feature] = []
     for node in gm.graph.nodes:
         conv = _module(gm, node)
-        if not isinstance(conv, nn.Conv2d):
+        linear = isinstance(conv, nn.Linear) and "linear" in units
+        if not (isinstance(conv, nn.Conv2d) and "conv" in units) and not linear:
             continue
+        norm_type = nn.BatchNorm1d if linear else nn.BatchNorm2d
         first = _skip_identities(gm, node)
         bn_node = next(iter(first.users)) if len(first.users) == 1 else None
         bn = _module(gm, bn_node) if bn_node is not None else None
-        if not isinstance(bn, nn.BatchNorm2d) or bn_node.args[0] is not first:
+        if not isinstance(bn, norm_type) or bn_node.args[0] is not first:
             bn_node, bn = None, None
         bn_act = bn is not None and _is_batchnorm_with_activation(bn)
         out = _skip_identities(gm, bn_node if bn_node is not None else first)
         act = next(iter(out.users)) if len(out.users) == 1 and not bn_act else None
         has_act = act is not None and _is_activation(gm, act) and act.args[0] is out
+        if linear and not (has_act or bn_act):
+            continue  # a classifier or a projection: no hidden units
         output = _skip_identities(gm, act) if has_act else out
         consumers: list[str] = []
         flags: dict = {}
-        coupled = not _ends_in_consumers(gm, output, consumers, flags)
+        coupled = not _ends_in_consumers(gm, output, consumers, flags, channels_last=linear)
         features.append(Feature(node.target, node.target, conv,
                                 bn_node.target if bn_node is not None else None, bn,
                                 output.name, has_act or bn_act, consumers, coupled,
@@ -290,9 +331,11 @@ def trace_features(model: nn.Module) -> TracedModel:
                                 _activation_fn(gm, act) if has_act else None,
                                 reaches_output=bool(flags.get("output")),
                                 border_sensitive=bool(flags.get("border")),
-                                bn_has_activation=bn_act))
-    if features and all(id(f.conv) in blocks for f in features):
-        order = sorted(features, key=lambda f: blocks[id(f.conv)])
+                                bn_has_activation=bn_act,
+                                kind="linear" if linear else "conv"))
+    convs = [f for f in features if f.kind == "conv"]
+    if convs and all(id(f.conv) in blocks for f in convs):
+        order = sorted(convs, key=lambda f: blocks[id(f.conv)])
         for i, f in enumerate(order):
             f.name = f"C{i + 1}"  # the paper's names for our networks
     input_feature = {c: f.name for f in features if not f.coupled for c in f.consumers}
@@ -316,6 +359,8 @@ def count_conv_params(features: list[Feature], input_feature: dict[str, str],
     alive = alive or {}
     total = kept = 0
     for f in features:
+        if f.kind != "conv":
+            continue  # conv weights only (the paper's "% Param")
         w = f.conv.weight
         per_pair = w.shape[2] * w.shape[3]
         out_alive = int(alive[f.name].sum()) if f.name in alive and not f.coupled else w.shape[0]

@@ -18,17 +18,19 @@ from torch import nn
 
 from implicit_sparsity import defaults
 from implicit_sparsity.measure.activation import activation_statistics
-from implicit_sparsity.measure.features import require_finite, trace_features
+from implicit_sparsity.measure.features import CONV_UNITS, require_finite, trace_features
 
 
 def sensitivity(model: nn.Module, batches: Iterable | None = None, *,
                 gamma_thresholds=defaults.SENSITIVITY_GAMMA,
                 activation_thresholds=defaults.SENSITIVITY_ACTIVATION,
-                taus=defaults.SENSITIVITY_TAU) -> dict[str, dict]:
+                taus=defaults.SENSITIVITY_TAU,
+                units: tuple[str, ...] = CONV_UNITS) -> dict[str, dict]:
     """{layer: {"features": n, "gamma": {t: count}, "activation": {t: count},
-    "dormant": {tau: count}}}; by activation and dormancy only when `batches` are given."""
+    "dormant": {tau: count}}}; by activation and dormancy only when `batches` are given.
+    `units=ALL_UNITS` also counts MLP units (measure.features)."""
     require_finite(model)
-    features = trace_features(model).features
+    features = trace_features(model, units).features
     table = {f.name: {"features": f.num_features, "gamma": {}, "activation": {}, "dormant": {}}
              for f in features}
     for f in features:
@@ -36,7 +38,8 @@ def sensitivity(model: nn.Module, batches: Iterable | None = None, *,
             magnitude = f.gamma.detach().abs().cpu()
             table[f.name]["gamma"] = {t: int((magnitude < t).sum()) for t in gamma_thresholds}
     if batches is not None:
-        stats = activation_statistics(model, batches, universality=False, mean_abs=True)
+        stats = activation_statistics(model, batches, universality=False, mean_abs=True,
+                                      units=units)
         scores = stats.dormancy()
         for name, maxima in stats.max_activation.items():
             table[name]["activation"] = {t: int((maxima <= t).sum())

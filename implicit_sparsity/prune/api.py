@@ -11,7 +11,8 @@ from torch import nn
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError, ProofError
 from implicit_sparsity.measure.activation import activation_statistics
-from implicit_sparsity.measure.features import require_batchnorm, require_finite, trace_features
+from implicit_sparsity.measure.features import (CONV_UNITS, require_batchnorm, require_finite,
+                                                trace_features)
 from implicit_sparsity.measure.scale import inactive_by_gamma
 from implicit_sparsity.prune.cost import latency_table, macs, parameter_counts
 from implicit_sparsity.prune.proof import Equivalence, compare_outputs
@@ -101,9 +102,10 @@ class PruneResult:
 
 def dead_masks(model: nn.Module, criterion: str, corpus=None,
                gamma_threshold: float = defaults.GAMMA_THRESHOLD,
-               activation_threshold: float = defaults.ACTIVATION_THRESHOLD):
+               activation_threshold: float = defaults.ACTIVATION_THRESHOLD,
+               units: tuple[str, ...] = CONV_UNITS):
     """(dead, strength) per feature name: which channels are dead, and how alive each is."""
-    features = trace_features(model).features
+    features = trace_features(model, units).features
     require_finite(model)
     if criterion == "gamma":
         require_batchnorm(features)
@@ -115,7 +117,7 @@ def dead_masks(model: nn.Module, criterion: str, corpus=None,
     if criterion == "activation":
         if corpus is None:
             raise ConfigError("pruning by activation needs the training corpus")
-        stats = activation_statistics(model, corpus, universality=False)
+        stats = activation_statistics(model, corpus, universality=False, units=units)
         return stats.inactive(activation_threshold), stats.max_activation
     raise ConfigError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
 
@@ -131,7 +133,8 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
                 fold_bn: bool = False, latency_batches: tuple[int, ...] = (1, 64),
                 threads: int | None = None, min_run_time: float = 0.5,
                 selection: dict[str, torch.Tensor] | None = None,
-                tolerance: float = DEFAULT_TOLERANCE, force: bool = False) -> PruneResult:
+                tolerance: float = DEFAULT_TOLERANCE, force: bool = False,
+                units: tuple[str, ...] = CONV_UNITS) -> PruneResult:
     """Remove the dead filters of a copy of `model`.
 
     `example_input`: one input batch (shapes for tracing and MACs). `corpus`: the training
@@ -140,6 +143,7 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
     batch sizes at which latency is measured (empty: none). `selection`: masks of filters
     to remove whatever they compute (an explicit method's choice, see
     `implicit_sparsity.explicit`); predictions then change, and fine-tuning follows.
+    `units=ALL_UNITS`: MLP units (Linear -> activation) too, besides conv filters.
 
     Exact or refused: when dead filters are removed and `check_data` is given, a slim model
     whose outputs differ beyond `tolerance` (relative to max |logit|), change a prediction or
@@ -150,12 +154,12 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
         dead, strength, criterion = selection, None, "selection"
     else:
         dead, strength = dead_masks(model, criterion, corpus, gamma_threshold,
-                                    activation_threshold)
+                                    activation_threshold, units)
     slim = copy.deepcopy(model).eval()
     example = example_input[:1]
-    before_traced = trace_features(model)
+    before_traced = trace_features(model, units)
     macs_before = macs(model, example)
-    traced = trace_features(slim)
+    traced = trace_features(slim, units)
     decisions = remove_dead_filters(slim, traced, dead, example_input, strength,
                                     exact=selection is None,
                                     zero_when_dead=criterion == "activation",

@@ -204,7 +204,7 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
                 decision.keep(torch.nonzero(mask).flatten().tolist(),
                               f"torch-pruning cannot analyse this model "
                               f"({type(error).__name__}: {first[:80]})")
-            decision.filters_after = f.conv.out_channels
+            decision.filters_after = f.num_features
         return [decisions[f.name] for f in features]
     outputs = _Outputs(model, example_input, tolerance) if exact else None
     by_conv = {id(f.conv): f for f in features}
@@ -212,7 +212,12 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
     remaining = {f.name: list(range(f.num_features)) for f in features}
     constants = {f.name: torch.zeros(f.num_features) if zero_when_dead else constant_outputs(f)
                  for f in features}
-    conv_out = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
+    conv_out = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels,
+                tp.prune_linear_out_channels)
+
+    def out_handler(feature: Feature):
+        return (tp.prune_linear_out_channels if feature.kind == "linear"
+                else tp.prune_conv_out_channels)
     producers = {h for h in (getattr(tp, n) for n in dir(tp)
                              if n.startswith("prune_") and n.endswith("_out_channels"))
                  if h not in (tp.prune_batchnorm_out_channels, tp.prune_layernorm_out_channels,
@@ -230,11 +235,11 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
         """Remove `chosen` (current indices) of `feature` with their group, folding the
         constants of `folds`; undo and say why when that is not exact."""
         nonlocal graph
-        group = graph.get_pruning_group(feature.conv, tp.prune_conv_out_channels, chosen)
+        group = graph.get_pruning_group(feature.conv, out_handler(feature), chosen)
         touched = [item.dep.target.module for item in group]
         touched += [model.get_submodule(p) for p in feature.consumers] if folds else []
         transaction = _Transaction(touched) if exact else None
-        total = feature.conv.out_channels
+        total = feature.num_features
         before = {name: list(r) for name, r in remaining.items()}
         try:
             for current in folds:
@@ -297,7 +302,7 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
             continue
         # a channel goes only if it is dead (with a zero output) in every coupled producer
         try:
-            group = graph.get_pruning_group(feature.conv, tp.prune_conv_out_channels,
+            group = graph.get_pruning_group(feature.conv, out_handler(feature),
                                             candidates)
         except Exception as error:
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -327,7 +332,7 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
         # never empty a layer: keep the strongest dead filter of any layer the group empties
         chosen = sorted(allowed)
         while chosen:
-            group = graph.get_pruning_group(feature.conv, tp.prune_conv_out_channels, chosen)
+            group = graph.get_pruning_group(feature.conv, out_handler(feature), chosen)
             emptied = [item for item in group if item.dep.handler in producers
                        and len(item.idxs) >= _out_size(item.dep.target.module)]
             if not emptied:
@@ -352,7 +357,7 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
         elif problem is not None:
             decision.keep(list(originals.values()), problem)
     for f in features:
-        decisions[f.name].filters_after = f.conv.out_channels
+        decisions[f.name].filters_after = f.num_features
     return [decisions[f.name] for f in features]
 
 
@@ -377,7 +382,7 @@ def fold_batchnorm(model: nn.Module, traced: TracedModel) -> int:
         scale = 1.0 / torch.sqrt(bn.running_var + bn.eps)
         if bn.affine:
             scale = scale * bn.weight
-        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+        conv.weight.mul_(scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1)))
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
         new_bias = (bias - bn.running_mean) * scale + (bn.bias if bn.affine else 0.0)
         conv.bias = nn.Parameter(new_bias.detach().clone())

@@ -1,0 +1,154 @@
+"""Units beyond conv filters: MLP hidden units (Linear -> [BatchNorm1d] -> activation) and a
+Transformer block's MLP units are found, measured (activation, ReDo's dormancy) and, when
+exactly dead, removed with the same proof as conv filters; the paper's default counts conv
+filters only."""
+
+import pytest
+import torch
+from torch import nn
+
+from implicit_sparsity.measure.activation import activation_statistics
+from implicit_sparsity.measure.features import ALL_UNITS, trace_features
+from implicit_sparsity.measure.sensitivity import sensitivity
+from implicit_sparsity.models import build_model
+from implicit_sparsity.prune import prune_model
+
+
+class MLP(nn.Module):
+    """Linear -> ReLU -> Linear -> BN1d -> ReLU -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act1 = nn.Linear(20, 32), nn.ReLU()
+        self.fc2, self.bn2, self.act2 = nn.Linear(32, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU()
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.act2(self.bn2(self.fc2(self.act1(self.fc1(x))))))
+
+
+class Block(nn.Module):
+    """A pre-norm Transformer block written by hand (tokens [B, T, C])."""
+
+    def __init__(self, dim=16, hidden=48, heads=2):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), nn.MultiheadAttention(dim, heads,
+                                                                         batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1, self.act, self.drop, self.fc2 = (nn.Linear(dim, hidden), nn.GELU(),
+                                                   nn.Dropout(0.1), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.fc2(self.drop(self.act(self.fc1(self.norm2(x)))))
+
+
+class TinyViT(nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.embed = nn.Conv2d(1, dim, 7, stride=7)  # 28x28 -> 4x4 patches
+        self.blocks = nn.Sequential(Block(dim), Block(dim))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 10)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        return self.head(self.norm(self.blocks(tokens)).mean(1))
+
+
+def kill_linear_units(linear: nn.Linear, units, bias: float) -> None:
+    """Rows of zeros and a constant bias: ReLU(bias < 0) = 0, GELU(0) = 0, for every input."""
+    with torch.no_grad():
+        linear.weight[units] = 0.0
+        linear.bias[units] = bias
+
+
+def test_mlp_units_are_found_only_when_asked():
+    model = MLP()
+    assert trace_features(model).features == []  # the paper counts conv filters only
+    features = {f.name: f for f in trace_features(model, ALL_UNITS).features}
+    assert set(features) == {"fc1", "fc2"}  # the head has no activation: no hidden units
+    assert features["fc1"].consumers == ["fc2"] and not features["fc1"].coupled
+    assert features["fc2"].bn is model.bn2 and features["fc2"].gamma is model.bn2.weight
+    assert features["fc2"].consumers == ["head"] and features["fc1"].num_features == 32
+    vit = {f.name: f for f in trace_features(TinyViT(), ALL_UNITS).features}
+    assert set(vit) == {"embed", "blocks.0.fc1", "blocks.1.fc1"}
+    assert vit["blocks.0.fc1"].consumers == ["blocks.0.fc2"]  # through GELU and dropout
+    assert vit["embed"].coupled  # its tokens feed attention and residual adds
+    # BasicNet's fc layer is an MLP unit layer too, named by its path beside C1..C7
+    names = [f.name for f in trace_features(build_model("basicnet", in_channels=1,
+                                                        num_classes=10, width=0.125),
+                                            ALL_UNITS).features]
+    assert names[:7] == [f"C{i}" for i in range(1, 8)] and names[7:] == ["classifier.0"]
+
+
+def test_activation_and_dormancy_of_mlp_and_token_units_by_hand():
+    torch.manual_seed(0)
+    model = MLP().eval()
+    kill_linear_units(model.fc1, [3, 7], -1.0)
+    x = torch.randn(64, 20)
+    stats = activation_statistics(model, [x], universality=False, mean_abs=True,
+                                  units=ALL_UNITS)
+    hidden = torch.relu(model.fc1(x)).detach()
+    assert torch.allclose(stats.max_activation["fc1"], hidden.abs().amax(0))
+    assert torch.allclose(stats.mean_abs["fc1"], hidden.abs().mean(0), atol=1e-6)
+    assert stats.inactive()["fc1"].nonzero().flatten().tolist() == [3, 7]
+    scores = stats.dormancy()["fc1"]
+    assert torch.allclose(scores, hidden.mean(0) / hidden.mean(0).mean(), atol=1e-6)
+    # tokens: max and mean over samples and tokens, per unit of the last dimension
+    vit = TinyViT().eval()
+    images = torch.randn(6, 1, 28, 28)
+    stats = activation_statistics(vit, [images], universality=False, mean_abs=True,
+                                  units=ALL_UNITS)
+    captured = {}
+    hook = vit.blocks[0].act.register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
+    with torch.no_grad():
+        vit(images)
+    hook.remove()
+    acts = captured["a"]  # [B, tokens, 48]
+    assert stats.max_activation["blocks.0.fc1"].shape == (48,)
+    assert torch.allclose(stats.max_activation["blocks.0.fc1"], acts.abs().amax(dim=(0, 1)))
+    assert torch.allclose(stats.mean_abs["blocks.0.fc1"], acts.abs().mean(dim=(0, 1)),
+                          atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_removing_dead_mlp_units_is_exact(seed):
+    """The conv zoo's property, for MLP units: any dead pattern, removed, changes nothing
+    (float64); the layer keeps one unit when every unit is dead."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = MLP().double().eval()
+    vit = TinyViT().double().eval()
+    plans = [(model, model.fc1, -0.5), (vit, vit.blocks[0].fc1, 0.0),
+             (vit, vit.blocks[1].fc1, 0.0)]
+    for net, layer, bias in plans:
+        dead = torch.rand(layer.out_features, generator=generator) < 0.5
+        if seed == 0:
+            dead[:] = True  # every unit dead: one stays
+        kill_linear_units(layer, dead.nonzero().flatten().tolist(), bias)
+    with torch.no_grad():  # dead by |gamma| too: BN1d with gamma 0 and beta <= 0
+        keep = torch.rand(16, generator=generator) < 0.5
+        model.bn2.weight[~keep] = 0.0
+        model.bn2.bias[~keep] = -0.25
+    for net, x in ((model, torch.randn(32, 20, dtype=torch.float64, generator=generator)),
+                   (vit, torch.randn(8, 1, 28, 28, dtype=torch.float64, generator=generator))):
+        result = prune_model(net, x, criterion="activation", corpus=[x], check_data=[x],
+                             latency_batches=(), units=ALL_UNITS)
+        with torch.no_grad():
+            assert torch.allclose(result.model(x), net(x), rtol=0, atol=1e-12)
+        for decision in result.layers:
+            assert decision.filters_after >= 1
+            if decision.dead and decision.name != "embed":
+                assert decision.filters_after == decision.filters_before - len(decision.removed)
+                assert len(decision.removed) == min(decision.dead, decision.filters_before - 1)
+
+
+def test_sensitivity_counts_mlp_units():
+    torch.manual_seed(1)
+    model = MLP().eval()
+    kill_linear_units(model.fc1, [0, 1, 2], -1.0)
+    x = torch.randn(50, 20)
+    table = sensitivity(model, [x], units=ALL_UNITS)
+    assert table["fc1"]["features"] == 32 and table["fc1"]["activation"][0.0] >= 3
+    assert table["fc1"]["dormant"][0.0] >= 3 and table["fc2"]["gamma"][1e-3] == 0
