@@ -152,3 +152,52 @@ def test_sensitivity_counts_mlp_units():
     table = sensitivity(model, [x], units=ALL_UNITS)
     assert table["fc1"]["features"] == 32 and table["fc1"]["activation"][0.0] >= 3
     assert table["fc1"]["dormant"][0.0] >= 3 and table["fc2"]["gamma"][1e-3] == 0
+
+
+USER_MODULE = '''
+from torch import nn
+
+
+def build():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 4))
+'''
+
+
+def test_prune_and_analyze_mlp_units_from_the_command_line(tmp_path, monkeypatch, capsys):
+    import json
+
+    from implicit_sparsity.cli import main
+
+    (tmp_path / "mlpnets.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from mlpnets import build
+
+    torch.manual_seed(0)
+    model = build()
+    kill_linear_units(model[5], [2, 5, 11, 20], -0.3)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    torch.save({"x": torch.rand(12, 3, 10, 10), "y": torch.arange(12) % 4}, tmp_path / "d.pt")
+    source = ["--model", "mlpnets:build", "--weights", "weights.pt", "--data", "d.pt",
+              "--device", "cpu"]
+    assert main(["analyze", *source, "--criterion", "activation", "--no-universality",
+                 "--sensitivity", "--units", "all", "--json", "a.json"]) == 0
+    sensitivity = json.loads((tmp_path / "a.json").read_text())["sensitivity"]
+    assert sensitivity["5"]["features"] == 24 and sensitivity["5"]["activation"]["0"] >= 4
+    capsys.readouterr()
+    assert main(["prune", *source, "--criterion", "activation", "--units", "all",
+                 "--out", "slim", "--no-latency"]) == 0
+    assert "0 of 12 predictions changed" in capsys.readouterr().out
+    exported = torch.export.load(tmp_path / "slim" / "slim.pt2").module()
+    assert exported.state_dict()["5.weight"].shape[0] <= 20  # the dead units are gone
+    x = torch.rand(5, 3, 10, 10)
+    with torch.no_grad():
+        assert torch.allclose(exported(x), model.eval()(x), atol=1e-5)
+    # without --units all, MLP units are left alone (the paper's conv filters only)
+    assert main(["prune", *source, "--criterion", "activation", "--out", "slim-conv",
+                 "--no-latency", "--force"]) == 0
+    kept = torch.export.load(tmp_path / "slim-conv" / "slim.pt2").module()
+    assert kept.state_dict()["5.weight"].shape[0] == 24

@@ -25,7 +25,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         help="skip the second pass over the corpus")
     parser.add_argument("--sensitivity", action="store_true",
                         help="also count inactive units at several |gamma| and activation "
-                             "thresholds and ReDo's dormancy tau (one more pass)")
+                             "thresholds and ReDo's dormancy tau (one more pass; with --units "
+                             "all, MLP units too)")
     parser.set_defaults(func=run)
     return parser
 
@@ -50,7 +51,9 @@ def run(args) -> int:
     if args.sensitivity:
         from implicit_sparsity.measure.sensitivity import sensitivity, sensitivity_table
 
-        table = sensitivity(source.model, source.corpus)
+        from implicit_sparsity.measure.features import UNIT_CHOICES
+
+        table = sensitivity(source.model, source.corpus, units=UNIT_CHOICES[args.units])
         print("sensitivity to the thresholds (units counted per layer):")
         print(sensitivity_table(table))
     if json_path:

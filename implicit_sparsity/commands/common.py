@@ -170,6 +170,9 @@ def add_measurement_flags(parser: argparse.ArgumentParser) -> None:
                         default=defaults.GAMMA_THRESHOLD)
     parser.add_argument("--activation-threshold", type=non_negative_float,
                         default=defaults.ACTIVATION_THRESHOLD)
+    parser.add_argument("--units", choices=("conv", "all"), default="conv",
+                        help="conv: conv filters, as the paper counts; all: also MLP units "
+                             "(Linear -> [BatchNorm1d] -> activation, Transformer MLP blocks)")
 
 
 @dataclasses.dataclass

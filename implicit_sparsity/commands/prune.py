@@ -40,6 +40,7 @@ def run(args) -> int:
 
     import torch
 
+    from implicit_sparsity.measure.features import UNIT_CHOICES
     from implicit_sparsity.prune import prune_model
     from implicit_sparsity.prune.slim_io import check_before_writing, load_slim, save_slim
     from implicit_sparsity.train.loop import resolve_device
@@ -61,6 +62,7 @@ def run(args) -> int:
                          activation_threshold=args.activation_threshold, fold_bn=args.fold_bn,
                          latency_batches=() if args.no_latency else (1, 64),
                          threads=args.threads, tolerance=args.tolerance,
+                         units=UNIT_CHOICES[args.units],
                          force=True)  # the table first; check_before_writing then refuses
     if device.type != "cpu" and not args.no_latency:  # the CPU figures too
         import copy
