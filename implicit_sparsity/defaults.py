@@ -22,9 +22,10 @@ UNIVERSALITY_THRESHOLD = 1e-3
 SENSITIVITY_GAMMA = (1e-4, 1e-3, 1e-2)
 SENSITIVITY_ACTIVATION = (0.0, 1e-12, 1e-8, 1e-4)
 SENSITIVITY_TAU = (0.0, 0.025, 0.05, 0.1)
-#: Recycling dormant units while training (train.recycle, ReDo): units scoring <= tau are
-#: re-initialized. 0.025 is a value of ReDo's released configurations (they use 0 to 0.1).
-RECYCLE_TAU = 0.025
+#: ReDo's tau for counting dormant units (analyze, the monitor) and for recycling them while
+#: training (train.recycle): 0.025 is a value of ReDo's released configurations (0 to 0.1).
+DORMANCY_TAU = 0.025
+RECYCLE_TAU = DORMANCY_TAU
 #: Tables 4, 5, 8 and 9 also report the top-5 error: a sample counts as wrong when its label
 #: is not among the TOP_K highest logits.
 TOP_K = 5

@@ -201,3 +201,43 @@ def test_prune_and_analyze_mlp_units_from_the_command_line(tmp_path, monkeypatch
                  "--no-latency", "--force"]) == 0
     kept = torch.export.load(tmp_path / "slim-conv" / "slim.pt2").module()
     assert kept.state_dict()["5.weight"].shape[0] == 24
+
+
+def test_the_monitor_reports_every_criterion_for_every_unit_type(tmp_path):
+    import json
+
+    from implicit_sparsity.measure import SparsityMonitor
+
+    torch.manual_seed(2)
+    vit = TinyViT().eval()
+    kill_linear_units(vit.blocks[1].fc1, [0, 5, 9], 0.0)
+    images = [torch.randn(4, 1, 28, 28) for _ in range(3)]
+    monitor = SparsityMonitor(tmp_path / "vit", data=images, units=ALL_UNITS,
+                              tensorboard=False)
+    record = monitor(1, vit)
+    assert "sparsity_gamma" not in record  # no BatchNorm: activation and dormancy only
+    assert record["sparsity_activation"]["blocks.1.fc1"] == pytest.approx(100 * 3 / 48)
+    assert record["sparsity_dormant"]["blocks.1.fc1"] >= 100 * 3 / 48
+    # the first batch only: an estimate, and the record says so
+    cheap = SparsityMonitor(tmp_path / "cheap", data=images, units=ALL_UNITS,
+                            max_batches=1, tensorboard=False)(1, vit)
+    assert cheap["activation_batches"] == 1
+    line = json.loads((tmp_path / "vit" / "sparsity.jsonl").read_text().splitlines()[0])
+    assert set(line["sparsity_dormant"]) == {"embed", "blocks.0.fc1", "blocks.1.fc1"}
+    with pytest.raises(Exception, match="no BatchNorm"):
+        SparsityMonitor(tmp_path / "none", tensorboard=False)(1, vit)
+
+
+def test_analyze_counts_dormant_units_by_hand():
+    from implicit_sparsity.measure.report import analyze
+
+    torch.manual_seed(4)
+    model = MLP().eval()
+    x = torch.randn(40, 20)
+    report = analyze(model, [x], criterion="activation", units=ALL_UNITS, dormancy_tau=0.5,
+                     universality=False)
+    hidden = torch.relu(model.fc1(x)).detach()
+    scores = hidden.mean(0) / hidden.mean(0).mean()
+    layer = {l.name: l for l in report.layers}["fc1"]
+    assert layer.inactive_dormant == int((scores <= 0.5).sum()) and layer.kind == "linear"
+    assert "ReDo <= 0.5" in report.table()

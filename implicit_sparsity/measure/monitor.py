@@ -23,6 +23,7 @@ from torch import nn
 from implicit_sparsity import defaults
 from implicit_sparsity.io.files import append_line
 from implicit_sparsity.io.run_dir import save_bn_snapshot
+from implicit_sparsity.measure.features import CONV_UNITS, NoBatchNormError, trace_features
 from implicit_sparsity.measure.report import analyze
 from implicit_sparsity.models import bn_layer_names
 
@@ -31,14 +32,19 @@ class SparsityMonitor:
     def __init__(self, log_dir: str | Path, *, data=None, every: int = 1,
                  gamma_threshold: float = defaults.GAMMA_THRESHOLD,
                  activation_threshold: float = defaults.ACTIVATION_THRESHOLD,
+                 dormancy_tau: float = defaults.DORMANCY_TAU,
+                 units: tuple[str, ...] = CONV_UNITS, max_batches: int | None = None,
                  tensorboard: bool | None = None):
-        """`data`: the training corpus for sparsity by activation (a re-iterable of batches
-        or a callable returning an iterator); None measures |gamma| only. `tensorboard`:
-        None uses it when installed, True requires it, False never uses it."""
+        """`data`: the training corpus for sparsity by activation and ReDo dormancy (a
+        re-iterable of batches or a callable returning an iterator); None measures |gamma|
+        only. `units=ALL_UNITS`: MLP units too. `max_batches`: measure activations on the
+        first batches only, for a cheaper call (an estimate; see measure.report.analyze).
+        `tensorboard`: None uses it when installed, True requires it, False never uses it."""
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.data, self.every = data, every
         self.gamma_threshold, self.activation_threshold = gamma_threshold, activation_threshold
+        self.dormancy_tau, self.units, self.max_batches = dormancy_tau, units, max_batches
         self.writer = None
         if tensorboard is not False:
             try:
@@ -53,12 +59,21 @@ class SparsityMonitor:
     def __call__(self, epoch: int, model: nn.Module, metrics: dict | None = None) -> dict | None:
         if epoch % self.every:
             return None
+        has_gamma = any(f.gamma is not None for f in trace_features(model, self.units).features)
+        if not has_gamma and self.data is None:
+            raise NoBatchNormError("the model has no BatchNorm scale to monitor: give the "
+                                   "monitor data for sparsity by activation")
         report = analyze(model, self.data,
-                         criterion="both" if self.data is not None else "gamma",
+                         criterion=("both" if has_gamma else "activation")
+                         if self.data is not None else "gamma",
                          gamma_threshold=self.gamma_threshold,
-                         activation_threshold=self.activation_threshold, universality=False)
+                         activation_threshold=self.activation_threshold, universality=False,
+                         units=self.units, max_batches=self.max_batches,
+                         dormancy_tau=self.dormancy_tau if self.data is not None else None)
         record = {"epoch": epoch}
-        for criterion in ("gamma", "activation"):
+        if self.max_batches is not None and self.data is not None:
+            record["activation_batches"] = self.max_batches  # an estimate on these only
+        for criterion in ("gamma", "activation", "dormant"):
             total = report.total(criterion)
             if total is None:
                 continue
@@ -66,7 +81,8 @@ class SparsityMonitor:
                 l.name: l.percent(getattr(l, f"inactive_{criterion}")) for l in report.layers
                 if getattr(l, f"inactive_{criterion}") is not None}
             record[f"sparsity_{criterion}_total"] = 100.0 * total[0] / total[1]
-            record[f"params_pruned_{criterion}"] = report.percent_params_pruned(criterion)
+            if criterion != "dormant":
+                record[f"params_pruned_{criterion}"] = report.percent_params_pruned(criterion)
         append_line(self.log_dir / "sparsity.jsonl", json.dumps(record))
         save_bn_snapshot(bn_layer_names(model), self.log_dir, epoch)
         if self.writer is not None:

@@ -14,7 +14,7 @@ from torch import nn
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError, NonFiniteError
 from implicit_sparsity.measure.activation import activation_statistics
-from implicit_sparsity.measure.features import (count_conv_params, require_batchnorm,
+from implicit_sparsity.measure.features import (CONV_UNITS, count_conv_params, require_batchnorm,
                                                 require_finite, trace_features)
 from implicit_sparsity.measure.scale import inactive_by_gamma
 
@@ -33,6 +33,8 @@ class LayerReport:
     inactive_activation: int | None = None
     agree: int | None = None          # features on which both criteria give the same verdict
     universality: list[float] | None = None
+    inactive_dormant: int | None = None  # ReDo-dormant units (score <= tau), when asked
+    kind: str = "conv"                # conv filters, or MLP units ("linear")
 
     def percent(self, count: int | None) -> float | None:
         return None if count is None else 100.0 * count / self.features
@@ -53,7 +55,9 @@ class LayerReport:
                 "percent_gamma": self.percent(self.inactive_gamma),
                 "percent_activation": self.percent(self.inactive_activation),
                 "universality_histogram": self.universality_histogram(),
-                "universality": self.universality}
+                "universality": self.universality, "kind": self.kind,
+                "inactive_dormant": self.inactive_dormant,
+                "percent_dormant": self.percent(self.inactive_dormant)}
 
 
 @dataclass
@@ -73,8 +77,8 @@ class SparsityReport:
         return sum(c for c, _ in counted), sum(n for _, n in counted)
 
     def percent_params_pruned(self, criterion: str) -> float | None:
-        if criterion not in self.conv_params_kept:
-            return None
+        if criterion not in self.conv_params_kept or not self.conv_params:
+            return None  # not measured, or a model without convolutions
         return 100.0 * (1 - self.conv_params_kept[criterion] / self.conv_params)
 
     def to_dict(self) -> dict:
@@ -97,15 +101,17 @@ class SparsityReport:
         lines = [head + f"{'Total':>9s}{'% Param':>12s}",
                  sizes + f"{f'({total_features})':>9s}{f'({self.conv_params})':>12s}"]
         labels = {"gamma": f"|gamma| < {self.thresholds.get('gamma', 0):g}",
-                  "activation": f"act <= {self.thresholds.get('activation', 0):g}"}
-        for criterion in ("gamma", "activation"):
+                  "activation": f"act <= {self.thresholds.get('activation', 0):g}",
+                  "dormant": f"ReDo <= {self.thresholds.get('dormancy_tau', 0):g}"}
+        for criterion in ("gamma", "activation", "dormant"):
             t = self.total(criterion)
             if t is None:
                 continue
             percents = [l.percent(getattr(l, f"inactive_{criterion}")) for l in self.layers]
             cells = "".join(f"{'-' if p is None else round(p):>{width}}" for p in percents)
+            params = self.percent_params_pruned(criterion)
             lines.append(f"{labels[criterion]:15s}{cells}{100.0 * t[0] / t[1]:9.1f}"
-                         f"{self.percent_params_pruned(criterion):12.1f}")
+                         + (f"{params:12.1f}" if params is not None else f"{'-':>12s}"))
         return "\n".join(lines)
 
 
@@ -113,13 +119,18 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
             gamma_threshold: float = defaults.GAMMA_THRESHOLD,
             activation_threshold: float = defaults.ACTIVATION_THRESHOLD,
             universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD,
-            universality: bool = True) -> SparsityReport:
+            universality: bool = True, units: tuple[str, ...] = CONV_UNITS,
+            dormancy_tau: float | None = None, max_batches: int | None = None
+            ) -> SparsityReport:
     """Measure a model's conv-feature sparsity.
 
     `batches` (the training corpus, re-iterable or a callable returning an iterator) is
     needed for the activation criterion and universality. Sparsity by |gamma| needs
     BatchNorm after the convolutions; a model without raises NoBatchNormError (activation
-    still works for it).
+    still works for it). `units=ALL_UNITS` also measures MLP units (measure.features);
+    `dormancy_tau` also counts ReDo-dormant units; `max_batches` measures activations on the
+    first batches only (a cheaper estimate for monitoring: a unit silent there may fire
+    elsewhere, so the full corpus decides what is dead).
     """
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
@@ -128,12 +139,14 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
     if use_activation and batches is None:
         raise ConfigError("sparsity by activation needs the training corpus (batches)")
     require_finite(model)  # a diverged model would report 0% sparsity, not an error
-    traced = trace_features(model)
+    traced = trace_features(model, units)
     features = traced.features
     if use_gamma:
         require_batchnorm(features)
-    layers = [LayerReport(f.name, f.num_features, f.gamma is not None, f.coupled)
+    layers = [LayerReport(f.name, f.num_features, f.gamma is not None, f.coupled, kind=f.kind)
               for f in features]
+    if max_batches is not None and batches is not None:
+        batches = _first(batches, max_batches)
     dead_gamma: dict[str, torch.Tensor] = {}
     if use_gamma:
         for f in features:
@@ -143,12 +156,16 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
     dead_act: dict[str, torch.Tensor] = {}
     if use_activation:
         stats = activation_statistics(model, batches, universality=universality,
-                                      universality_threshold=universality_threshold)
+                                      universality_threshold=universality_threshold,
+                                      mean_abs=dormancy_tau is not None, units=units)
         if not all(bool(torch.isfinite(m).all()) for m in stats.max_activation.values()):
             raise NonFiniteError("activations over the corpus are not finite (NaN / inf in the "
                                  "data or the model); sparsity by activation is undefined")
         dead_act = stats.inactive(activation_threshold)
+    scores = stats.dormancy() if stats is not None and dormancy_tau is not None else {}
     for layer in layers:
+        if layer.name in scores:
+            layer.inactive_dormant = int((scores[layer.name] <= dormancy_tau).sum())
         g, a = dead_gamma.get(layer.name), dead_act.get(layer.name)
         layer.inactive_gamma = None if g is None else int(g.sum())
         layer.inactive_activation = None if a is None else int(a.sum())
@@ -164,4 +181,17 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
                                            {k: ~v for k, v in dead.items()})[1]
     return SparsityReport(layers, conv_params, kept, stats.samples if stats else None,
                           {"gamma": gamma_threshold, "activation": activation_threshold,
-                           "universality": universality_threshold})
+                           "universality": universality_threshold,
+                           **({"dormancy_tau": dormancy_tau} if dormancy_tau is not None
+                              else {})})
+
+
+def _first(batches, count: int):
+    """The first `count` batches of `batches` (re-iterable, or a callable), re-iterable."""
+    def take():
+        source = batches() if callable(batches) else batches
+        for i, batch in enumerate(source):
+            if i >= count:
+                return
+            yield batch
+    return take

@@ -45,7 +45,8 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None) -> dict:
 
     result = evaluate_trained_run(run_dir, data_dir)
     report, pruned = result.report, result.pruned
-    final = read_metrics(run_dir)[-1]
+    metrics = read_metrics(run_dir)
+    final = metrics[-1]
     evaluation = {
         "train_loss": final["train_loss"], "test_loss": final["test_loss"],
         "test_error": final["test_error"],
@@ -56,6 +57,9 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None) -> dict:
         "pruned_test_error": pruned.equivalence.error_after,
         "pruned_test_error_top5": pruned.equivalence.error_top5_after,
         "changed_predictions": pruned.equivalence.changed_predictions,
+        # ReDo recycling while training (train.recycle): units recycled over the run
+        "units_recycled": (sum(m.get("recycled", 0) for m in metrics)
+                           if any("recycled" in m for m in metrics) else None),
         "layers": {l.name: {"features": l.features,
                             "sparsity_gamma": l.percent(l.inactive_gamma),
                             "sparsity_activation": l.percent(l.inactive_activation),
