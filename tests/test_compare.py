@@ -74,7 +74,7 @@ def test_comparison_specs_load_and_one_runs_with_the_paper_beside(tmp_path, caps
 def test_a_matched_slimming_ratio_takes_the_implicit_share():
     from implicit_sparsity.explicit.compare import MATCHED, slimming_arms
 
-    assert slimming_arms((MATCHED, 0.5), 0.2) == [(0.2, "ratio 0.2 (= implicit)"),
+    assert slimming_arms((MATCHED, 0.5), 0.2) == [(0.2, "matched 0.2"),
                                                    (0.5, "ratio 0.5")]
     assert slimming_arms((MATCHED, 0.5), 0.0) == [(0.5, "ratio 0.5")]  # nothing to match
     assert slimming_arms((MATCHED, 0.5), 0.5) == [(0.5, "ratio 0.5")]  # already an arm

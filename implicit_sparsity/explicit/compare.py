@@ -89,7 +89,7 @@ def slimming_arms(ratios, implicit_share: float | None) -> list[tuple[float, str
             continue
         share = round(implicit_share or 0.0, 4)
         if share > 0.0 and share not in ratios:
-            arms.append((share, f"ratio {share:g} (= implicit)"))
+            arms.append((share, f"matched {share:g}"))  # the implicit arm's share
     return arms
 
 

@@ -18,7 +18,7 @@ from implicit_sparsity.study.spec import normalize_labels
 from implicit_sparsity.study.sweep import EVALUATION
 
 VALUE_NAMES = {**{f"layers.C{i}.sparsity_gamma": f"C{i} % by γ" for i in range(1, 20)},
-               "sparsity_activation": "% sparsity by act.", "sparsity_gamma": "% sparsity by γ",
+               "units_recycled": "units recycled", "sparsity_activation": "% sparsity by act.", "sparsity_gamma": "% sparsity by γ",
                "test_error": "test err", "pruned_test_error": "pruned test err",
                "test_error_top5": "top-5 err", "pruned_test_error_top5": "pruned top-5 err",
                "params_pruned": "% params pruned", "train_loss": "train loss",
@@ -140,16 +140,20 @@ def render(spec: dict, records: list[dict], fmt: str = "markdown") -> str:
                 for value, (mean, std, n, paper) in cells.get((r, c), {}).items():
                     writer.writerow(list(r) + list(c) + [value, mean, std, n, paper])
         return buffer.getvalue()
+    beside = bool(spec.get("paper"))  # a study beyond the paper has no numbers to set beside
+    sides = ("(ours)", "(paper)") if beside else ("",)
     header = rows + [f"{' '.join(map(str, c))} {VALUE_NAMES.get(v, v)} {who}".strip()
-                     for c in col_keys for v in values for who in ("(ours)", "(paper)")]
+                     for c in col_keys for v in values for who in sides]
     body = []
     for r in row_keys:
-        line = [str(x) for x in r]
+        line = ["-" if x is None else str(x) for x in r]
         for c in col_keys:
             for v in values:
                 mean, std, n, paper = cells.get((r, c), {}).get(v, (None, 0, 0, None))
                 digits = 2 if v.endswith("loss") else 1
-                line += [_fmt(mean, std, n, digits), "-" if paper is None else f"{paper:g}"]
+                line += [_fmt(mean, std, n, digits)]
+                if beside:
+                    line += ["-" if paper is None else f"{paper:g}"]
         body.append(line)
     if fmt == "latex":
         spec_cols = "l" * len(rows) + "r" * (len(header) - len(rows))
@@ -186,8 +190,10 @@ def provenance(spec: dict, records: list[dict]) -> str:
             + (f", {', '.join(scale)}" if scale else "")
             + f", {len(seeds)} seed(s) per row"
             + (" — the spec's --quick scale-down" if spec.get("_quick") else "")
-            + ". The paper's: " + (spec.get("paper_ref") or "its own settings")
-            + (f" on {', '.join(paper_sets)}" if paper_sets else "") + ".")
+            + (". The paper's: " + (spec.get("paper_ref") or "its own settings")
+               + (f" on {', '.join(paper_sets)}" if paper_sets else "")
+               if spec.get("paper") else ". Beyond the paper: no numbers of its to compare")
+            + ".")
 
 
 def _columns(cells) -> list[tuple]:
