@@ -60,7 +60,8 @@ def test_comparison_specs_load_and_one_runs_with_the_paper_beside(tmp_path, caps
         assert base.lam == 1e-4 and base.optimizer == "adam"
     from conftest import write_fashion_mnist
 
-    fashion_dir = write_fashion_mnist(tmp_path / "fashion-200", n_train=200)  # >= batch 160
+    # the quick scale keeps the first 5 classes: 200 of 400 images, >= batch 160
+    fashion_dir = write_fashion_mnist(tmp_path / "fashion-400", n_train=400)
     code = main(["compare", "--spec", "compare_table7", "--quick", "--out", str(tmp_path / "c"),
                  "--set", "dataset=fashion-mnist", "--set", f"data_dir={fashion_dir}",
                  "--set", "epochs=[1]", "--no-latency"])
