@@ -32,7 +32,7 @@ from implicit_sparsity.errors import ImplicitSparsityError
 from implicit_sparsity.measure.features import Feature, TracedModel
 
 
-def _torch_pruning():
+def require_torch_pruning():
     """torch-pruning, or one line saying how to install it (also called before long work
     that ends in a removal, so that hours of training are not lost to a missing package)."""
     try:
@@ -41,9 +41,6 @@ def _torch_pruning():
         raise ImplicitSparsityError("pruning needs torch-pruning: pip install torch-pruning"
                                     ) from None
     return torch_pruning
-
-
-require_torch_pruning = _torch_pruning
 
 
 @dataclass
@@ -184,7 +181,7 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
 
     `exact=False` removes every marked filter as it is, live or constant (the explicit
     methods' pruning, to be followed by fine-tuning): nothing is folded, kept or checked."""
-    tp = _torch_pruning()
+    tp = require_torch_pruning()
     model.eval()
     features = traced.features
     decisions = {f.name: LayerDecision(f.name, f.num_features) for f in features}
