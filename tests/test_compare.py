@@ -93,3 +93,35 @@ def test_a_matched_ratio_without_the_implicit_arm_is_refused(fashion_dir, tmp_pa
         compare(base, tmp_path / "c", methods=("slimming",), slimming_ratios=(MATCHED,),
                 latency=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_selectivity_removes_the_least_universal_filters_and_is_an_arm(fashion_dir, tmp_path):
+    import torch
+
+    from implicit_sparsity.explicit.methods import selectivity_selection
+    from implicit_sparsity.measure.activation import activation_statistics
+    from implicit_sparsity.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("basicnet", in_channels=1, num_classes=10, width=0.125).eval()
+    corpus = [torch.rand(16, 1, 28, 28) for _ in range(2)]
+    masks = selectivity_selection(model, corpus, 0.25)
+    stats = activation_statistics(model, corpus)
+    names = list(masks)
+    chosen = torch.cat([masks[n] for n in names])
+    universality = torch.cat([stats.universality[n] for n in names])
+    assert int(chosen.sum()) == round(0.25 * len(chosen))
+    # every removed filter is at most as universal as every kept one
+    assert float(universality[chosen].max()) <= float(universality[~chosen].min())
+    assert all(not bool(m.all()) for m in masks.values())  # no layer emptied
+    base = TrainConfig(data_dir=str(fashion_dir), width="0.0625", epochs=[1], lam=1e-3)
+    points = compare(base, tmp_path, methods=("implicit", "selectivity"),
+                     selectivity_ratios=(0.25,), finetune_epochs=(1,), latency=False)
+    arm = points[-1]
+    assert (arm.method, arm.setting) == ("selectivity", "ratio 0.25")
+    assert 116 - arm.filters_after == 29 and arm.error_finetuned is not None
+    import pytest
+
+    from implicit_sparsity.errors import ConfigError
+    with pytest.raises(ConfigError, match="add 'implicit'"):
+        compare(base, tmp_path / "x", methods=("selectivity",), latency=False)

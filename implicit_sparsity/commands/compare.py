@@ -26,7 +26,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None, help="YAML of the base (implicit) run")
     parser.add_argument("--out", required=True)
     parser.add_argument("--methods", nargs="+", default=["implicit", "slimming", "l1norm"],
-                        choices=["implicit", "slimming", "l1norm"])
+                        choices=["implicit", "slimming", "l1norm", "selectivity"],
+                        help="selectivity: the implicit run's least universal filters removed "
+                             "(at its own share and at half), then fine-tuned")
     parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=None,
                         help="implicit: mini-batch sizes to try (same iterations)")
     parser.add_argument("--slimming-s", type=finite_float, default=1e-4,

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from implicit_sparsity.errors import ConfigError
-from implicit_sparsity.explicit.methods import l1_norm_selection, slimming_selection
+from implicit_sparsity.explicit.methods import (l1_norm_selection, selectivity_selection,
+                                                slimming_selection)
 from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.prune import prune_model
 from implicit_sparsity.prune.slim_io import save_slim
@@ -29,6 +30,9 @@ from implicit_sparsity.train import TrainConfig, ensure_trained
 from implicit_sparsity.train.restore import build_model_for, load_trained, load_training_data
 
 METHODS = ("implicit", "slimming", "l1norm")
+#: Also available, not run unless asked for: the least universal features of the implicit
+#: arm's own run removed, then fine-tuned (explicit.methods.selectivity_selection).
+EXTRA_METHODS = ("selectivity",)
 
 
 @dataclass
@@ -98,13 +102,17 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
             slimming_ratios: tuple[float, ...] = (0.5,), l1_fractions: dict | None = None,
             explicit_optimizer: str = "sgd", finetune_epochs: tuple[int, ...] = (2,),
             finetune_lr: float | None = None, l1_label: str = "per-layer shares",
+            selectivity_ratios: tuple = (MATCHED, 0.5),
             latency: bool = True, verbose: bool = False) -> list[OperatingPoint]:
     """Run every method on `base` (resolved, so the paper's defaults are explicit)."""
     out = Path(out)
     base = base.resolved()
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted(set(methods) - set(METHODS + EXTRA_METHODS))
     if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(METHODS + EXTRA_METHODS)}")
+    if "selectivity" in methods and "implicit" not in methods:
+        raise ConfigError("the selectivity arm prunes the implicit arm's run: add 'implicit'")
     for ratio in slimming_ratios:  # every choice checked before the first training
         if ratio == MATCHED:
             if "implicit" not in methods:
@@ -146,6 +154,27 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
             run = ensure_trained(config, out / "implicit" / f"batch{batch}", verbose=verbose)
             _, result, _ = prune(run)
             points.append(_point("implicit", f"batch {batch}", result, *_cost(run.metrics)))
+
+    if "selectivity" in methods:  # the implicit arm's own run, pruned by selectivity
+        run = ensure_trained(base, out / "implicit" / f"batch{base.batch_size}",
+                             verbose=verbose)
+        corpus_of = {}
+
+        def least_universal(model, ratio):
+            if "data" not in corpus_of:
+                corpus_of["data"] = load_training_data(load_trained(run.run_dir), "cpu",
+                                                       base.data_dir)
+            data = corpus_of["data"]
+            return selectivity_selection(model, lambda: data.train_eval_batches(500), ratio)
+        implicit = [p.percent_pruned / 100 for p in points if p.method == "implicit"]
+        for ratio, label in slimming_arms(selectivity_ratios, implicit[0] if implicit else None):
+            trained, result, example = prune(
+                run, lambda model, ratio=ratio: least_universal(model, ratio))
+            error, seconds, epochs = fine_tune(trained, result, example,
+                                               out / "selectivity" / f"ratio{ratio:g}",
+                                               *_cost(run.metrics))
+            points.append(dataclasses.replace(
+                _point("selectivity", label, result, seconds, epochs), error_finetuned=error))
 
     explicit_base = dataclasses.replace(
         base, optimizer=explicit_optimizer, lr=None, optimizer_args={}).resolved()

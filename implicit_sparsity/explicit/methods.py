@@ -8,6 +8,12 @@
   smallest sum of absolute kernel weights are removed (a given share per layer), then the
   net is fine-tuned. VGG-16-A removes 50% of the filters of conv1 and conv8-13.
 
+- Selectivity (the authors' follow-up, Mehta et al. 2019, arXiv 1905.04967): the features
+  least universal over the training corpus (the share of images on which a feature's
+  normalized activation exceeds 1e-3, see measure.activation) are the most selective; the
+  given share of all conv filters with the lowest universality goes (one global ranking,
+  ties broken by the smaller max activation), then the net is fine-tuned.
+
 Selections return per-layer masks of the filters to remove, never a whole layer.
 """
 
@@ -70,4 +76,29 @@ def l1_norm_selection(model: nn.Module, fractions: dict[str, float]) -> dict[str
         if count > 0:
             mask[norms.argsort()[:count]] = True
         masks[name] = mask
+    return masks
+
+
+def selectivity_selection(model: nn.Module, corpus, ratio: float) -> dict[str, torch.Tensor]:
+    """Masks of the `ratio` of all conv filters that are least universal over `corpus` (the
+    training corpus: a re-iterable of batches or a callable returning an iterator)."""
+    from implicit_sparsity.measure.activation import activation_statistics
+
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"selectivity ratio must be in [0, 1), got {ratio}")
+    stats = activation_statistics(model, corpus, universality=True)
+    names = [f.name for f in trace_features(model).features]
+    universality = torch.cat([stats.universality[n].float() for n in names])
+    strength = torch.cat([stats.max_activation[n].float() for n in names])
+    # lowest universality first; among equals (the dead ones, say) the weakest first
+    order = sorted(range(len(universality)),
+                   key=lambda i: (float(universality[i]), float(strength[i])))
+    chosen = torch.zeros(len(universality), dtype=torch.bool)
+    chosen[order[:int(round(ratio * len(universality)))]] = True
+    masks, start = {}, 0
+    for name in names:
+        size = len(stats.universality[name])
+        part = slice(start, start + size)
+        masks[name] = _keep_one(chosen[part], universality[part])
+        start += size
     return masks
