@@ -84,8 +84,8 @@ MATCHED = "matched"
 
 
 def slimming_arms(ratios, implicit_share: float | None) -> list[tuple[float, str]]:
-    """(ratio, label) of each Network Slimming arm; MATCHED becomes the implicit arm's share,
-    left out where that share is 0 or already an arm."""
+    """(ratio, label) of each arm by a share of all filters (Network Slimming, selectivity);
+    MATCHED becomes the implicit arm's share, left out where that is 0 or already an arm."""
     arms = []
     for ratio in ratios:
         if ratio != MATCHED:
@@ -147,6 +147,19 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
         more_seconds, more_epochs = _cost(tuned.metrics)
         return tuned.metrics[-1]["test_error"], seconds + more_seconds, epochs + more_epochs
 
+    def ratio_arms(method: str, run, ratios, select) -> None:
+        """One fine-tuned point per share of all filters that `select(model, ratio)` picks
+        from `run` ("matched": the implicit arm's share)."""
+        implicit = [p.percent_pruned / 100 for p in points if p.method == "implicit"]
+        for ratio, label in slimming_arms(ratios, implicit[0] if implicit else None):
+            trained, result, example = prune(
+                run, lambda model, ratio=ratio: select(model, ratio))
+            error, seconds, epochs = fine_tune(trained, result, example,
+                                               out / method / f"ratio{ratio:g}",
+                                               *_cost(run.metrics))
+            points.append(dataclasses.replace(_point(method, label, result, seconds, epochs),
+                                              error_finetuned=error))
+
     if "implicit" in methods:
         for batch in implicit_batch_sizes or (base.batch_size,):
             config = dataclasses.replace(base, batch_size=batch, epochs=[
@@ -166,31 +179,14 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
                                                        base.data_dir)
             data = corpus_of["data"]
             return selectivity_selection(model, lambda: data.train_eval_batches(500), ratio)
-        implicit = [p.percent_pruned / 100 for p in points if p.method == "implicit"]
-        for ratio, label in slimming_arms(selectivity_ratios, implicit[0] if implicit else None):
-            trained, result, example = prune(
-                run, lambda model, ratio=ratio: least_universal(model, ratio))
-            error, seconds, epochs = fine_tune(trained, result, example,
-                                               out / "selectivity" / f"ratio{ratio:g}",
-                                               *_cost(run.metrics))
-            points.append(dataclasses.replace(
-                _point("selectivity", label, result, seconds, epochs), error_finetuned=error))
+        ratio_arms("selectivity", run, selectivity_ratios, least_universal)
 
     explicit_base = dataclasses.replace(
         base, optimizer=explicit_optimizer, lr=None, optimizer_args={}).resolved()
     if "slimming" in methods:
         config = dataclasses.replace(explicit_base, l1_gamma=slimming_strength)
         run = ensure_trained(config, out / "slimming" / "train", verbose=verbose)
-        implicit = [p.percent_pruned / 100 for p in points if p.method == "implicit"]
-        for ratio, label in slimming_arms(slimming_ratios, implicit[0] if implicit else None):
-            trained, result, example = prune(
-                run, lambda model, ratio=ratio: slimming_selection(model, ratio))
-            error, seconds, epochs = fine_tune(trained, result, example,
-                                               out / "slimming" / f"ratio{ratio:g}",
-                                               *_cost(run.metrics))
-            points.append(dataclasses.replace(
-                _point("slimming", label, result, seconds, epochs),
-                error_finetuned=error))
+        ratio_arms("slimming", run, slimming_ratios, slimming_selection)
     if "l1norm" in methods:
         run = ensure_trained(explicit_base, out / "l1norm" / "train", verbose=verbose)
 
