@@ -185,7 +185,10 @@ def test_prune_and_analyze_mlp_units_from_the_command_line(tmp_path, monkeypatch
               "--device", "cpu"]
     assert main(["analyze", *source, "--criterion", "activation", "--no-universality",
                  "--sensitivity", "--units", "all", "--json", "a.json"]) == 0
-    sensitivity = json.loads((tmp_path / "a.json").read_text())["sensitivity"]
+    written = json.loads((tmp_path / "a.json").read_text())
+    layers = {layer["name"]: layer for layer in written["layers"]}
+    assert layers["5"]["kind"] == "linear" and layers["5"]["inactive_activation"] >= 4
+    sensitivity = written["sensitivity"]
     assert sensitivity["5"]["features"] == 24 and sensitivity["5"]["activation"]["0"] >= 4
     capsys.readouterr()
     assert main(["prune", *source, "--criterion", "activation", "--units", "all",

@@ -25,8 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         help="skip the second pass over the corpus")
     parser.add_argument("--sensitivity", action="store_true",
                         help="also count inactive units at several |gamma| and activation "
-                             "thresholds and ReDo's dormancy tau (one more pass; with --units "
-                             "all, MLP units too)")
+                             "thresholds and ReDo's dormancy tau (one more pass)")
     parser.set_defaults(func=run)
     return parser
 
@@ -40,18 +39,18 @@ def run(args) -> int:
     device = resolve_device(args.device)
     source = open_source(args, device, need_data=args.criterion != "gamma")
     print(source.description)
+    from implicit_sparsity.measure.features import UNIT_CHOICES
+
     report = analyze(source.model, source.corpus, criterion=args.criterion,
                      gamma_threshold=args.gamma_threshold,
                      activation_threshold=args.activation_threshold,
-                     universality=not args.no_universality)
+                     universality=not args.no_universality, units=UNIT_CHOICES[args.units])
     print(report.table())
     from implicit_sparsity.measure.sensitivity import sensitivity_json
 
     table = None
     if args.sensitivity:
         from implicit_sparsity.measure.sensitivity import sensitivity, sensitivity_table
-
-        from implicit_sparsity.measure.features import UNIT_CHOICES
 
         table = sensitivity(source.model, source.corpus, units=UNIT_CHOICES[args.units])
         print("sensitivity to the thresholds (units counted per layer):")
