@@ -31,6 +31,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from implicit_sparsity.measure.features import UNIT_CHOICES
     from implicit_sparsity.measure.report import analyze
     from implicit_sparsity.train.loop import resolve_device
 
@@ -39,8 +40,6 @@ def run(args) -> int:
     device = resolve_device(args.device)
     source = open_source(args, device, need_data=args.criterion != "gamma")
     print(source.description)
-    from implicit_sparsity.measure.features import UNIT_CHOICES
-
     report = analyze(source.model, source.corpus, criterion=args.criterion,
                      gamma_threshold=args.gamma_threshold,
                      activation_threshold=args.activation_threshold,
