@@ -144,6 +144,56 @@ def test_removing_dead_mlp_units_is_exact(seed):
                 assert len(decision.removed) == min(decision.dead, decision.filters_before - 1)
 
 
+class TorchEncoderNet(nn.Module):
+    """Tokens through torch's own nn.TransformerEncoder (an fx leaf with a fused path)."""
+
+    def __init__(self, batch_first: bool, norm_first: bool, dim=16, hidden=40):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(dim, 2, hidden, dropout=0.1, activation="relu",
+                                           batch_first=batch_first, norm_first=norm_first)
+        self.embed = nn.Linear(6, dim)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.extra = nn.TransformerEncoderLayer(dim, 2, hidden, dropout=0.0,
+                                                activation=nn.GELU(), batch_first=batch_first)
+        self.head, self.batch_first = nn.Linear(dim, 3), batch_first
+
+    def forward(self, x):  # x: [B, T, 6]
+        tokens = self.embed(x if self.batch_first else x.transpose(0, 1))
+        out = self.extra(self.encoder(tokens))
+        return self.head(out.mean(1 if self.batch_first else 0))
+
+
+@pytest.mark.parametrize("batch_first,norm_first", [(True, True), (False, False)])
+def test_torch_transformer_encoder_units_are_measured_and_removed_exactly(batch_first,
+                                                                          norm_first):
+    """nn.TransformerEncoder(Layer)'s MLP units: found through the modules' training path,
+    measured per sample whatever the layout, and their dead ones removed exactly (float64;
+    the model's eval forward takes torch's fused path where it can)."""
+    torch.manual_seed(0)
+    model = TorchEncoderNet(batch_first, norm_first).double().eval()
+    names = ["encoder.layers.0.linear1", "encoder.layers.1.linear1", "extra.linear1"]
+    traced = trace_features(model, ALL_UNITS)
+    assert [f.name for f in traced.features] == names
+    assert all(not f.coupled and f.kind == "linear" for f in traced.features)
+    assert traced.features[0].consumers == ["encoder.layers.0.linear2"]
+    dead = {"encoder.layers.0.linear1": [0, 3, 7], "encoder.layers.1.linear1": [1],
+            "extra.linear1": [2, 5]}
+    for name, units in dead.items():
+        kill_linear_units(model.get_submodule(name), units, -1.0 if "encoder" in name else 0.0)
+    x = torch.randn(12, 5, 6, dtype=torch.float64)
+    stats = activation_statistics(model, [x], units=ALL_UNITS)
+    assert stats.samples == 12  # per sample, not per token, in either layout
+    for name, units in dead.items():
+        assert stats.max_activation[name].eq(0).nonzero().flatten().tolist() == units
+    result = prune_model(model, x, criterion="activation", corpus=[x], check_data=[x],
+                         latency_batches=(), units=ALL_UNITS)
+    assert {d.name: len(d.removed) for d in result.layers} == {n: len(u) for n, u in dead.items()}
+    assert result.model.encoder.layers[0].linear1.out_features == 40 - 3
+    assert result.model.encoder.layers[0].linear2.in_features == 40 - 3
+    with torch.no_grad():
+        assert torch.allclose(result.model(x), model(x), rtol=0, atol=1e-12)
+
+
 def test_sensitivity_counts_mlp_units():
     torch.manual_seed(1)
     model = MLP().eval()

@@ -20,7 +20,7 @@ that reaches the model's output (a conv classifier) is never pruned.
 
 Units beyond conv filters (`units=ALL_UNITS`): a Linear followed by an activation, with an
 optional BatchNorm1d between (MLP hidden units, the hidden units of a Transformer's MLP
-block: Linear -> GELU / ReLU -> Linear). Their channels are the last dimension ([B, C] or
+block: Linear -> GELU / ReLU -> Linear, torch's nn.TransformerEncoderLayer included). Their channels are the last dimension ([B, C] or
 [B, tokens, C]); they may end only in Linear layers (a reshape, a conv or an add after them
 makes them coupled). A Linear without an activation (a classifier, attention projections)
 is no unit layer. The paper counts conv filters only, so `CONV_UNITS` is the default.
@@ -134,6 +134,44 @@ class _Tracer(torch.fx.Tracer):
         if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
             return True
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        # torch's Transformer encoder modules are fx leaves (torch.nn) with data-dependent
+        # fast paths: trace the path they take while training, through their submodules
+        if type(m) is nn.TransformerEncoderLayer:
+            return _encoder_layer_path(m, *args, **kwargs)
+        if type(m) is nn.TransformerEncoder:
+            return _encoder_path(m, *args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+
+def _encoder_layer_path(layer: nn.TransformerEncoderLayer, src, src_mask=None,
+                        src_key_padding_mask=None, is_causal=False):
+    """nn.TransformerEncoderLayer's forward without its fused inference path (the same
+    function: the fused kernel computes this). The MLP block is traced batch first, so
+    that its hidden units' values are [B, T, C] whatever the layer's layout (a Linear acts
+    on the last dimension only, so the transposes change no number)."""
+    def feed_forward(x):
+        if layer.self_attn.batch_first:
+            return layer._ff_block(x)
+        return layer._ff_block(x.transpose(0, 1)).transpose(0, 1)
+
+    x = src
+    if layer.norm_first:
+        x = x + layer._sa_block(layer.norm1(x), src_mask, src_key_padding_mask, is_causal)
+        return x + feed_forward(layer.norm2(x))
+    x = layer.norm1(x + layer._sa_block(x, src_mask, src_key_padding_mask, is_causal))
+    return layer.norm2(x + feed_forward(x))
+
+
+def _encoder_path(encoder: nn.TransformerEncoder, src, mask=None, src_key_padding_mask=None,
+                  is_causal=None):
+    """nn.TransformerEncoder's forward without its nested-tensor fast path."""
+    output = src
+    for layer in encoder.layers:
+        output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask,
+                       is_causal=bool(is_causal))
+    return encoder.norm(output) if encoder.norm is not None else output
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
