@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from implicit_sparsity.measure.activation import activation_statistics
-from implicit_sparsity.measure.features import ALL_UNITS, trace_features
+from implicit_sparsity.measure.features import ALL_UNITS, MLP_UNITS, trace_features
+from implicit_sparsity.measure.report import analyze
 from implicit_sparsity.measure.sensitivity import sensitivity
 from implicit_sparsity.models import build_model
 from implicit_sparsity.prune import prune_model
@@ -294,3 +295,23 @@ def test_analyze_counts_dormant_units_by_hand():
     layer = {l.name: l for l in report.layers}["fc1"]
     assert layer.inactive_dormant == int((scores <= 0.5).sum()) and layer.kind == "linear"
     assert "ReDo <= 0.5" in report.table()
+
+
+def test_mlp_weights_freed_by_hand():
+    """A model measured on MLP units only counts MLP weights: a dead unit frees its row of
+    the Linear making it and its column of every Linear reading it."""
+    torch.manual_seed(0)
+    model = MLP().eval()
+    kill_linear_units(model.fc1, [0, 1, 2, 3], -1.0)
+    with torch.no_grad():  # fc2's units alive (beta 1) but one, dead by gamma 0, beta < 0
+        model.bn2.bias[:] = 1.0
+        model.bn2.weight[5], model.bn2.bias[5] = 0.0, -1.0
+    x = torch.randn(64, 20)
+    report = analyze(model, [x], criterion="activation", units=MLP_UNITS, universality=False)
+    assert [l.inactive_activation for l in report.layers] == [4, 1]
+    # fc1 20x32, fc2 32x16 (reads fc1), head 16x5 (reads fc2)
+    assert report.conv_params == 20 * 32 + 32 * 16 + 16 * 5
+    kept = 28 * 20 + 15 * 28 + 5 * 15
+    assert report.conv_params_kept["activation"] == kept
+    assert report.percent_params_pruned("activation") == pytest.approx(
+        100 * (1 - kept / report.conv_params))

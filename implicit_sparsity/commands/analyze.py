@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 
 from implicit_sparsity.commands.common import (add_measurement_flags, add_model_source_flags,
-                                               dump_json, open_source, writable_file,
+                                               dump_json, open_source, units_for,
+                                               writable_file,
                                                writable_folder)
 
 NAME = "analyze"
@@ -31,7 +32,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from implicit_sparsity.measure.features import UNIT_CHOICES
     from implicit_sparsity.measure.report import analyze
     from implicit_sparsity.train.loop import resolve_device
 
@@ -43,7 +43,7 @@ def run(args) -> int:
     report = analyze(source.model, source.corpus, criterion=args.criterion,
                      gamma_threshold=args.gamma_threshold,
                      activation_threshold=args.activation_threshold,
-                     universality=not args.no_universality, units=UNIT_CHOICES[args.units])
+                     universality=not args.no_universality, units=units_for(args, source))
     print(report.table())
     from implicit_sparsity.measure.sensitivity import sensitivity_json
 
@@ -51,7 +51,7 @@ def run(args) -> int:
     if args.sensitivity:
         from implicit_sparsity.measure.sensitivity import sensitivity, sensitivity_table
 
-        table = sensitivity(source.model, source.corpus, units=UNIT_CHOICES[args.units])
+        table = sensitivity(source.model, source.corpus, units=units_for(args, source))
         print("sensitivity to the thresholds (units counted per layer):")
         print(sensitivity_table(table))
     if json_path:

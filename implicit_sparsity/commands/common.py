@@ -170,9 +170,11 @@ def add_measurement_flags(parser: argparse.ArgumentParser) -> None:
                         default=defaults.GAMMA_THRESHOLD)
     parser.add_argument("--activation-threshold", type=non_negative_float,
                         default=defaults.ACTIVATION_THRESHOLD)
-    parser.add_argument("--units", choices=("conv", "all"), default="conv",
+    parser.add_argument("--units", choices=("conv", "all", "mlp"), default=None,
                         help="conv: conv filters, as the paper counts; all: also MLP units "
-                             "(Linear -> [BatchNorm1d] -> activation, Transformer MLP blocks)")
+                             "(Linear -> [BatchNorm1d] -> activation, Transformer MLP blocks);"
+                             " mlp: MLP units only (default: the model's own, conv for a "
+                             "model of yours)")
 
 
 @dataclasses.dataclass
@@ -184,6 +186,19 @@ class Source:
     config: dict | None     # our run's config (None for a user's model)
     run_dir: Path | None
     epoch: int | None = None
+
+
+def units_for(args, source: Source) -> tuple[str, ...]:
+    """The unit kinds asked with --units, else those our run's model is measured on (MLP units
+    for the ViT), else conv filters."""
+    from implicit_sparsity.measure.features import CONV_UNITS, UNIT_CHOICES
+    from implicit_sparsity.models import get_model_entry
+
+    if args.units is not None:
+        return UNIT_CHOICES[args.units]
+    if source.config is not None:
+        return get_model_entry(source.config["model"]).units
+    return CONV_UNITS
 
 
 def open_source(args, device, need_data: bool, need_test: bool = False) -> Source:

@@ -8,7 +8,8 @@ import argparse
 
 from implicit_sparsity.commands.common import (add_measurement_flags, add_model_source_flags,
                                                dump_json, non_negative_float, open_source,
-                                               positive_int, writable_file, writable_folder)
+                                               positive_int, units_for, writable_file,
+                                               writable_folder)
 
 NAME = "prune"
 
@@ -40,7 +41,6 @@ def run(args) -> int:
 
     import torch
 
-    from implicit_sparsity.measure.features import UNIT_CHOICES
     from implicit_sparsity.prune import prune_model
     from implicit_sparsity.prune.slim_io import check_before_writing, load_slim, save_slim
     from implicit_sparsity.train.loop import resolve_device
@@ -62,7 +62,7 @@ def run(args) -> int:
                          activation_threshold=args.activation_threshold, fold_bn=args.fold_bn,
                          latency_batches=() if args.no_latency else (1, 64),
                          threads=args.threads, tolerance=args.tolerance,
-                         units=UNIT_CHOICES[args.units],
+                         units=units_for(args, source),
                          force=True)  # the table first; check_before_writing then refuses
     if device.type != "cpu" and not args.no_latency:  # the CPU figures too
         import copy

@@ -29,7 +29,7 @@ def default_run_name(config) -> str:
 def run(args) -> int:
     from implicit_sparsity.io.run_dir import is_finished, read_metrics
     from implicit_sparsity.train import TrainConfig, load_config_file, train
-    from implicit_sparsity.train.loop import check_run_dir_config
+    from implicit_sparsity.train.loop import check_run_dir_config, gamma_text
 
     values = load_config_file(args.config) if args.config else {}
     values.update({k: v for k, v in vars(args).items()
@@ -41,10 +41,9 @@ def run(args) -> int:
         check_run_dir_config(out, config)
         final = (read_metrics(out) or [{}])[-1]
         print(f"{out} is already finished: test error {final.get('test_error', float('nan')):.2f}%"
-              f", sparsity by |gamma| {final.get('sparsity_gamma_total', float('nan')):.1f}%")
+              f"{gamma_text(final)}")
         return 0
     result = train(config, out)
     final = result.metrics[-1]
-    print(f"finished {out}: test error {final['test_error']:.2f}%, sparsity by |gamma| "
-          f"{final['sparsity_gamma_total']:.1f}%")
+    print(f"finished {out}: test error {final['test_error']:.2f}%{gamma_text(final)}")
     return 0

@@ -43,7 +43,8 @@ from implicit_sparsity.models.blocks import ConvBNAct
 #: Which layers make units: the paper's conv filters, or also MLP units (Linear -> act).
 CONV_UNITS = ("conv",)
 ALL_UNITS = ("conv", "linear")
-UNIT_CHOICES = {"conv": CONV_UNITS, "all": ALL_UNITS}
+MLP_UNITS = ("linear",)  # MLP units only (a Transformer's, without its patch embedding)
+UNIT_CHOICES = {"conv": CONV_UNITS, "all": ALL_UNITS, "mlp": MLP_UNITS}
 
 
 class ModelTraceError(ImplicitSparsityError):
@@ -388,12 +389,18 @@ def require_batchnorm(features: list[Feature]) -> None:
 
 
 def count_conv_params(features: list[Feature], input_feature: dict[str, str],
-                      alive: dict[str, torch.Tensor] | None = None) -> tuple[int, int]:
+                      alive: dict[str, torch.Tensor] | None = None,
+                      modules: dict[str, nn.Module] | None = None) -> tuple[int, int]:
     """(conv weights, conv weights kept) when the features' dead channels are removed.
 
     A removed filter frees its own weights and the matching input slice of the conv that
-    reads it (the paper's "% Param Pruned"); coupled features keep all channels.
+    reads it (the paper's "% Param Pruned"); coupled features keep all channels. A model
+    with no conv feature (a Transformer measured on its MLP units) counts its MLP weights
+    instead: a removed unit frees its row of the Linear that makes it and its column of
+    the Linear that reads it (`modules`: the model's named modules, for those readers).
     """
+    if not any(f.kind == "conv" for f in features):
+        return _count_mlp_params(features, input_feature, alive or {}, modules or {})
     alive = alive or {}
     total = kept = 0
     for f in features:
@@ -408,6 +415,35 @@ def count_conv_params(features: list[Feature], input_feature: dict[str, str],
             in_alive = int(alive[source].sum())
         total += w.numel()
         kept += out_alive * in_alive * per_pair
+    return total, kept
+
+
+def _count_mlp_params(features: list[Feature], input_feature: dict[str, str],
+                      alive: dict[str, torch.Tensor], modules: dict[str, nn.Module]
+                      ) -> tuple[int, int]:
+    """(MLP weights, MLP weights kept): unit layers' Linears and the Linears reading them."""
+    total = kept = 0
+    makers = {f.conv_path for f in features}
+    by_name = {f.name: f for f in features}
+
+    def kept_of(f: Feature) -> int:
+        if f.name in alive and not f.coupled:
+            return int(alive[f.name].sum())
+        return f.num_features
+
+    for f in features:
+        units, units_kept = f.num_features, kept_of(f)
+        inputs = f.conv.weight.shape[1]
+        source = by_name.get(input_feature.get(f.conv_path, ""))
+        if source is not None:  # it reads another unit layer: its dead inputs go too
+            inputs = inputs // source.num_features * kept_of(source)
+        total += f.conv.weight.numel()
+        kept += units_kept * inputs
+        for path in f.consumers:
+            reader = modules.get(path)
+            if isinstance(reader, nn.Linear) and path not in makers:
+                total += reader.weight.numel()
+                kept += reader.out_features * reader.in_features // units * units_kept
     return total, kept
 
 

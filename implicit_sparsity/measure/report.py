@@ -173,12 +173,13 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
             layer.agree = int((g == a).sum())
         if stats is not None and stats.universality is not None:
             layer.universality = [round(float(u), 4) for u in stats.universality[layer.name]]
-    conv_params, _ = count_conv_params(features, traced.input_feature)
+    modules = dict(model.named_modules())
+    conv_params, _ = count_conv_params(features, traced.input_feature, modules=modules)
     kept = {}
     for name, dead in (("gamma", dead_gamma), ("activation", dead_act)):
         if dead:
             kept[name] = count_conv_params(features, traced.input_feature,
-                                           {k: ~v for k, v in dead.items()})[1]
+                                           {k: ~v for k, v in dead.items()}, modules)[1]
     return SparsityReport(layers, conv_params, kept, stats.samples if stats else None,
                           {"gamma": gamma_threshold, "activation": activation_threshold,
                            "universality": universality_threshold,

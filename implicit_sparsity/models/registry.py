@@ -13,6 +13,7 @@ from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.models.basicnet import BasicNet, basicnet_min_input_size, basicnet_widths
 from implicit_sparsity.models.blocks import initialize
 from implicit_sparsity.models.vgg import VGG, VGG_MIN_INPUT_SIZE
+from implicit_sparsity.models.vit import VIT_PATCH, ViT, vit_dim
 
 HEADS = ("cifar", "tinyimagenet", "imagenet")
 
@@ -23,6 +24,11 @@ class ModelEntry:
     description: str
     build: Callable[..., nn.Module]
     min_input_size: Callable[[str], int]
+    #: the unit kinds its sparsity is measured on (measure.features): conv filters for the
+    #: paper's CNNs, MLP units for a Transformer
+    units: tuple[str, ...] = ("conv",)
+    #: whether its runs may train packed (train.packed vmaps conv nets only)
+    packable: bool = True
 
 
 def parse_width(width: str | float | int) -> tuple[int | None, float]:
@@ -58,6 +64,14 @@ def _vgg_builder(name):
     return build
 
 
+def _build_vit(*, in_channels, num_classes, head, input_size, width, negative_slope):
+    c1, multiplier = parse_width(width)
+    if c1 is not None:
+        raise ConfigError(f"width {width!r}: vit takes a plain multiplier such as 0.25")
+    return ViT(in_channels, num_classes, input_size, dim=vit_dim(multiplier),
+               negative_slope=negative_slope)
+
+
 MODELS: dict[str, ModelEntry] = {
     "basicnet": ModelEntry("basicnet", "BasicNet: 7 conv (5x5 C1, 3x3 C2-C7) + BN + ReLU, "
                            "max-pool after C1, C3, C5", _build_basicnet, basicnet_min_input_size),
@@ -65,6 +79,11 @@ MODELS: dict[str, ModelEntry] = {
 for _name, _depth in (("vgg11", 11), ("vgg16", 16), ("vgg19", 19)):
     MODELS[_name] = ModelEntry(_name, f"VGG-{_depth} with BatchNorm", _vgg_builder(_name),
                                lambda head: VGG_MIN_INPUT_SIZE)
+MODELS["vit"] = ModelEntry("vit", "small ViT (beyond the paper): 4x4 patches, 6 pre-norm "
+                           "blocks of torch's TransformerEncoderLayer, width 192, 3 heads, "
+                           "ReLU MLPs (x4), no BatchNorm; units = MLP hidden units",
+                           _build_vit, lambda head: VIT_PATCH, units=("linear",),
+                           packable=False)
 
 
 def get_model_entry(name: str) -> ModelEntry:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from implicit_sparsity import defaults
+from implicit_sparsity.measure.features import trace_features
 from implicit_sparsity.measure.report import SparsityReport, analyze
+from implicit_sparsity.models import get_model_entry
 from implicit_sparsity.prune import PruneResult, prune_model
 from implicit_sparsity.train.restore import TrainedRun, load_trained, load_training_data
 
@@ -15,22 +18,34 @@ class RunEvaluation:
     trained: TrainedRun
     report: SparsityReport    # sparsity by |gamma| and activation, universality, % params
     pruned: PruneResult       # dead filters removed, proof on the test set, cost
+    criterion: str = "gamma"  # what decided the removal: |gamma|, or activation without BN
 
-    def percent(self, criterion: str) -> float:
-        inactive, features = self.report.total(criterion)
-        return 100.0 * inactive / features
+    def percent(self, criterion: str) -> float | None:
+        """% of units inactive by `criterion` (gamma, activation, dormant); None if not
+        measured (|gamma| in a model without BatchNorm)."""
+        counted = self.report.total(criterion)
+        return None if counted is None else 100.0 * counted[0] / counted[1]
 
 
 def evaluate_trained_run(run_dir: str | Path, data_dir: str | None = None, *,
                          latency_batches: tuple[int, ...] = (),
                          min_run_time: float = 0.5) -> RunEvaluation:
-    """Sparsity over the run's training corpus, then its dead filters removed with the
-    test-set proof (the paper's "Pruned Test Err.")."""
+    """Sparsity over the run's training corpus (and ReDo dormancy at the default tau), then
+    its dead units removed with the test-set proof (the paper's "Pruned Test Err."). The
+    units are the model's own (conv filters; MLP units for the ViT); a model without
+    BatchNorm is measured and pruned by activation, the only criterion it has."""
     trained = load_trained(run_dir)
     data = load_training_data(trained, "cpu", data_dir)
-    report = analyze(trained.model, lambda: data.train_eval_batches(500))
+    units = get_model_entry(trained.config.model).units
+    has_gamma = any(f.gamma is not None for f in trace_features(trained.model, units).features)
+    corpus = lambda: data.train_eval_batches(500)  # noqa: E731
+    report = analyze(trained.model, corpus, criterion="both" if has_gamma else "activation",
+                     units=units, dormancy_tau=defaults.DORMANCY_TAU)
     example = next(iter(data.test_batches(64)))[0]
-    pruned = prune_model(trained.model, example, check_data=list(data.test_batches(500)),
+    criterion = "gamma" if has_gamma else "activation"
+    pruned = prune_model(trained.model, example, criterion=criterion,
+                         corpus=None if has_gamma else corpus,
+                         check_data=list(data.test_batches(500)), units=units,
                          latency_batches=latency_batches, min_run_time=min_run_time,
                          force=True)  # a failed proof is recorded (changed predictions)
-    return RunEvaluation(trained, report, pruned)
+    return RunEvaluation(trained, report, pruned, criterion)

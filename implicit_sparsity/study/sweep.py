@@ -53,7 +53,8 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None) -> dict:
         "test_error_top5": final.get("test_error_top5"),  # runs of earlier versions: none
         "sparsity_gamma": result.percent("gamma"),
         "sparsity_activation": result.percent("activation"),
-        "params_pruned": report.percent_params_pruned("gamma"),
+        "sparsity_dormant": result.percent("dormant"),  # ReDo, tau = defaults.DORMANCY_TAU
+        "params_pruned": report.percent_params_pruned(result.criterion),
         "pruned_test_error": pruned.equivalence.error_after,
         "pruned_test_error_top5": pruned.equivalence.error_top5_after,
         "changed_predictions": pruned.equivalence.changed_predictions,
@@ -63,6 +64,7 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None) -> dict:
         "layers": {l.name: {"features": l.features,
                             "sparsity_gamma": l.percent(l.inactive_gamma),
                             "sparsity_activation": l.percent(l.inactive_activation),
+                            "sparsity_dormant": l.percent(l.inactive_dormant),
                             "universality_histogram": l.universality_histogram()}
                    for l in report.layers},
     }

@@ -149,18 +149,24 @@ def epoch_metrics(model: nn.Module, config: TrainConfig, data, epoch: int, facto
     """An epoch's line of metrics.jsonl: training figures, test loss / error, sparsity."""
     test_loss, test_error, test_error_top_k = evaluate(model,
                                                       data.test_batches(config.eval_batch_size))
-    layers = gamma_sparsity(model, config.gamma_threshold)
+    layers = gamma_sparsity(model, config.gamma_threshold)  # none in a model without BN
     return {
         "epoch": epoch, "lr": config.lr * factor,
         "train_loss": loss_sum / seen, "train_error": 100.0 * wrong / seen,
         "test_loss": test_loss, "test_error": test_error, "test_error_top5": test_error_top_k,
         "sparsity_gamma": {l.name: l.percent for l in layers},
-        "sparsity_gamma_total": total(layers).percent,
+        "sparsity_gamma_total": total(layers).percent if layers else None,
         "inactive_gamma": {l.name: l.inactive for l in layers},
         "features": {l.name: l.features for l in layers},
         "train_samples": seen, "train_seconds": train_seconds,
         "images_per_second": seen / train_seconds,
     }
+
+
+def gamma_text(metrics: dict) -> str:
+    """", sparsity by |gamma| x%" for an epoch's metrics; nothing for a model without BN."""
+    value = metrics.get("sparsity_gamma_total")
+    return "" if value is None else f", sparsity by |gamma| {value:.1f}%"
 
 
 def write_epoch(out: Path, model: nn.Module, optimizer_state: dict, config: TrainConfig, data,
@@ -292,7 +298,7 @@ def make_recycler(config: TrainConfig, model, optimizer, world: int):
 
     return Recycler(model, optimizer, every=config.recycle_every, tau=config.recycle_tau,
                     negative_slope=config.negative_slope, beta_init=config.beta_init,
-                    seed=config.seed)
+                    seed=config.seed, units=get_model_entry(config.model).units)
 
 
 def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallback, ...] = (),
@@ -418,11 +424,11 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
             write_epoch(out, model, optimizer.state_dict(), config, data, epoch, metrics, history)
         distributed.barrier(cluster)
         epochs_bar.set_postfix(test_err=f"{metrics['test_error']:.1f}",
-                               sparsity=f"{metrics['sparsity_gamma_total']:.0f}%")
+                               **({} if metrics["sparsity_gamma_total"] is None else {
+                                   "sparsity": f"{metrics['sparsity_gamma_total']:.0f}%"}))
         if epochs_bar.disable:  # no bar on a non-terminal: one line per epoch instead
             say(f"epoch {epoch}/{schedule.total_epochs}: train loss {metrics['train_loss']:.3f}"
-                f", test error {metrics['test_error']:.2f}%, sparsity by |gamma| "
-                f"{metrics['sparsity_gamma_total']:.1f}%")
+                f", test error {metrics['test_error']:.2f}%{gamma_text(metrics)}")
         if cluster.main:
             for callback in callbacks:
                 callback(epoch, model, metrics)

@@ -46,7 +46,8 @@ class PackedModels:
             raise ConfigError("packed runs must share one architecture")
         self.configs = [c.resolved() for c in configs]
         if not all(map(packable, self.configs)):
-            raise ConfigError("packed runs train in fp32 with the default memory layout")
+            raise ConfigError("packed runs train conv nets in fp32 with the default memory "
+                              "layout, without recycling")
         self.template = models[0]
         self.base = copy.deepcopy(models[0]).to("meta")
         self.params, self.buffers = stack_module_state(models)
@@ -204,9 +205,12 @@ def optimizer_identity(config: TrainConfig) -> tuple:
 
 def packable(config: TrainConfig) -> bool:
     """vmap's batch rules do not take BatchNorm under bf16 autocast, and stacked weights have
-    no NHWC layout; recycling edits one run's weights between steps: such runs train one by
-    one."""
-    return config.precision == "fp32" and not config.channels_last and not config.recycle_every
+    no NHWC layout; recycling edits one run's weights between steps; models outside the
+    paper's CNNs are not packed: such runs train one by one."""
+    from implicit_sparsity.models import get_model_entry
+
+    return (config.precision == "fp32" and not config.channels_last
+            and not config.recycle_every and get_model_entry(config.model).packable)
 
 
 def pack_key(config: TrainConfig) -> tuple:

@@ -14,8 +14,8 @@ unit scoring <= tau is recycled:
 - the optimizer's per-element state of all those weights (Adam's moments, SGD's momentum,
   ...) is zeroed, so that stale moments do not drive the unit back to zero at once.
 
-The paper's networks only (features whose channels end in convs / linears, not coupled by an
-add or concat, grouped convs excluded); the choice is the trade-off between free compression
+Conv filters, and MLP units for models measured on them (features whose channels end in
+convs / linears, not coupled by an add or concat, grouped convs excluded); the choice is the trade-off between free compression
 (remove the dead units after training) and kept capacity (revive them while training).
 """
 
@@ -29,7 +29,7 @@ from torch import nn
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.measure.activation import activation_statistics
-from implicit_sparsity.measure.features import Feature, trace_features
+from implicit_sparsity.measure.features import CONV_UNITS, Feature, trace_features
 
 
 @dataclass
@@ -53,7 +53,7 @@ def recyclable(features: list[Feature], model: nn.Module) -> list[Feature]:
     for f in features:
         if f.coupled or f.reaches_output or not f.has_activation or not f.consumers:
             continue
-        if f.conv.groups != 1:
+        if getattr(f.conv, "groups", 1) != 1:
             continue
         if all(_outgoing_block(modules[c], f.num_features) for c in f.consumers):
             found.append(f)
@@ -76,7 +76,7 @@ class Recycler:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int,
                  tau: float = defaults.RECYCLE_TAU, negative_slope: float = 0.0,
                  gamma_init: float = defaults.GAMMA_INIT, beta_init: float = defaults.BETA_INIT,
-                 seed: int = 0):
+                 seed: int = 0, units: tuple[str, ...] = CONV_UNITS):
         if every < 1:
             raise ConfigError(f"recycle_every must be >= 1 step, got {every}")
         if not 0.0 <= tau < 1.0:
@@ -85,7 +85,8 @@ class Recycler:
         self.gain = (nn.init.calculate_gain("relu") if negative_slope == 0.0 else
                      nn.init.calculate_gain("leaky_relu", negative_slope))
         self.gamma_init, self.beta_init = gamma_init, beta_init
-        self.features = recyclable(trace_features(model).features, model)
+        self.units = units  # conv filters, and MLP units with ALL_UNITS
+        self.features = recyclable(trace_features(model, units).features, model)
         if not self.features:
             raise ConfigError("recycling found no feature layer whose units it can recycle")
         self.modules = dict(model.named_modules())
@@ -103,8 +104,8 @@ class Recycler:
 
     @torch.no_grad()
     def recycle(self, x: torch.Tensor) -> dict[str, int]:
-        scores = activation_statistics(self.model, [x], universality=False,
-                                       mean_abs=True).dormancy()
+        scores = activation_statistics(self.model, [x], universality=False, mean_abs=True,
+                                       units=self.units).dormancy()
         self.log.checks += 1
         # fresh weights drawn from the seed and the step: a resumed run draws the same
         self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
