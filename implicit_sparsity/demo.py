@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from implicit_sparsity import defaults
+from implicit_sparsity.prune.cost import NOISE_NOTE, speedup_cell
 from implicit_sparsity.train import TrainConfig, ensure_trained, is_finished
 
 
@@ -127,11 +128,11 @@ def outcome_table(outcomes: list[dict]) -> str:
         p = o["pruned"]
         e = p.equivalence
         params = f"{p.params['before']['conv']:,} -> {p.params['after']['conv']:,}"
-        speedup = p.latency[0]["speedup"] if p.latency else float("nan")
+        speedup = speedup_cell(p.latency[0] if p.latency else None)
         lines.append(f"{o['label']:12s}{o['gamma']:10.1f}%{o['activation']:8.1f}%"
                      f"{e.error_before:9.2f}%{e.error_after:11.2f}%{params:>22s}"
-                     f"{p.mac_reduction:10.2f}x{speedup:9.2f}x")
+                     f"{p.mac_reduction:10.2f}x{speedup:>10s}")
     lines.append("(pruned err: the slim network on the same test set, predictions unchanged: "
                  f"{', '.join(str(o['pruned'].equivalence.changed_predictions) for o in outcomes)}"
-                 " changed; MACs and speed-up: original / slim, CPU, batch 64)")
+                 f" changed; MACs and speed-up: original / slim, CPU, batch 64; {NOISE_NOTE})")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from implicit_sparsity.explicit.methods import (l1_norm_selection, selectivity_s
                                                 slimming_selection)
 from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.prune import prune_model
+from implicit_sparsity.prune.cost import NOISE_NOTE, speedup_cell
 from implicit_sparsity.prune.slim_io import save_slim
 from implicit_sparsity.train import TrainConfig, ensure_trained
 from implicit_sparsity.train.restore import build_model_for, load_trained, load_training_data
@@ -46,6 +47,7 @@ class OperatingPoint:
     macs_before: int
     macs_after: int
     speedup_batch64: float | None
+    speedup_within_noise: bool
     error_before: float
     error_pruned: float
     error_finetuned: float | None
@@ -74,7 +76,8 @@ def _point(method, setting, result, seconds, epochs, finetuned=None) -> Operatin
         method, setting, sum(l.filters_before for l in result.layers),
         sum(l.filters_after for l in result.layers), result.params["before"]["conv"],
         result.params["after"]["conv"], result.macs["before"], result.macs["after"],
-        result.latency[0]["speedup"] if result.latency else None, e.error_before,
+        result.latency[0]["speedup"] if result.latency else None,
+        bool(result.latency and result.latency[0].get("within_noise")), e.error_before,
         e.error_after, finetuned, seconds, epochs)
 
 
@@ -262,7 +265,9 @@ def comparison_table(points: list[OperatingPoint], paper: list[dict] | None = No
         params = f"{p.conv_params_before:,} -> {p.conv_params_after:,}"
         macs = p.macs_before / max(1, p.macs_after)
         lost = p.filters_after < p.filters_before  # no filter lost: no speed-up to speak of
-        speed = f"{p.speedup_batch64:.2f}x" if p.speedup_batch64 and lost else "-"
+        speed = (speedup_cell({"speedup": p.speedup_batch64,
+                               "within_noise": p.speedup_within_noise})
+                 if p.speedup_batch64 and lost else "-")
         tuned = f"{p.error_finetuned:.1f}" if p.error_finetuned is not None else "-"
         theirs = reported.get((p.method, p.setting))
         beside = (f"  {theirs.get('percent_pruned', '-')}, {theirs.get('error', '-')}"
@@ -278,6 +283,8 @@ def comparison_table(points: list[OperatingPoint], paper: list[dict] | None = No
                          f"{theirs.get('percent_pruned', '-')}, {theirs.get('error', '-')}"
                          + (f" (before pruning {theirs['error_before']})"
                             if "error_before" in theirs else ""))
+    if any(p.speedup_batch64 for p in points):
+        lines.append(f"(speed-up: original / slim, CPU, batch 64; {NOISE_NOTE})")
     return "\n".join(lines)
 
 

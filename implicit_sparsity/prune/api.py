@@ -14,7 +14,7 @@ from implicit_sparsity.measure.activation import activation_statistics
 from implicit_sparsity.measure.features import (CONV_UNITS, require_batchnorm, require_finite,
                                                 trace_features)
 from implicit_sparsity.measure.scale import inactive_by_gamma
-from implicit_sparsity.prune.cost import latency_table, macs, parameter_counts
+from implicit_sparsity.prune.cost import describe_latency, latency_table, macs, parameter_counts
 from implicit_sparsity.prune.proof import Equivalence, compare_outputs
 from implicit_sparsity.prune.surgery import LayerDecision, fold_batchnorm, remove_dead_filters
 
@@ -86,12 +86,7 @@ class PruneResult:
         for l in self.layers:
             for reason, count in l.reasons.items():
                 lines.append(f"  {l.name}: {count} kept: {reason}")
-        for row in self.latency:
-            lines.append(f"latency {row['device']} batch {row['batch']:>3d} ({row['threads']} "
-                         f"threads): {row['before_ms']:.2f} ms -> {row['after_ms']:.2f} ms, "
-                         f"speed-up {row['speedup']:.2f}x"
-                         + (f" ({row['speedup_min']:.2f}-{row['speedup_max']:.2f} over "
-                            f"{row['rounds']} interleaved rounds)" if "rounds" in row else ""))
+        lines += [describe_latency(row) for row in self.latency]
         if self.equivalence is not None:
             e = self.equivalence
             errors = (f", test error {e.error_before:.2f}% -> {e.error_after:.2f}%"
@@ -122,6 +117,31 @@ def dead_masks(model: nn.Module, criterion: str, corpus=None,
     raise ConfigError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
 
 
+def keep_for_width(dead: dict[str, torch.Tensor], strength: dict[str, torch.Tensor] | None,
+                   multiple: int) -> dict[str, torch.Tensor]:
+    """Dead masks with a few dead units kept, so that each layer keeps a multiple of
+    `multiple` units (the widths CPU / GPU conv kernels run fastest at). Exact: a kept
+    unit is left as it is. The dead units kept are the strongest (largest |gamma| or
+    activation), in index order on ties."""
+    if multiple <= 1:
+        return dead
+    rounded = {}
+    for name, mask in dead.items():
+        mask = mask.clone()
+        alive = int((~mask).sum())
+        target = min(len(mask), max(multiple, -(-alive // multiple) * multiple))
+        extra = target - alive
+        if extra > 0:
+            candidates = mask.nonzero().flatten()
+            if strength is not None and name in strength:
+                order = torch.argsort(strength[name][candidates].float(), descending=True,
+                                      stable=True)
+                candidates = candidates[order]
+            mask[candidates[:extra]] = False
+        rounded[name] = mask
+    return rounded
+
+
 def _per_conv(model, traced, per_module: dict) -> dict[str, int]:
     return {f.name: per_module.get(f.conv_path, 0) for f in traced.features}
 
@@ -134,7 +154,7 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
                 threads: int | None = None, min_run_time: float = 0.5,
                 selection: dict[str, torch.Tensor] | None = None,
                 tolerance: float = DEFAULT_TOLERANCE, force: bool = False,
-                units: tuple[str, ...] = CONV_UNITS) -> PruneResult:
+                units: tuple[str, ...] = CONV_UNITS, round_to: int = 1) -> PruneResult:
     """Remove the dead filters of a copy of `model`.
 
     `example_input`: one input batch (shapes for tracing and MACs). `corpus`: the training
@@ -144,6 +164,8 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
     to remove whatever they compute (an explicit method's choice, see
     `implicit_sparsity.explicit`); predictions then change, and fine-tuning follows.
     `units=ALL_UNITS`: MLP units (Linear -> activation) too, besides conv filters.
+    `round_to`: keep enough dead units that each layer's width is a multiple of it (the
+    latency-tuned model of `prune.tune`; 1: the exact minimum).
 
     Exact or refused: when dead filters are removed and `check_data` is given, a slim model
     whose outputs differ beyond `tolerance` (relative to max |logit|), change a prediction or
@@ -155,6 +177,16 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
     else:
         dead, strength = dead_masks(model, criterion, corpus, gamma_threshold,
                                     activation_threshold, units)
+        if round_to > 1:  # round the widths the removal leaves: first see what it removes
+            trial = copy.deepcopy(model).eval()
+            removable = remove_dead_filters(
+                trial, trace_features(trial, units), dead, example_input, strength,
+                zero_when_dead=criterion == "activation",
+                tolerance=min(tolerance, DEFAULT_STEP_TOLERANCE))
+            dead = {d.name: torch.isin(torch.arange(len(dead[d.name])),
+                                       torch.tensor(d.removed, dtype=torch.long))
+                    for d in removable if d.name in dead}
+            dead = keep_for_width(dead, strength, round_to)
     slim = copy.deepcopy(model).eval()
     example = example_input[:1]
     before_traced = trace_features(model, units)

@@ -1,6 +1,10 @@
-"""What a model costs: parameters, MACs (torch.utils.flop_counter), measured latency
-(torch.utils.benchmark, threads fixed and stated; before and after interleaved over
-several rounds, reported with the spread of the speed-up)."""
+"""What a model costs: parameters, MACs (torch.utils.flop_counter), measured latency.
+
+Latency has one definition wherever a speed-up is reported (`prune`, the demo, `compare`,
+the benchmarks): torch.utils.benchmark timers with the thread count fixed and stated, a
+warm-up, then the models timed in alternating rounds (so that a change of machine load
+hits all alike); each model's median and interquartile range over the rounds, and the
+speed-up's median and IQR. A speed-up whose two IQRs overlap is "within noise"."""
 
 from __future__ import annotations
 
@@ -64,31 +68,89 @@ def interleaved_latency(before: nn.Module, after: nn.Module, example: torch.Tens
                         rounds: int = LATENCY_ROUNDS) -> tuple[list[float], list[float]]:
     """Seconds per forward pass of both models, measured in alternating rounds (so that a
     change of machine load hits both alike): ([before per round], [after per round])."""
+    first, second = interleaved_times([before, after], example, threads, min_run_time, rounds)
+    return first, second
+
+
+@torch.no_grad()
+def interleaved_times(models: list[nn.Module], example: torch.Tensor,
+                      threads: int | None = None, min_run_time: float = 0.5,
+                      rounds: int = LATENCY_ROUNDS) -> list[list[float]]:
+    """Seconds per forward pass of each model, one timing of each per round, the rounds in
+    turn; each model runs about `min_run_time` seconds in all, after a warm-up."""
     threads = threads or torch.get_num_threads()
-    timers = [_timer(m.eval(), example, threads) for m in (before, after)]
-    single = [t.timeit(1).mean for t in timers]  # warm-up, and the size of a round
-    number = max(1, int(min_run_time / (2 * rounds * max(single))))
-    times: tuple[list[float], list[float]] = ([], [])
+    timers = [_timer(m.eval(), example, threads) for m in models]
+    for timer in timers:
+        timer.timeit(1)  # warm-up: first-call allocations, oneDNN primitive creation
+    single = [t.timeit(1).mean for t in timers]
+    numbers = [max(1, int(min_run_time / (rounds * s))) for s in single]
+    times: list[list[float]] = [[] for _ in models]
     for _ in range(rounds):
-        for timer, into in zip(timers, times):
+        for timer, number, into in zip(timers, numbers, times):
             into.append(timer.timeit(number).mean)
     return times
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """(first, third) quartile; both the value itself for a single one."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+def within_noise(first: list[float], second: list[float]) -> bool:
+    """Whether two sets of timings' interquartile ranges overlap."""
+    (a1, a3), (b1, b3) = quartiles(first), quartiles(second)
+    return a1 <= b3 and b1 <= a3
+
+
+def latency_row(first: list[float], second: list[float], batch: int, device: str,
+                threads: int) -> dict:
+    """One row of a latency table from both models' seconds per round."""
+    ratios = [b / a for b, a in zip(first, second)]
+    (b1, b3), (a1, a3), (r1, r3) = quartiles(first), quartiles(second), quartiles(ratios)
+    return {"device": device, "batch": batch, "threads": threads,
+            "before_ms": 1e3 * statistics.median(first), "before_iqr_ms": 1e3 * (b3 - b1),
+            "after_ms": 1e3 * statistics.median(second), "after_iqr_ms": 1e3 * (a3 - a1),
+            "speedup": statistics.median(ratios), "speedup_q1": r1, "speedup_q3": r3,
+            "speedup_min": min(ratios), "speedup_max": max(ratios), "rounds": len(ratios),
+            "within_noise": within_noise(first, second)}
+
+
+def describe_latency(row: dict) -> str:
+    """A latency row as one line: medians, IQRs, the speed-up and whether it is noise."""
+    text = (f"latency {row['device']} batch {row['batch']:>3d} ({row['threads']} threads): "
+            f"{row['before_ms']:.2f} ms -> {row['after_ms']:.2f} ms, speed-up "
+            f"{row['speedup']:.2f}x")
+    if "speedup_q1" in row:
+        text += (f" (IQR {row['speedup_q1']:.2f}-{row['speedup_q3']:.2f} over "
+                 f"{row['rounds']} interleaved rounds)")
+    if row.get("within_noise"):
+        text += ", within noise"
+    return text
+
+
+def speedup_cell(row: dict | None) -> str:
+    """A speed-up for a table cell: "2.10x", "1.02x~" when within noise, "-" unmeasured."""
+    if not row:
+        return "-"
+    return f"{row['speedup']:.2f}x" + ("~" if row.get("within_noise") else "")
+
+
+#: The footnote of tables whose speed-up cells use `speedup_cell`.
+NOISE_NOTE = "~: within noise (the IQRs of the two timings overlap)"
 
 
 def latency_table(before: nn.Module, after: nn.Module, example: torch.Tensor,
                   batch_sizes=(1, 64), threads: int | None = None,
                   min_run_time: float = 0.5, rounds: int = LATENCY_ROUNDS) -> list[dict]:
     """Latency of both models at each batch size, interleaved over `rounds` rounds: the
-    medians, and the speed-up's median and range over the rounds."""
+    medians with their IQRs, and the speed-up's median and IQR over the rounds."""
     rows = []
+    threads = threads or torch.get_num_threads()
     for batch in batch_sizes:
         x = example[:1].expand(batch, *example.shape[1:]).contiguous()
         first, second = interleaved_latency(before, after, x, threads, min_run_time, rounds)
-        ratios = sorted(b / a for b, a in zip(first, second))
-        rows.append({"device": str(x.device), "batch": batch,
-                     "threads": threads or torch.get_num_threads(),
-                     "before_ms": 1e3 * statistics.median(first),
-                     "after_ms": 1e3 * statistics.median(second),
-                     "speedup": statistics.median(ratios), "speedup_min": ratios[0],
-                     "speedup_max": ratios[-1], "rounds": rounds})
+        rows.append(latency_row(first, second, batch, str(x.device), threads))
     return rows

@@ -1,0 +1,128 @@
+"""The latency-tuned slim model: the slim model deployed the way this machine runs it fastest.
+
+Removing every dead filter gives the fewest MACs, not always the lowest latency: conv
+kernels prefer some widths (multiples of 8 or 16 for vectorized kernels) and some memory
+layouts (channels-last runs oneDNN's NHWC kernels on CPUs), and a BatchNorm after a conv is
+a pass over memory that folding it into the conv's weights removes. Every candidate is
+exact: BatchNorm folded with its eval statistics, dead filters kept (they output zero or a
+constant, as they did) to round widths up, a layout that changes no formula; each passes
+the same proof as the exact-minimum model. The candidates and the original are timed in
+interleaved rounds (`prune.cost`) and the fastest at the target batch is kept, so that a
+rounding or a layout is used only where it measures faster here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from implicit_sparsity.errors import ProofError
+from implicit_sparsity.prune.api import DEFAULT_TOLERANCE, PruneResult, prune_model
+from implicit_sparsity.prune.cost import (LATENCY_ROUNDS, interleaved_times, latency_row,
+                                          macs)
+from implicit_sparsity.prune.proof import compare_outputs
+
+#: Widths tried: the exact minimum, and rounded up to these multiples.
+ROUNDINGS = (1, 8, 16)
+LAYOUTS = ("contiguous", "channels_last")
+
+
+@dataclass
+class Candidate:
+    name: str
+    model: nn.Module
+    rounding: int
+    layout: str
+    folded: bool
+    macs: int
+    latency: list[dict] = field(default_factory=list)  # one latency row per batch size
+
+    def at(self, batch: int) -> dict:
+        return next(row for row in self.latency if row["batch"] == batch)
+
+
+@dataclass
+class TunedSlim:
+    exact: PruneResult          # the exact-minimum slim model, as prune_model gives it
+    candidates: list[Candidate]  # candidates[0]: that model; the others BN-folded
+    best: Candidate              # the fastest at `target_batch` (highest median speed-up)
+    target_batch: int
+    macs_before: int
+
+    @property
+    def model(self) -> nn.Module:
+        return self.best.model
+
+    def ratio(self, candidate: Candidate, batch: int) -> float:
+        """Measured speed-up over the exact minimum's MAC reduction (1.0: as fast as the
+        MACs promise)."""
+        return candidate.at(batch)["speedup"] / self.exact.mac_reduction
+
+    def table(self) -> str:
+        batches = [row["batch"] for row in self.candidates[0].latency]
+        lines = [f"{'slim model':42s}{'MACs':>8s}"
+                 + "".join(f"{f'batch {b} ms':>14s}{'speed-up':>10s}{'/ MACs':>8s}"
+                           for b in batches)]
+        for c in self.candidates:
+            cells = ""
+            for b in batches:
+                row = c.at(b)
+                cells += (f"{row['after_ms']:8.2f} ±{row['after_iqr_ms']:4.2f}"
+                          f"{row['speedup']:9.2f}x{'~' if row['within_noise'] else ' '}"
+                          f"{self.ratio(c, b):7.2f}")
+            mark = "  <- latency-tuned" if c is self.best else ""
+            lines.append(f"{c.name:42s}{self.macs_before / max(1, c.macs):7.2f}x{cells}{mark}")
+        first = self.candidates[0].at(batches[0])
+        lines.append(f"(original / slim, {first['device']}, {first['threads']} threads, "
+                     f"medians ± IQR over {first['rounds']} interleaved rounds; / MACs: "
+                     f"speed-up over the exact minimum's MAC reduction "
+                     f"{self.exact.mac_reduction:.2f}x; ~: within noise)")
+        return "\n".join(lines)
+
+
+def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
+              batch_sizes: tuple[int, ...] = (1, 64), target_batch: int = 64,
+              threads: int | None = None, min_run_time: float = 0.5,
+              rounds: int = LATENCY_ROUNDS, roundings: tuple[int, ...] = ROUNDINGS,
+              layouts: tuple[str, ...] = LAYOUTS, tolerance: float = DEFAULT_TOLERANCE,
+              **prune_kwargs) -> TunedSlim:
+    """The exact-minimum slim model and its exact deployment candidates, timed against the
+    original at `batch_sizes`; the fastest at `target_batch` is `best`. `prune_kwargs` go to
+    `prune_model` (criterion, corpus, units, thresholds). A candidate whose outputs differ
+    beyond `tolerance` on `check_data` raises ProofError: exact or refused."""
+    if target_batch not in batch_sizes:
+        raise ValueError(f"target batch {target_batch} is not among {batch_sizes}")
+    model.eval()
+    exact = prune_model(model, example_input, check_data=check_data, latency_batches=(),
+                        tolerance=tolerance, **prune_kwargs)
+    example = example_input[:1]
+    candidates = [Candidate("exact minimum", exact.model, 1, "contiguous", False,
+                            macs(exact.model, example)["total"])]
+    for rounding in roundings:
+        folded = prune_model(model, example_input, check_data=check_data, fold_bn=True,
+                             latency_batches=(), round_to=rounding, tolerance=tolerance,
+                             **prune_kwargs)
+        for layout in layouts:
+            slim = folded.model
+            if layout == "channels_last":
+                slim = copy.deepcopy(slim).to(memory_format=torch.channels_last)
+                proof = compare_outputs(model, slim, check_data)
+                if not proof.holds(tolerance):
+                    raise ProofError(f"the channels-last slim model changed the outputs: "
+                                     f"{proof.describe()}")
+            width = "exact widths" if rounding == 1 else f"widths to x{rounding}"
+            candidates.append(Candidate(f"BN folded, {width}, {layout}", slim, rounding,
+                                        layout, True, macs(slim, example)["total"]))
+    threads = threads or torch.get_num_threads()
+    for batch in batch_sizes:
+        x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
+        times = interleaved_times([model] + [c.model for c in candidates], x, threads,
+                                  min_run_time, rounds)
+        for c, seconds in zip(candidates, times[1:]):
+            c.latency.append(latency_row(times[0], seconds, batch, str(x.device), threads))
+    # by the speed-up's median over rounds: each round's ratio sees one machine state
+    best = max(candidates, key=lambda c: c.at(target_batch)["speedup"])
+    return TunedSlim(exact, candidates, best, target_batch, macs(model, example)["total"])
