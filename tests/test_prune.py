@@ -228,3 +228,28 @@ def test_prune_command(tmp_path, fashion_dir, capsys):
                  "--no-latency"]) == 0
     out = capsys.readouterr().out
     assert "whose removal would not be exact" in out and "0 of 60 predictions changed" in out
+
+
+def test_prune_command_tunes_for_latency(tmp_path, fashion_dir, capsys):
+    """--tune: every candidate proven and timed; the fastest (if not the exact minimum) is
+    written beside the exact-minimum model and loads back to the same outputs."""
+    from implicit_sparsity.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(data_dir=str(fashion_dir), width="0.0625", epochs=[1], lam=1e-3), run,
+          verbose=False)
+    assert main(["prune", str(run), "--out", str(tmp_path / "slim"), "--gamma-threshold",
+                 "0.9", "--no-latency", "--tune", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "exact minimum" in out and "BN folded, widths to x8, channels_last" in out
+    assert "<- latency-tuned" in out and "interleaved rounds" in out
+    tuned = tmp_path / "slim" / "latency_tuned"
+    assert ("nothing more to write" in out) != tuned.is_dir()
+    if tuned.is_dir():
+        report = json.loads((tuned / "prune_report.json").read_text())
+        assert report["layout"] in ("contiguous", "channels_last")
+        assert len(report["latency_candidates"]) == 7
+        x = torch.randn(4, 1, 28, 28)
+        with torch.no_grad():
+            assert torch.allclose(load_slim(tuned)(x), load_slim(tmp_path / "slim")(x),
+                                  atol=1e-4)

@@ -38,6 +38,7 @@ class Candidate:
     layout: str
     folded: bool
     macs: int
+    result: PruneResult  # how it was built (its layers, proof); its model in NCHW layout
     latency: list[dict] = field(default_factory=list)  # one latency row per batch size
 
     def at(self, batch: int) -> dict:
@@ -100,7 +101,7 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
                         tolerance=tolerance, **prune_kwargs)
     example = example_input[:1]
     candidates = [Candidate("exact minimum", exact.model, 1, "contiguous", False,
-                            macs(exact.model, example)["total"])]
+                            macs(exact.model, example)["total"], exact)]
     for rounding in roundings:
         folded = prune_model(model, example_input, check_data=check_data, fold_bn=True,
                              latency_batches=(), round_to=rounding, tolerance=tolerance,
@@ -115,7 +116,7 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
                                      f"{proof.describe()}")
             width = "exact widths" if rounding == 1 else f"widths to x{rounding}"
             candidates.append(Candidate(f"BN folded, {width}, {layout}", slim, rounding,
-                                        layout, True, macs(slim, example)["total"]))
+                                        layout, True, macs(slim, example)["total"], folded))
     threads = threads or torch.get_num_threads()
     for batch in batch_sizes:
         x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
