@@ -213,3 +213,28 @@ def test_packed_runs_with_a_captured_step_match_eager_packed_runs():
     for k in range(2):
         for a, b in zip(graphed.state_dict(k).values(), eager.state_dict(k).values()):
             assert torch.equal(a, b)
+
+
+def test_a_compiled_step_is_checked_and_trains_like_eager(fashion_dir, tmp_path, monkeypatch):
+    """step_capture compile: the first step runs both ways and the compiled one is kept when
+    it matches; the partial last batch runs eagerly. aot_eager traces forward and backward
+    as inductor does, without generating kernels (no C++ compiler, seconds not minutes):
+    its numbers are eager's, so the runs agree exactly. Inductor is timed in
+    benchmarks/train_throughput.py --compile."""
+    monkeypatch.setattr(capture_module, "COMPILE_BACKEND", "aot_eager")
+    base = dict(data_dir=str(fashion_dir), width="0.0625", epochs=[2], batch_size=16,
+                device="cpu")  # 120 images: 7 full batches + 8
+    eager = train(TrainConfig(**base), tmp_path / "eager", verbose=False)
+    compiled = train(TrainConfig(**base, step_capture="compile"), tmp_path / "compiled",
+                     verbose=False)
+    assert compiled.metrics[0]["training_step"].startswith("torch.compile (matches eager")
+    for key in ("train_loss", "test_loss"):
+        assert [m[key] for m in compiled.metrics] == pytest.approx(
+            [m[key] for m in eager.metrics], rel=1e-6)
+    # a compiled step that differs stops a run that asked for it, before any epoch is saved
+    monkeypatch.setattr(capture_module, "COMPILE_RTOL", -1.0)
+    with pytest.raises(RunStateError, match="step_capture compile: the compiled step differed"):
+        train(TrainConfig(**base, step_capture="compile"), tmp_path / "differs", verbose=False)
+    assert not (tmp_path / "differs" / "checkpoint.pt").exists()
+    with pytest.raises(ConfigError, match="compile does not apply to a model with dropout"):
+        should_capture("compile", torch.device("cpu"), torch.nn.Dropout(), 1)

@@ -23,7 +23,7 @@ VALUE_NAMES = {**{f"layers.C{i}.sparsity_gamma": f"C{i} % by γ" for i in range(
                "test_error": "test err", "pruned_test_error": "pruned test err",
                "test_error_top5": "top-5 err", "pruned_test_error_top5": "pruned top-5 err",
                "params_pruned": "% params pruned", "train_loss": "train loss",
-               "test_loss": "test loss"}
+               "test_loss": "test loss", "changed_predictions": "changed predictions"}
 
 
 #: Text -> LaTeX: the characters LaTeX reserves, and the symbols our tables use.

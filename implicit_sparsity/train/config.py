@@ -26,7 +26,7 @@ from implicit_sparsity.optim.optimizers import (build_optimizer, default_lr,
 from implicit_sparsity.optim.regularization import check_regularizer
 from implicit_sparsity.optim.schedule import StepSchedule, same_iterations_epochs
 
-CAPTURE_MODES = ("auto", "off", "cuda-graph")  # how a training step runs (train.capture)
+CAPTURE_MODES = ("auto", "off", "cuda-graph", "compile")  # how a training step runs (train.capture)
 
 
 @dataclass

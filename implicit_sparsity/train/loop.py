@@ -357,7 +357,8 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
 
     forward_backward = ForwardBackward(compute, list(model.parameters()), list(model.buffers()),
                                        capture=capture, reason=step_status,
-                                       insist=config.step_capture == "cuda-graph")
+                                       insist=config.step_capture in ("cuda-graph", "compile"),
+                                       compile=config.step_capture == "compile")
     say = tqdm.write if verbose and cluster.main else (lambda *_: None)
     say(f"{'resuming' if resume else 'training'} {config.model} (width {config.width}) on "
         f"{config.dataset} [{data.num_train} train / {data.num_test} test] with "

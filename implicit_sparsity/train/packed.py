@@ -210,7 +210,8 @@ def packable(config: TrainConfig) -> bool:
     from implicit_sparsity.models import get_model_entry
 
     return (config.precision == "fp32" and not config.channels_last
-            and not config.recycle_every and get_model_entry(config.model).packable)
+            and not config.recycle_every and get_model_entry(config.model).packable
+            and config.step_capture != "compile")
 
 
 def pack_key(config: TrainConfig) -> tuple:
