@@ -9,9 +9,13 @@ Same model (BasicNet), same optimizer (Adam + L2), batch size 40, same Fashion-M
 Ours flips each batch too, keeps data on the device, and records its metrics each epoch.
 The loops run interleaved (DataLoader, indexed, ours, indexed, DataLoader) so that a change
 of machine load shows as spread; images/s are medians over epochs, with their range.
+`--compile` adds our loop with `step_capture: compile` (torch.compile's forward + backward,
+checked against eager at its first step); its first epoch, which compiles, is left out of
+its median and printed apart.
 Target: ours / indexed >= 1.0 on CPU.
 
     python benchmarks/train_throughput.py [--width 0.25] [--images 8000] [--epochs 3]
+                                          [--compile]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from implicit_sparsity.data import load_dataset
+from implicit_sparsity.errors import RunStateError
 from implicit_sparsity.models import build_model
 from implicit_sparsity.train import TrainConfig, train
 
@@ -82,11 +87,13 @@ def indexed_loop(args, device) -> list[float]:
     return rates
 
 
-def our_loop(args, device) -> list[float]:
+def our_loop(args, device, step_capture: str = "auto", epochs: int | None = None
+             ) -> list[float]:
     config = TrainConfig(model="basicnet", width=args.width, dataset="fashion-mnist",
                          data_dir=args.data_dir, train_subset=args.images, test_subset=1000,
                          optimizer="adam", regularizer="l2", lam=args.lam, batch_size=40,
-                         epochs=[args.epochs], device=str(device))
+                         epochs=[epochs or args.epochs], device=str(device),
+                         step_capture=step_capture)
     with tempfile.TemporaryDirectory() as out:
         result = train(config, f"{out}/run", verbose=False)
     return [m["images_per_second"] for m in result.metrics]
@@ -100,6 +107,8 @@ def main() -> None:
     parser.add_argument("--lam", type=float, default=1e-4)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our loop with step_capture: compile")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"device {device}, torch threads {torch.get_num_threads()}, BasicNet width "
@@ -107,6 +116,12 @@ def main() -> None:
     loader_a = plain_loop(args, device)
     indexed_a = indexed_loop(args, device)
     ours = our_loop(args, device)
+    compiled = refused = None
+    if args.compile:
+        try:
+            compiled = our_loop(args, device, "compile", args.epochs + 1)
+        except RunStateError as error:  # the compiled step did not match eager: refused
+            refused = str(error)
     indexed_b = indexed_loop(args, device)
     loader_b = plain_loop(args, device)  # interleaved: drift shows up as spread
 
@@ -117,6 +132,13 @@ def main() -> None:
     print(line("plain, indexed", indexed))
     print(line("plain, DataLoader", loader))
     print(line("implicit-sparsity", ours))
+    if refused:
+        print(f"ours, torch.compile: refused ({refused})")
+    if compiled:
+        print(line("ours, torch.compile", compiled[1:])
+              + f"; first epoch, compiling: {compiled[0]:.0f} images/s")
+        print(f"ratio compiled / indexed: "
+              f"{statistics.median(compiled[1:]) / statistics.median(indexed_a + indexed_b):.2f}")
     mine = statistics.median(ours)
     print(f"ratio ours / indexed: {mine / statistics.median(indexed):.2f} (target >= 1.0; "
           f"range {min(ours) / max(indexed):.2f}-{max(ours) / min(indexed):.2f}); "

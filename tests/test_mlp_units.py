@@ -315,3 +315,44 @@ def test_mlp_weights_freed_by_hand():
     assert report.conv_params_kept["activation"] == kept
     assert report.percent_params_pruned("activation") == pytest.approx(
         100 * (1 - kept / report.conv_params))
+
+
+class GroupNormNet(nn.Module):
+    """conv -> GroupNorm -> ReLU twice, a conv -> LayerNorm([C, H, W]) -> ReLU, GAP, fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8)
+        self.c2, self.n2 = nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(8, 8)
+        self.c3, self.n3 = nn.Conv2d(8, 4, 3, padding=1), nn.LayerNorm([4, 6, 6])
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.n1(self.c1(x)))
+        x = torch.relu(self.n2(self.c2(x)))
+        x = torch.relu(self.n3(self.c3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_group_and_layer_norm_conv_units_are_measured_after_the_norm_and_never_removed():
+    torch.manual_seed(0)
+    model = GroupNormNet().double().eval()
+    with torch.no_grad():  # dead after the norm: zero scale, negative shift
+        model.n1.weight[[1, 6]], model.n1.bias[[1, 6]] = 0.0, -1.0
+        model.n2.weight[3], model.n2.bias[3] = 0.0, -1.0
+    traced = trace_features(model)
+    assert [(f.name, f.shared_norm, f.coupled, f.gamma) for f in traced.features] == [
+        ("c1", "GroupNorm", True, None), ("c2", "GroupNorm", True, None),
+        ("c3", "LayerNorm", True, None)]
+    x = torch.randn(10, 3, 6, 6, dtype=torch.float64)
+    report = analyze(model, [x], criterion="activation")
+    assert [l.inactive_activation for l in report.layers] == [2, 1, 0]
+    assert report.percent_params_pruned("activation") == 0.0
+    assert [len(l.universality) for l in report.layers] == [8, 8, 4]
+    assert report.layers[0].universality[1] == report.layers[0].universality[6] == 0.0
+    result = prune_model(model, x, criterion="activation", corpus=[x], check_data=[x],
+                         latency_batches=())
+    assert all(d.filters_after == d.filters_before for d in result.layers)
+    assert result.layers[0].reasons == {"normalized together with other channels (GroupNorm)": 2}
+    with torch.no_grad():
+        assert torch.equal(result.model(x), model(x))

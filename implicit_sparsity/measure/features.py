@@ -18,6 +18,10 @@ that read its channels. A feature whose channels reach anything else (a residual
 concatenation, a product) is *coupled*: its channels cannot be removed on their own. One
 that reaches the model's output (a conv classifier) is never pruned.
 
+A conv followed by a GroupNorm or LayerNorm (then an activation) is measured after the norm
+and its activation, as a BN feature is; its channels are normalized together, so they are
+never removed one by one (exact or not at all), and it has no |gamma| criterion.
+
 Units beyond conv filters (`units=ALL_UNITS`): a Linear followed by an activation, with an
 optional BatchNorm1d between (MLP hidden units, the hidden units of a Transformer's MLP
 block: Linear -> GELU / ReLU -> Linear, torch's nn.TransformerEncoderLayer included).
@@ -102,6 +106,9 @@ class Feature:
     border_sensitive: bool = False    # a padded average pool or a BN changes a constant
     bn_has_activation: bool = False   # a BN-with-activation module (timm BatchNormAct2d)
     kind: str = "conv"                # "conv" (channels dim 1) or "linear" (channels last)
+    #: a GroupNorm / LayerNorm between conv and activation: measured after it, but its
+    #: channels are normalized together, so none can be removed exactly on its own
+    shared_norm: str | None = None
 
     @property
     def num_features(self) -> int:
@@ -354,7 +361,13 @@ def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> Tra
         if not isinstance(bn, norm_type) or bn_node.args[0] is not first:
             bn_node, bn = None, None
         bn_act = bn is not None and _is_batchnorm_with_activation(bn)
-        out = _skip_identities(gm, bn_node if bn_node is not None else first)
+        shared = None
+        if bn is None and not linear and len(first.users) == 1:
+            user = next(iter(first.users))
+            if isinstance(_module(gm, user), (nn.GroupNorm, nn.LayerNorm)) and \
+                    user.args[0] is first:
+                shared = user  # conv -> GroupNorm -> activation: the unit is after the norm
+        out = _skip_identities(gm, bn_node if bn_node is not None else shared or first)
         act = next(iter(out.users)) if len(out.users) == 1 and not bn_act else None
         has_act = act is not None and _is_activation(gm, act) and act.args[0] is out
         if linear and not (has_act or bn_act):
@@ -363,6 +376,7 @@ def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> Tra
         consumers: list[str] = []
         flags: dict = {}
         coupled = not _ends_in_consumers(gm, output, consumers, flags, channels_last=linear)
+        coupled = coupled or shared is not None  # frees no parameter on its own
         features.append(Feature(node.target, node.target, conv,
                                 bn_node.target if bn_node is not None else None, bn,
                                 output.name, has_act or bn_act, consumers, coupled,
@@ -371,7 +385,9 @@ def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> Tra
                                 reaches_output=bool(flags.get("output")),
                                 border_sensitive=bool(flags.get("border")),
                                 bn_has_activation=bn_act,
-                                kind="linear" if linear else "conv"))
+                                kind="linear" if linear else "conv",
+                                shared_norm=None if shared is None else
+                                type(_module(gm, shared)).__name__))
     convs = [f for f in features if f.kind == "conv"]
     if convs and all(id(f.conv) in blocks for f in convs):
         order = sorted(convs, key=lambda f: blocks[id(f.conv)])

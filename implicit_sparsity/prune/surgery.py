@@ -283,6 +283,10 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
             decision.keep(torch.nonzero(mask).flatten().tolist(),
                           "its channels are the model's output")
             continue
+        if exact and feature.shared_norm:
+            decision.keep(torch.nonzero(mask).flatten().tolist(),
+                          f"normalized together with other channels ({feature.shared_norm})")
+            continue
         foldable = _foldable(feature, traced.graph_module)
         candidates, folds = [], []
         for current, original in enumerate(remaining[feature.name]):
