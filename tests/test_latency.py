@@ -26,8 +26,12 @@ def test_quartiles_speedup_and_noise_by_hand():
     assert row["before_ms"] == pytest.approx(11e3) and row["after_iqr_ms"] == pytest.approx(
         1e3 * (6.0 - 5.2))
     assert not row["within_noise"] and speedup_cell(row) == "2.00x"
+    # ratios 0.952, 1.158, 0.75: IQR (inclusive) 0.851-1.055 includes 1
     same = latency_row([1.0, 1.1, 0.9], [1.05, 0.95, 1.2], 1, "cpu", 1)
     assert within_noise([1.0, 1.1, 0.9], [1.05, 0.95, 1.2]) and same["within_noise"]
+    # load drifting between rounds: the timings' own IQRs overlap, every round agrees
+    drift_before, drift_after = [10.0, 20.0, 30.0, 40.0], [8.0, 16.0, 24.0, 32.0]
+    assert not within_noise(drift_before, drift_after)
     assert speedup_cell(same).endswith("x~") and "within noise" in describe_latency(same)
     assert speedup_cell(None) == "-"
 

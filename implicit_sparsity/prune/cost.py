@@ -4,7 +4,10 @@ Latency has one definition wherever a speed-up is reported (`prune`, the demo, `
 the benchmarks): torch.utils.benchmark timers with the thread count fixed and stated, a
 warm-up, then the models timed in alternating rounds (so that a change of machine load
 hits all alike); each model's median and interquartile range over the rounds, and the
-speed-up's median and IQR. A speed-up whose two IQRs overlap is "within noise"."""
+speed-up's median and IQR over the rounds (each round's ratio pairs two timings taken
+together). A speed-up whose IQR includes 1.0 is "within noise": the rounds do not agree
+on which model is faster. (The two models' own IQRs can overlap while every round agrees,
+when the machine's load drifts between rounds; pairing is what interleaving is for.)"""
 
 from __future__ import annotations
 
@@ -100,9 +103,10 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 
 
 def within_noise(first: list[float], second: list[float]) -> bool:
-    """Whether two sets of timings' interquartile ranges overlap."""
-    (a1, a3), (b1, b3) = quartiles(first), quartiles(second)
-    return a1 <= b3 and b1 <= a3
+    """Whether the paired ratios first / second of rounds taken together have an
+    interquartile range that includes 1 (no agreement on which is faster)."""
+    q1, q3 = quartiles([a / b for a, b in zip(first, second)])
+    return q1 <= 1.0 <= q3
 
 
 def latency_row(first: list[float], second: list[float], batch: int, device: str,
@@ -139,7 +143,7 @@ def speedup_cell(row: dict | None) -> str:
 
 
 #: The footnote of tables whose speed-up cells use `speedup_cell`.
-NOISE_NOTE = "~: within noise (the IQRs of the two timings overlap)"
+NOISE_NOTE = "~: within noise (the speed-up's IQR over interleaved rounds includes 1)"
 
 
 def latency_table(before: nn.Module, after: nn.Module, example: torch.Tensor,
