@@ -110,14 +110,16 @@ def _instrument(traced: TracedModel, device, mean_abs: bool = False) -> dict[str
 @torch.no_grad()
 def activation_statistics(model: nn.Module, batches: Iterable, *, universality: bool = True,
                           universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD,
-                          mean_abs: bool = False, units: tuple[str, ...] = CONV_UNITS
-                          ) -> ActivationStats:
+                          mean_abs: bool = False, units: tuple[str, ...] = CONV_UNITS,
+                          traced: TracedModel | None = None) -> ActivationStats:
     """One pass over `batches` (inputs, or (inputs, labels) pairs) for the maxima, and a
     second one for universality when asked. `batches` must be re-iterable for the second
     pass (a list, or an object whose __iter__ starts over); a callable returning a fresh
     iterator also works. The model is evaluated in eval mode, in float32 (float64 for a
-    float64 model)."""
-    traced = trace_features(model, units)  # a fresh trace: recorders go into its graph only
+    float64 model). `traced`: a trace of `model` made for this call (`trace_features`, to
+    save tracing again); recorders are spliced into its graph, so it serves once."""
+    if traced is None:
+        traced = trace_features(model, units)  # recorders go into this trace's graph only
     first = next(model.parameters())
     device = first.device
     dtype = first.dtype if first.is_floating_point() and first.dtype == torch.float64 else (

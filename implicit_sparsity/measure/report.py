@@ -14,8 +14,9 @@ from torch import nn
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError, NonFiniteError
 from implicit_sparsity.measure.activation import activation_statistics
-from implicit_sparsity.measure.features import (CONV_UNITS, count_conv_params, require_batchnorm,
-                                                require_finite, trace_features)
+from implicit_sparsity.measure.features import (CONV_UNITS, TracedModel, count_conv_params,
+                                                require_batchnorm, require_finite,
+                                                trace_features)
 from implicit_sparsity.measure.scale import inactive_by_gamma
 
 CRITERIA = ("gamma", "activation", "both")
@@ -120,8 +121,8 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
             activation_threshold: float = defaults.ACTIVATION_THRESHOLD,
             universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD,
             universality: bool = True, units: tuple[str, ...] = CONV_UNITS,
-            dormancy_tau: float | None = None, max_batches: int | None = None
-            ) -> SparsityReport:
+            dormancy_tau: float | None = None, max_batches: int | None = None,
+            traced: TracedModel | None = None) -> SparsityReport:
     """Measure a model's conv-feature sparsity.
 
     `batches` (the training corpus, re-iterable or a callable returning an iterator) is
@@ -130,7 +131,8 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
     still works for it). `units=ALL_UNITS` also measures MLP units (measure.features);
     `dormancy_tau` also counts ReDo-dormant units; `max_batches` measures activations on the
     first batches only (a cheaper estimate for monitoring: a unit silent there may fire
-    elsewhere, so the full corpus decides what is dead).
+    elsewhere, so the full corpus decides what is dead). `traced`: a fresh trace of
+    `model` with these `units` (saves tracing again; it serves this call only).
     """
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
@@ -139,7 +141,8 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
     if use_activation and batches is None:
         raise ConfigError("sparsity by activation needs the training corpus (batches)")
     require_finite(model)  # a diverged model would report 0% sparsity, not an error
-    traced = trace_features(model, units)
+    if traced is None:
+        traced = trace_features(model, units)
     features = traced.features
     if use_gamma:
         require_batchnorm(features)
@@ -157,7 +160,8 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
     if use_activation:
         stats = activation_statistics(model, batches, universality=universality,
                                       universality_threshold=universality_threshold,
-                                      mean_abs=dormancy_tau is not None, units=units)
+                                      mean_abs=dormancy_tau is not None, units=units,
+                                      traced=traced)
         if not all(bool(torch.isfinite(m).all()) for m in stats.max_activation.values()):
             raise NonFiniteError("activations over the corpus are not finite (NaN / inf in the "
                                  "data or the model); sparsity by activation is undefined")
