@@ -62,3 +62,9 @@ def test_recycling_revives_dead_mlp_units_of_a_vit(fashion_dir, tmp_path):
                          batch_size=20, recycle_every=2, recycle_tau=0.5)
     result = train(config, tmp_path / "run", verbose=False)
     assert result.metrics[-1]["recycled"] > 0
+
+
+def test_the_models_command_lists_the_vit_by_its_mlp_units(capsys):
+    assert main(["models", "--dataset", "fashion-mnist", "--width", "0.25"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("vit"))
+    assert "6 MLP layers, 1152 units: [192, 192, 192, 192, 192, 192]" in line

@@ -38,10 +38,17 @@ def run(args) -> int:
         except ConfigError as error:
             print(f"  {name:9s} {error}")
             continue
-        filters = [block.conv.out_channels for _, block in feature_layers(model)]
         total = sum(p.numel() for p in model.parameters())
+        if "conv" in model_entry.units:
+            filters = [block.conv.out_channels for _, block in feature_layers(model)]
+            units = f"{len(filters)} conv layers, {sum(filters)} filters: {filters}"
+        else:  # measured on its MLP units (a Transformer)
+            from implicit_sparsity.measure.features import trace_features
+
+            widths = [f.num_features for f in trace_features(model, model_entry.units).features]
+            units = f"{len(widths)} MLP layers, {sum(widths)} units: {widths}"
         print(f"  {name:9s} conv params {conv_param_count(model):>11,}  all params {total:>12,}"
-              f"  {len(filters)} conv layers, {sum(filters)} filters: {filters}")
+              f"  {units}")
         print(f"            {model_entry.description}"
               + (f"; inputs padded {entry.image_size}->{size}" if size > entry.image_size
                  else ""))
