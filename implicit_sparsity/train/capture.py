@@ -157,38 +157,54 @@ class ForwardBackward:
         outputs[0].backward()
         return tuple(t.detach() for t in outputs)
 
-    def _compile_and_check(self, x, y) -> tuple[torch.Tensor, ...]:
-        """Compile the compute, run this batch both ways, keep the compiled one if it
-        matches (the eager step's buffers restored before the compiled one runs)."""
-        self.compile = False  # decided now, once
+    def _reference(self, x, y) -> tuple[tuple, list, list]:
+        """The eager step on this batch, kept for a check: (outputs, gradients, buffers after
+        it); the buffers are then restored, so that the batch does not count twice."""
         before = [b.clone() for b in self.buffers]
         eager = self._eager(x, y)
         eager_grads = [None if p.grad is None else p.grad.clone() for p in self.params]
         eager_buffers = [b.clone() for b in self.buffers]
         for b, saved in zip(self.buffers, before):
             b.copy_(saved)
-        compiled = torch.compile(self.compute, dynamic=False, backend=COMPILE_BACKEND)
-        try:
-            outputs = self._eager(x, y, compiled)
-        except Exception as error:  # no compiler, an unsupported operation, ...
-            problem = f"torch.compile failed: {str(error).splitlines()[0][:200]}"
-        else:
-            worst = max(relative_difference(a, b) for a, b in zip(
-                [*outputs, *(p.grad for p in self.params), *self.buffers],
-                [*eager, *eager_grads, *eager_buffers]))
-            if worst <= COMPILE_RTOL:
-                self.compiled = compiled
-                self.status = f"torch.compile (matches eager to {worst:.1e})"
-                return outputs
-            problem = f"the compiled step differed from eager by {worst:.1e}"
+        return eager, eager_grads, eager_buffers
+
+    def _difference(self, outputs, reference) -> float:
+        """The worst relative difference of outputs, gradients and buffers from eager's."""
+        eager, eager_grads, eager_buffers = reference
+        return max(relative_difference(a, b) for a, b in zip(
+            [*outputs, *(p.grad for p in self.params), *self.buffers],
+            [*eager, *eager_grads, *eager_buffers]))
+
+    def _fall_back(self, reference, problem: str, mode: str) -> tuple[torch.Tensor, ...]:
+        """Stop (the mode was insisted on), or keep what eager computed and go on eagerly."""
         if self.insist:
-            raise RunStateError(f"step_capture compile: {problem}")
+            raise RunStateError(f"step_capture {mode}: {problem}")
+        eager, eager_grads, eager_buffers = reference
         for p, grad in zip(self.params, eager_grads):
             p.grad = grad
         for b, value in zip(self.buffers, eager_buffers):
             b.copy_(value)
         self.status = f"eager ({problem})"
         return eager
+
+    def _compile_and_check(self, x, y) -> tuple[torch.Tensor, ...]:
+        """Compile the compute, run this batch both ways, keep the compiled one if it
+        matches."""
+        self.compile = False  # decided now, once
+        reference = self._reference(x, y)
+        compiled = torch.compile(self.compute, dynamic=False, backend=COMPILE_BACKEND)
+        try:
+            outputs = self._eager(x, y, compiled)
+        except Exception as error:  # no compiler, an unsupported operation, ...
+            problem = f"torch.compile failed: {str(error).splitlines()[0][:200]}"
+        else:
+            worst = self._difference(outputs, reference)
+            if worst <= COMPILE_RTOL:
+                self.compiled = compiled
+                self.status = f"torch.compile (matches eager to {worst:.1e})"
+                return outputs
+            problem = f"the compiled step differed from eager by {worst:.1e}"
+        return self._fall_back(reference, problem, "compile")
 
     def _eager_into_grads(self, x, y) -> tuple[torch.Tensor, ...]:
         """Eager, accumulating into zeroed graph gradients (their memory is the graph's)."""
@@ -200,15 +216,10 @@ class ForwardBackward:
         return tuple(t.detach() for t in outputs)
 
     def _capture_and_check(self, x, y) -> tuple[torch.Tensor, ...]:
-        before = [b.clone() for b in self.buffers]
-        eager = self._eager(x, y)
-        eager_grads = [None if p.grad is None else p.grad.clone() for p in self.params]
-        eager_buffers = [b.clone() for b in self.buffers]
-        for b, saved in zip(self.buffers, before):
-            b.copy_(saved)
+        reference = self._reference(x, y)
         for p in self.params:
             p.grad = None
-        self.static = (x.clone(), y.clone(), *(torch.empty_like(t) for t in eager))
+        self.static = (x.clone(), y.clone(), *(torch.empty_like(t) for t in reference[0]))
 
         def step():
             outputs = self.compute(self.static[0], self.static[1])
@@ -222,22 +233,13 @@ class ForwardBackward:
         except RuntimeError as error:  # an operation a graph cannot hold
             problem = f"the CUDA graph could not be captured: {str(error).splitlines()[0]}"
         else:
-            worst = max(relative_difference(a, b) for a, b in zip(
-                [*self.static[2:], *(p.grad for p in self.params), *self.buffers],
-                [*eager, *eager_grads, *eager_buffers]))
+            worst = self._difference(self.static[2:], reference)
             if worst <= CHECK_RTOL:
                 self.status = f"CUDA graph (matches eager to {worst:.1e})"
                 return self.static[2:]
             problem = f"the CUDA graph differed from eager by {worst:.1e}"
-        if self.insist:
-            raise RunStateError(f"step_capture cuda-graph: {problem}")
-        # keep what eager mode computed and train eagerly from here on
-        for p, grad in zip(self.params, eager_grads):
-            p.grad = grad
-        for b, value in zip(self.buffers, eager_buffers):
-            b.copy_(value)
+        eager = self._fall_back(reference, problem, "cuda-graph")
         self.replay, self.static, self.capture = None, (), False
-        self.status = f"eager ({problem})"
         return eager
 
 
