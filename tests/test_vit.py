@@ -50,11 +50,16 @@ def test_a_vit_run_is_trained_evaluated_and_analyzed(fashion_dir, tmp_path, caps
     assert set(evaluation["layers"]) == {f"encoder.layers.{i}.linear1"
                                          for i in range(VIT_DEPTH)}
     assert evaluation["changed_predictions"] is not None
-    assert main(["analyze", str(out), "--no-universality", "--criterion", "activation",
-                 "--json", str(tmp_path / "a.json")]) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(out), "--no-universality", "--json",
+                 str(tmp_path / "a.json")]) == 0  # no --criterion: by activation, said so
     report = json.loads((tmp_path / "a.json").read_text())
     assert [l["kind"] for l in report["layers"]] == ["linear"] * VIT_DEPTH
-    assert "encoder.layers.0.linear1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "no BatchNorm scale to measure: by activation" in printed
+    assert "encoder.layers.0.linear1" in printed
+    assert main(["prune", str(out), "--out", str(tmp_path / "slim"), "--no-latency"]) == 0
+    assert "by activation; proof on" in capsys.readouterr().out
 
 
 def test_recycling_revives_dead_mlp_units_of_a_vit(fashion_dir, tmp_path):

@@ -7,9 +7,8 @@ from __future__ import annotations
 import argparse
 
 from implicit_sparsity.commands.common import (add_measurement_flags, add_model_source_flags,
-                                               dump_json, open_source, units_for,
-                                               writable_file,
-                                               writable_folder)
+                                               criterion_for, dump_json, open_source, units_for,
+                                               writable_file, writable_folder)
 
 NAME = "analyze"
 
@@ -18,7 +17,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(NAME, help="per-layer sparsity (|gamma| and activation), "
                             "universality, %% params, of a run folder or of your own model")
     add_model_source_flags(parser)
-    parser.add_argument("--criterion", choices=("gamma", "activation", "both"), default="both")
+    parser.add_argument("--criterion", choices=("gamma", "activation", "both"), default=None,
+                        help="default: both, or activation for a model without BatchNorm")
     parser.add_argument("--json", default=None, help="write the per-layer figures as JSON")
     parser.add_argument("--plots", default=None, help="folder for PNG figures")
     add_measurement_flags(parser)
@@ -40,7 +40,8 @@ def run(args) -> int:
     device = resolve_device(args.device)
     source = open_source(args, device, need_data=args.criterion != "gamma")
     print(source.description)
-    report = analyze(source.model, source.corpus, criterion=args.criterion,
+    report = analyze(source.model, source.corpus,
+                     criterion=criterion_for(args, source, with_gamma="both"),
                      gamma_threshold=args.gamma_threshold,
                      activation_threshold=args.activation_threshold,
                      universality=not args.no_universality, units=units_for(args, source))

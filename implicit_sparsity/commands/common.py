@@ -201,6 +201,20 @@ def units_for(args, source: Source) -> tuple[str, ...]:
     return CONV_UNITS
 
 
+def criterion_for(args, source: Source, with_gamma: str) -> str:
+    """--criterion as given, else `with_gamma` for a model with BatchNorm scales and
+    "activation" (said on the terminal) for one without (a Transformer, a GroupNorm net)."""
+    if args.criterion is not None:
+        return args.criterion
+    from implicit_sparsity.measure.features import trace_features
+
+    features = trace_features(source.model, units_for(args, source)).features
+    if any(f.gamma is not None for f in features):
+        return with_gamma
+    print("no BatchNorm scale to measure: by activation")
+    return "activation"
+
+
 def open_source(args, device, need_data: bool, need_test: bool = False) -> Source:
     """The model (and data) that `analyze` / `prune` work on."""
     if args.model is None and args.path is None:

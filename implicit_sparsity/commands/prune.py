@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 from implicit_sparsity.commands.common import (add_measurement_flags, add_model_source_flags,
-                                               dump_json, non_negative_float, open_source,
-                                               positive_int, units_for, writable_file,
+                                               criterion_for, dump_json, non_negative_float,
+                                               open_source, positive_int, units_for, writable_file,
                                                writable_folder)
 
 NAME = "prune"
@@ -19,7 +19,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                             "did not change, measure the speed-up")
     add_model_source_flags(parser)
     parser.add_argument("--out", required=True, help="folder for the slim model and report")
-    parser.add_argument("--criterion", choices=("gamma", "activation"), default="gamma")
+    parser.add_argument("--criterion", choices=("gamma", "activation"), default=None,
+                        help="default: gamma, or activation for a model without BatchNorm")
     parser.add_argument("--json", default=None, help="also write the report here")
     parser.add_argument("--tolerance", type=non_negative_float, default=1e-4,
                         help="largest max|delta logits| / max|logits| accepted (and no test "
@@ -55,14 +56,15 @@ def run(args) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    source = open_source(args, device, need_data=args.criterion == "activation",
+    source = open_source(args, device, need_data=args.criterion in (None, "activation"),
                          need_test=True)
     example = torch.cat([x for x, _ in source.test])[:64]
-    print(f"pruning {source.description}, by {args.criterion}; proof on "
+    criterion = criterion_for(args, source, with_gamma="gamma")
+    print(f"pruning {source.description}, by {criterion}; proof on "
           f"{sum(len(x) for x, _ in source.test)} images")
-    corpus = source.corpus if args.criterion == "activation" else None
+    corpus = source.corpus if criterion == "activation" else None
     check_data = [(x, y) if y is not None else x for x, y in source.test]
-    result = prune_model(source.model, example, criterion=args.criterion, corpus=corpus,
+    result = prune_model(source.model, example, criterion=criterion, corpus=corpus,
                          check_data=check_data,
                          gamma_threshold=args.gamma_threshold,
                          activation_threshold=args.activation_threshold, fold_bn=args.fold_bn,
@@ -102,7 +104,7 @@ def run(args) -> int:
         from implicit_sparsity.prune.tune import tune_slim
 
         tuned = tune_slim(source.model, example, check_data=check_data,
-                          criterion=args.criterion, corpus=corpus,
+                          criterion=criterion, corpus=corpus,
                           gamma_threshold=args.gamma_threshold,
                           activation_threshold=args.activation_threshold,
                           units=units_for(args, source), threads=args.threads,
