@@ -47,6 +47,12 @@ def test_spec_expansion_is_stable_and_keyed_by_config(spec_path):
     quick = spec.expand(quick=True)
     assert len(quick) == 2 and quick[0].config.epochs == [1]
     assert quick[0].key != runs[0].key
+    # seeds from the command line replace the spec's (a plain `seed` used to be overwritten)
+    assert [r.seed for r in spec.expand(quick=True, overrides={"seed": 5})] == [5, 5]
+    assert [r.config.seed for r in spec.expand(overrides={"seeds": [2, 3]})] == [2, 3, 2, 3]
+    for bad in ({"seeds": "1"}, {"seeds": []}, {"seed": 1, "seeds": [1]}, {"seeds": [1.5]}):
+        with pytest.raises(ConfigError, match="seed"):
+            spec.expand(overrides=bad)
 
 
 def test_shipped_specs_load():

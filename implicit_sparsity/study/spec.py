@@ -63,10 +63,21 @@ class ExperimentSpec:
 
         `quick` applies the spec's stated scale-down; `overrides` (e.g. a data_dir or a
         stand-in data set) apply to every run last; `where` ({key: [values]}) keeps only
-        the runs whose labels take one of the given values (a subset of the table)."""
+        the runs whose labels take one of the given values (a subset of the table).
+        `overrides` may also name the seeds: `seed: 1` or `seeds: [1, 2]` replace the
+        spec's (a seed set on every run would otherwise be overwritten by them)."""
         scale = dict(self.quick) if quick else {}
         seeds = scale.pop("seeds", self.seeds)
         overrides = dict(overrides or {})
+        if "seed" in overrides and "seeds" in overrides:
+            raise ConfigError("give seed or seeds, not both")
+        if "seed" in overrides:
+            overrides["seeds"] = [overrides.pop("seed")]
+        if "seeds" in overrides:
+            seeds = overrides.pop("seeds")
+            if not isinstance(seeds, list) or not seeds or not all(
+                    isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+                raise ConfigError(f"seeds must be a list of integers, got {seeds!r}")
         # an override of a grid key (a stand-in data set, say) collapses that axis
         grid = {k: [overrides[k]] if k in overrides else v for k, v in self.grid.items()}
         grid_keys = list(grid)
