@@ -34,7 +34,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--where", action="append", metavar="KEY=V1,V2",
                         help="only the runs whose KEY is one of these values (repeatable)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override a config key in every run (e.g. dataset=fashion-mnist)")
+                        help="override a config key in every run (e.g. dataset=fashion-mnist);"
+                             " seed=N or seeds=[N, ...] replaces the spec's seeds")
     for flag, kind, text in (
             ("--slurm-partition", str, "SLURM partition"),
             ("--slurm-time", positive_int, "minutes per job (default 1440)"),
