@@ -59,7 +59,9 @@ def test_a_vit_run_is_trained_evaluated_and_analyzed(fashion_dir, tmp_path, caps
     assert "no BatchNorm scale to measure: by activation" in printed
     assert "encoder.layers.0.linear1" in printed
     assert main(["prune", str(out), "--out", str(tmp_path / "slim"), "--no-latency"]) == 0
-    assert "by activation; proof on" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "by activation; proof on" in printed and "unit weights" in printed
+    assert "units removed:" in printed  # MLP units, not "filters"
 
 
 def test_recycling_revives_dead_mlp_units_of_a_vit(fashion_dir, tmp_path):

@@ -40,6 +40,7 @@ class PruneResult:
     conv_params: dict = field(default_factory=dict)
     latency: list[dict] = field(default_factory=list)
     folded_batchnorm: int = 0
+    mlp_units: bool = False  # some layers are MLP units (Linear), not conv filters
 
     def verified(self, tolerance: float = DEFAULT_TOLERANCE) -> bool:
         return self.equivalence is not None and self.equivalence.holds(tolerance)
@@ -60,18 +61,24 @@ class PruneResult:
         def arrow(pair: dict) -> str:
             return f"{pair.get('before', 0):,} -> {pair.get('after', 0):,}"
 
-        lines = [f"{'layer':12s}{'filters':>16s}{'conv params':>24s}{'MACs':>26s}"]
+        unit, weights = ("units", "unit weights") if self.mlp_units else ("filters",
+                                                                          "conv params")
+        name = max([12] + [len(l.name) + 1 for l in self.layers])
+        lines = [f"{'layer':{name}s}{unit:>16s}{weights:>24s}{'MACs':>26s}"]
         for l in self.layers:
             filters = {"before": l.filters_before, "after": l.filters_after}
-            lines.append(f"{l.name:12s}{arrow(filters):>16s}"
+            lines.append(f"{l.name:{name}s}{arrow(filters):>16s}"
                          f"{arrow(self.conv_params.get(l.name, {})):>24s}"
                          f"{arrow(self.conv_macs.get(l.name, {})):>26s}")
         before = sum(l.filters_before for l in self.layers)
         after = sum(l.filters_after for l in self.layers)
         conv = {k: self.params[k]["conv"] for k in ("before", "after")}
-        lines.append(f"{'total':12s}{arrow({'before': before, 'after': after}):>16s}"
+        if self.mlp_units:  # the unit layers' own weights, conv and Linear
+            conv = {k: sum(p.get(k, 0) for p in self.conv_params.values())
+                    for k in ("before", "after")}
+        lines.append(f"{'total':{name}s}{arrow({'before': before, 'after': after}):>16s}"
                      f"{arrow(conv):>24s}{arrow(self.macs):>26s}")
-        lines.append(f"filters removed: {100 * (1 - after / max(1, before)):.1f}%, all params "
+        lines.append(f"{unit} removed: {100 * (1 - after / max(1, before)):.1f}%, all params "
                      f"{self.params['before']['all']:,} -> {self.params['after']['all']:,}, "
                      f"MAC reduction {self.mac_reduction:.2f}x")
         kept = {k: sum(len(getattr(l, k)) for l in self.layers)
@@ -215,4 +222,5 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
     return PruneResult(slim, criterion, decisions, equivalence,
                        {"before": parameter_counts(model), "after": parameter_counts(slim)},
                        {"before": macs_before["total"], "after": macs_after["total"]},
-                       conv_macs, conv_params, rows, folded)
+                       conv_macs, conv_params, rows, folded,
+                       any(f.kind == "linear" for f in traced.features))
