@@ -206,10 +206,9 @@ def criterion_for(args, source: Source, with_gamma: str) -> str:
     "activation" (said on the terminal) for one without (a Transformer, a GroupNorm net)."""
     if args.criterion is not None:
         return args.criterion
-    from implicit_sparsity.measure.features import trace_features
+    from implicit_sparsity.measure.features import has_gamma, trace_features
 
-    features = trace_features(source.model, units_for(args, source)).features
-    if any(f.gamma is not None for f in features):
+    if has_gamma(trace_features(source.model, units_for(args, source)).features):
         return with_gamma
     print("no BatchNorm scale to measure: by activation")
     return "activation"

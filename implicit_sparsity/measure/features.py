@@ -397,8 +397,13 @@ def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> Tra
     return TracedModel(gm, features, input_feature)
 
 
+def has_gamma(features: list[Feature]) -> bool:
+    """Whether any feature has a BatchNorm scale, i.e. sparsity by |gamma| is defined."""
+    return any(f.gamma is not None for f in features)
+
+
 def require_batchnorm(features: list[Feature]) -> None:
-    if not any(f.gamma is not None for f in features):
+    if not has_gamma(features):
         raise NoBatchNormError(
             "the model has no BatchNorm2d directly after a convolution (with a scale: affine), "
             "so sparsity by |gamma| is undefined for it; use --criterion activation")

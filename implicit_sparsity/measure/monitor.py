@@ -23,7 +23,8 @@ from torch import nn
 from implicit_sparsity import defaults
 from implicit_sparsity.io.files import append_line
 from implicit_sparsity.io.run_dir import save_bn_snapshot
-from implicit_sparsity.measure.features import CONV_UNITS, NoBatchNormError, trace_features
+from implicit_sparsity.measure.features import (CONV_UNITS, NoBatchNormError, has_gamma,
+                                                trace_features)
 from implicit_sparsity.measure.report import analyze
 from implicit_sparsity.models import bn_layer_names
 
@@ -60,12 +61,12 @@ class SparsityMonitor:
         if epoch % self.every:
             return None
         traced = trace_features(model, self.units)  # once per call (~20 ms for BasicNet)
-        has_gamma = any(f.gamma is not None for f in traced.features)
-        if not has_gamma and self.data is None:
+        gamma = has_gamma(traced.features)
+        if not gamma and self.data is None:
             raise NoBatchNormError("the model has no BatchNorm scale to monitor: give the "
                                    "monitor data for sparsity by activation")
         report = analyze(model, self.data,
-                         criterion=("both" if has_gamma else "activation")
+                         criterion=("both" if gamma else "activation")
                          if self.data is not None else "gamma",
                          gamma_threshold=self.gamma_threshold,
                          activation_threshold=self.activation_threshold, universality=False,

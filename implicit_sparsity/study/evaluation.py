@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from implicit_sparsity import defaults
-from implicit_sparsity.measure.features import trace_features
+from implicit_sparsity.measure.features import has_gamma, trace_features
 from implicit_sparsity.measure.report import SparsityReport, analyze
 from implicit_sparsity.models import get_model_entry
 from implicit_sparsity.prune import PruneResult, prune_model
@@ -37,14 +37,14 @@ def evaluate_trained_run(run_dir: str | Path, data_dir: str | None = None, *,
     trained = load_trained(run_dir)
     data = load_training_data(trained, "cpu", data_dir)
     units = get_model_entry(trained.config.model).units
-    has_gamma = any(f.gamma is not None for f in trace_features(trained.model, units).features)
+    with_gamma = has_gamma(trace_features(trained.model, units).features)
     corpus = lambda: data.train_eval_batches(500)  # noqa: E731
-    report = analyze(trained.model, corpus, criterion="both" if has_gamma else "activation",
+    report = analyze(trained.model, corpus, criterion="both" if with_gamma else "activation",
                      units=units, dormancy_tau=defaults.DORMANCY_TAU)
     example = next(iter(data.test_batches(64)))[0]
-    criterion = "gamma" if has_gamma else "activation"
+    criterion = "gamma" if with_gamma else "activation"
     pruned = prune_model(trained.model, example, criterion=criterion,
-                         corpus=None if has_gamma else corpus,
+                         corpus=None if with_gamma else corpus,
                          check_data=list(data.test_batches(500)), units=units,
                          latency_batches=latency_batches, min_run_time=min_run_time,
                          force=True)  # a failed proof is recorded (changed predictions)
