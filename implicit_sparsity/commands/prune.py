@@ -34,9 +34,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--tune", action="store_true",
                         help="also build the latency-tuned slim model (BN folded, widths "
-                             "rounded up by keeping dead filters, layout), every candidate "
-                             "proven and timed against the original at batch 1 and 64; the "
-                             "fastest at 64 is written to OUT/latency_tuned/")
+                             "rounded up by keeping dead filters, for all layers or chosen "
+                             "layer by layer, layout), every candidate proven and timed "
+                             "against the original at batch 1 and 64; the fastest at 64 is "
+                             "written to OUT/latency_tuned/")
     add_measurement_flags(parser)
     parser.set_defaults(func=run)
     return parser
@@ -118,7 +119,8 @@ def run(args) -> int:
                       tolerance=args.tolerance,
                       extra={"layout": best.layout, "rounding": best.rounding,
                              "latency_candidates": [{"name": c.name, "latency": c.latency}
-                                                    for c in tuned.candidates]})
+                                                    for c in tuned.candidates],
+                             "per_layer_rounding_trials": tuned.searches})
             print(f"wrote {out / 'latency_tuned'} ({best.name}"
                   + ("; load it, then model.to(memory_format=torch.channels_last)"
                      if best.layout == "channels_last" else "") + ")")

@@ -125,15 +125,21 @@ def dead_masks(model: nn.Module, criterion: str, corpus=None,
 
 
 def keep_for_width(dead: dict[str, torch.Tensor], strength: dict[str, torch.Tensor] | None,
-                   multiple: int) -> dict[str, torch.Tensor]:
+                   multiple: int | dict[str, int]) -> dict[str, torch.Tensor]:
     """Dead masks with a few dead units kept, so that each layer keeps a multiple of
-    `multiple` units (the widths CPU / GPU conv kernels run fastest at). Exact: a kept
+    `multiple` units (the widths CPU / GPU conv kernels run fastest at); one multiple for
+    all layers, or one per layer name (a layer not named: 1, left as it is). Exact: a kept
     unit is left as it is. The dead units kept are the strongest (largest |gamma| or
     activation), in index order on ties."""
-    if multiple <= 1:
+    per_layer = multiple if isinstance(multiple, dict) else dict.fromkeys(dead, multiple)
+    if all(m <= 1 for m in per_layer.values()):
         return dead
     rounded = {}
     for name, mask in dead.items():
+        multiple = per_layer.get(name, 1)
+        if multiple <= 1:
+            rounded[name] = mask
+            continue
         mask = mask.clone()
         alive = int((~mask).sum())
         target = min(len(mask), max(multiple, -(-alive // multiple) * multiple))
@@ -161,7 +167,8 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
                 threads: int | None = None, min_run_time: float = 0.5,
                 selection: dict[str, torch.Tensor] | None = None,
                 tolerance: float = DEFAULT_TOLERANCE, force: bool = False,
-                units: tuple[str, ...] = CONV_UNITS, round_to: int = 1) -> PruneResult:
+                units: tuple[str, ...] = CONV_UNITS,
+                round_to: int | dict[str, int] = 1) -> PruneResult:
     """Remove the dead filters of a copy of `model`.
 
     `example_input`: one input batch (shapes for tracing and MACs). `corpus`: the training
@@ -171,8 +178,8 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
     to remove whatever they compute (an explicit method's choice, see
     `implicit_sparsity.explicit`); predictions then change, and fine-tuning follows.
     `units=ALL_UNITS`: MLP units (Linear -> activation) too, besides conv filters.
-    `round_to`: keep enough dead units that each layer's width is a multiple of it (the
-    latency-tuned model of `prune.tune`; 1: the exact minimum).
+    `round_to`: keep enough dead units that each layer's width is a multiple of it, or of
+    its entry per layer name (the latency-tuned model of `prune.tune`; 1: the exact minimum).
 
     Exact or refused: when dead filters are removed and `check_data` is given, a slim model
     whose outputs differ beyond `tolerance` (relative to max |logit|), change a prediction or
@@ -184,7 +191,8 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
     else:
         dead, strength = dead_masks(model, criterion, corpus, gamma_threshold,
                                     activation_threshold, units)
-        if round_to > 1:  # round the widths the removal leaves: first see what it removes
+        rounds = round_to.values() if isinstance(round_to, dict) else (round_to,)
+        if max(rounds, default=1) > 1:  # round the widths the removal leaves: see what it removes
             trial = copy.deepcopy(model).eval()
             removable = remove_dead_filters(
                 trial, trace_features(trial, units), dead, example_input, strength,

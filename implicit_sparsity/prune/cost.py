@@ -94,6 +94,53 @@ def interleaved_times(models: list[nn.Module], example: torch.Tensor,
     return times
 
 
+def conv_seconds(model: nn.Module, example: torch.Tensor, threads: int | None = None,
+                 min_run_time: float = 0.2, cache: dict | None = None) -> float:
+    """Seconds per forward pass spent in the model's convolutions (`conv_times`, summed).
+    Cheaper and steadier than timing whole models when two of them differ in a few
+    convolutions."""
+    return sum(conv_times(model, example, threads, min_run_time, cache).values())
+
+
+@torch.no_grad()
+def conv_times(model: nn.Module, example: torch.Tensor, threads: int | None = None,
+               min_run_time: float = 0.2, cache: dict | None = None) -> dict[str, float]:
+    """Seconds of each convolution (by module path) in a forward pass of `example`, each
+    timed alone on the input it sees there (median of torch.utils.benchmark's blocks).
+    `cache` (shapes and layout -> seconds) shares timings of identical convolutions."""
+    model.eval()
+    threads = threads or torch.get_num_threads()
+    inputs: dict[str, torch.Tensor] = {}
+
+    def keep_input(name: str):
+        def hook(_module, args, _output) -> None:  # returns None: the output stays
+            inputs.setdefault(name, args[0])
+        return hook
+
+    hooks = [m.register_forward_hook(keep_input(name))
+             for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    try:
+        model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    cache = {} if cache is None else cache
+    seconds = {}
+    for name, x in inputs.items():
+        conv = model.get_submodule(name)
+        key = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+               conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+               tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last),
+               conv.weight.is_contiguous(memory_format=torch.channels_last), x.dtype,
+               str(x.device), threads)
+        if key not in cache:
+            timer = _timer(conv, x, threads)
+            timer.timeit(1)  # warm-up
+            cache[key] = timer.blocked_autorange(min_run_time=min_run_time).median
+        seconds[name] = cache[key]
+    return seconds
+
+
 def quartiles(values: list[float]) -> tuple[float, float]:
     """(first, third) quartile; both the value itself for a single one."""
     if len(values) < 2:

@@ -9,6 +9,12 @@ constant, as they did) to round widths up, a layout that changes no formula; eac
 the same proof as the exact-minimum model. The candidates and the original are timed in
 interleaved rounds (`prune.cost`) and the fastest at the target batch is kept, so that a
 rounding or a layout is used only where it measures faster here.
+
+Rounding is chosen per layer too: a wider layer makes its own convolution and the ones
+that read it bigger, and conv kernels reward a width in one place and punish it in
+another (here a rounded output width can save 4%, a rounded input width costs as much).
+`per_layer_rounding` tries each layer's rounding in turn and keeps it when the model's
+convolutions, each timed on the input it sees, get faster by more than their timing noise.
 """
 
 from __future__ import annotations
@@ -21,20 +27,25 @@ from torch import nn
 
 from implicit_sparsity.errors import ProofError
 from implicit_sparsity.prune.api import DEFAULT_TOLERANCE, PruneResult, prune_model
-from implicit_sparsity.prune.cost import (LATENCY_ROUNDS, interleaved_times, latency_row,
-                                          macs)
+from implicit_sparsity.prune.cost import (LATENCY_ROUNDS, conv_seconds, interleaved_times,
+                                          latency_row, macs)
 from implicit_sparsity.prune.proof import compare_outputs
 
 #: Widths tried: the exact minimum, and rounded up to these multiples.
 ROUNDINGS = (1, 8, 16)
 LAYOUTS = ("contiguous", "channels_last")
+#: A layer's rounding is kept when it makes the model's convolutions faster by at least this
+#: share: repeated timings of one convolution differ by about 1% here.
+ROUNDING_GAIN = 0.02
+#: Seconds each convolution runs when timed alone in the per-layer search.
+CONV_RUN_TIME = 0.2
 
 
 @dataclass
 class Candidate:
     name: str
     model: nn.Module
-    rounding: int
+    rounding: int | dict[str, int]  # one multiple for all layers, or one per layer
     layout: str
     folded: bool
     macs: int
@@ -52,6 +63,7 @@ class TunedSlim:
     best: Candidate              # the fastest at `target_batch` (highest median speed-up)
     target_batch: int
     macs_before: int
+    searches: dict[str, list[dict]] = field(default_factory=dict)  # per layout: the trials
 
     @property
     def model(self) -> nn.Module:
@@ -64,7 +76,8 @@ class TunedSlim:
 
     def table(self) -> str:
         batches = [row["batch"] for row in self.candidates[0].latency]
-        lines = [f"{'slim model':42s}{'MACs':>8s}"
+        wide = max(len(c.name) for c in self.candidates) + 2
+        lines = [f"{'slim model':{wide}s}{'MACs':>8s}"
                  + "".join(f"{f'batch {b} ms':>14s}{'speed-up':>10s}{'/ MACs':>8s}"
                            for b in batches)]
         for c in self.candidates:
@@ -75,7 +88,7 @@ class TunedSlim:
                           f"{row['speedup']:9.2f}x{'~' if row['within_noise'] else ' '}"
                           f"{self.ratio(c, b):7.2f}")
             mark = "  <- latency-tuned" if c is self.best else ""
-            lines.append(f"{c.name:42s}{self.macs_before / max(1, c.macs):7.2f}x{cells}{mark}")
+            lines.append(f"{c.name:{wide}s}{self.macs_before / max(1, c.macs):7.2f}x{cells}{mark}")
         first = self.candidates[0].at(batches[0])
         lines.append(f"(original / slim, {first['device']}, {first['threads']} threads, "
                      f"medians ± IQR over {first['rounds']} interleaved rounds; / MACs: "
@@ -84,40 +97,114 @@ class TunedSlim:
         return "\n".join(lines)
 
 
+def in_layout(model: nn.Module, layout: str) -> nn.Module:
+    """`model` itself (contiguous) or a channels-last copy."""
+    if layout == "channels_last":
+        return copy.deepcopy(model).to(memory_format=torch.channels_last)
+    return model
+
+
+def _conv_widths(model: nn.Module) -> tuple[int, ...]:
+    return tuple(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def per_layer_rounding(build, layers: list[str], cost, roundings: tuple[int, ...] = ROUNDINGS
+                       ) -> tuple[dict[str, int], list[dict]]:
+    """Each layer's rounding, chosen in turn: `build(rounding per layer)` gives a slim model,
+    `cost(model)` its seconds (in tune_slim: its convolutions, each timed on the input it
+    sees, `conv_seconds`); a layer's rounding is kept when it lowers the cost by more than
+    ROUNDING_GAIN. Returns the choice ({layer: multiple}, 1 = exact width) and every trial
+    ({"rounding", "ms", "kept"})."""
+    choice = dict.fromkeys(layers, 1)
+    current = build(choice)
+    best = cost(current)
+    trials = [{"rounding": dict(choice), "ms": 1e3 * best, "kept": True}]
+    for name in layers:
+        for multiple in roundings:
+            if multiple <= 1:
+                continue
+            trial = {**choice, name: multiple}
+            slim = build(trial)
+            if _conv_widths(slim) == _conv_widths(current):
+                continue  # this rounding leaves the widths as they are
+            seconds = cost(slim)
+            kept = seconds < best * (1 - ROUNDING_GAIN)
+            trials.append({"rounding": trial, "ms": 1e3 * seconds, "kept": kept})
+            if kept:
+                choice, best, current = trial, seconds, slim
+    return choice, trials
+
+
+def describe_rounding(rounding: int | dict[str, int]) -> str:
+    if isinstance(rounding, dict):
+        rounded = [f"{name} x{m}" for name, m in rounding.items() if m > 1]
+        return f"widths per layer ({', '.join(rounded) or 'none rounded'})"
+    return "exact widths" if rounding == 1 else f"widths to x{rounding}"
+
+
 def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
               batch_sizes: tuple[int, ...] = (1, 64), target_batch: int = 64,
               threads: int | None = None, min_run_time: float = 0.5,
               rounds: int = LATENCY_ROUNDS, roundings: tuple[int, ...] = ROUNDINGS,
               layouts: tuple[str, ...] = LAYOUTS, tolerance: float = DEFAULT_TOLERANCE,
-              **prune_kwargs) -> TunedSlim:
+              per_layer: bool = True, **prune_kwargs) -> TunedSlim:
     """The exact-minimum slim model and its exact deployment candidates, timed against the
-    original at `batch_sizes`; the fastest at `target_batch` is `best`. `prune_kwargs` go to
-    `prune_model` (criterion, corpus, units, thresholds). A candidate whose outputs differ
-    beyond `tolerance` on `check_data` raises ProofError: exact or refused."""
+    original at `batch_sizes`; the fastest at `target_batch` is `best`. `per_layer`: also a
+    candidate per layout whose rounding is chosen layer by layer (`per_layer_rounding`, at
+    `target_batch`). `prune_kwargs` go to `prune_model` (criterion, corpus, units,
+    thresholds). A candidate whose outputs differ beyond `tolerance` on `check_data` raises
+    ProofError: exact or refused."""
     if target_batch not in batch_sizes:
         raise ValueError(f"target batch {target_batch} is not among {batch_sizes}")
     model.eval()
+    threads = threads or torch.get_num_threads()
     exact = prune_model(model, example_input, check_data=check_data, latency_batches=(),
                         tolerance=tolerance, **prune_kwargs)
     example = example_input[:1]
     candidates = [Candidate("exact minimum", exact.model, 1, "contiguous", False,
                             macs(exact.model, example)["total"], exact)]
+
+    def folded(rounding, proven: bool) -> PruneResult:
+        return prune_model(model, example_input, check_data=check_data if proven else None,
+                           fold_bn=True, latency_batches=(), round_to=rounding,
+                           tolerance=tolerance, **prune_kwargs)
+
+    def add(result: PruneResult, rounding, layout: str) -> None:
+        slim = in_layout(result.model, layout)
+        if slim is not result.model:
+            proof = compare_outputs(model, slim, check_data)
+            if not proof.holds(tolerance):
+                raise ProofError(f"the {layout} slim model changed the outputs: "
+                                 f"{proof.describe()}")
+        candidates.append(Candidate(f"BN folded, {describe_rounding(rounding)}, {layout}",
+                                    slim, rounding, layout, True,
+                                    macs(slim, example)["total"], result))
+
     for rounding in roundings:
-        folded = prune_model(model, example_input, check_data=check_data, fold_bn=True,
-                             latency_batches=(), round_to=rounding, tolerance=tolerance,
-                             **prune_kwargs)
+        result = folded(rounding, proven=True)
         for layout in layouts:
-            slim = folded.model
-            if layout == "channels_last":
-                slim = copy.deepcopy(slim).to(memory_format=torch.channels_last)
-                proof = compare_outputs(model, slim, check_data)
-                if not proof.holds(tolerance):
-                    raise ProofError(f"the channels-last slim model changed the outputs: "
-                                     f"{proof.describe()}")
-            width = "exact widths" if rounding == 1 else f"widths to x{rounding}"
-            candidates.append(Candidate(f"BN folded, {width}, {layout}", slim, rounding,
-                                        layout, True, macs(slim, example)["total"], folded))
-    threads = threads or torch.get_num_threads()
+            add(result, rounding, layout)
+    searches = {}
+    if per_layer:
+        layers = [d.name for d in exact.layers if d.removed]
+        x = example_input[:1].expand(target_batch, *example_input.shape[1:]).contiguous()
+        built, timed = {}, {}
+
+        def build(rounding: dict[str, int]) -> nn.Module:
+            key = tuple(sorted(rounding.items()))
+            if key not in built:
+                built[key] = folded(rounding, proven=False).model
+            return built[key]
+
+        for layout in layouts:
+            def cost(slim: nn.Module, layout=layout) -> float:
+                return conv_seconds(in_layout(slim, layout), x, threads,
+                                    min(CONV_RUN_TIME, min_run_time), cache=timed)
+
+            choice, trials = per_layer_rounding(build, layers, cost, roundings)
+            searches[layout] = trials
+            if any(m > 1 for m in choice.values()):
+                add(folded(choice, proven=True), choice, layout)
     for batch in batch_sizes:
         x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
         times = interleaved_times([model] + [c.model for c in candidates], x, threads,
@@ -126,4 +213,5 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
             c.latency.append(latency_row(times[0], seconds, batch, str(x.device), threads))
     # by the speed-up's median over rounds: each round's ratio sees one machine state
     best = max(candidates, key=lambda c: c.at(target_batch)["speedup"])
-    return TunedSlim(exact, candidates, best, target_batch, macs(model, example)["total"])
+    return TunedSlim(exact, candidates, best, target_batch, macs(model, example)["total"],
+                     searches)
