@@ -43,6 +43,7 @@ def test_a_vit_run_is_trained_evaluated_and_analyzed(fashion_dir, tmp_path, caps
     out = tmp_path / "run"
     result = train(config, out, verbose=False)
     assert result.metrics[-1]["sparsity_gamma_total"] is None
+    assert not (out / "bn_history").exists()  # no BatchNorm: no empty gamma/beta history
     evaluation = evaluate_run(out)
     assert evaluation["sparsity_gamma"] is None
     for key in ("sparsity_activation", "sparsity_dormant", "params_pruned"):

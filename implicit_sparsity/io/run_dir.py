@@ -87,7 +87,10 @@ def append_metrics(run_dir: Path, metrics: dict) -> None:
 
 
 def save_bn_snapshot(layers: dict[str, nn.Module], run_dir: Path, epoch: int) -> None:
-    """Save gamma and beta of each named BatchNorm layer (see `models.bn_layer_names`)."""
+    """Save gamma and beta of each named BatchNorm layer (see `models.bn_layer_names`);
+    nothing, and no folder, for a model without BatchNorm."""
+    if not layers:
+        return
     snapshot = {name: {"gamma": m.weight.detach().float().cpu().clone(),
                        "beta": m.bias.detach().float().cpu().clone()}
                 for name, m in layers.items()}
