@@ -109,7 +109,7 @@ def run(args) -> int:
                           gamma_threshold=args.gamma_threshold,
                           activation_threshold=args.activation_threshold,
                           units=units_for(args, source), threads=args.threads,
-                          tolerance=args.tolerance)
+                          tolerance=args.tolerance, progress=True)
         print(tuned.table())
         best = tuned.best
         if best is tuned.candidates[0]:

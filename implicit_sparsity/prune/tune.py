@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from implicit_sparsity.errors import ProofError
 from implicit_sparsity.prune.api import DEFAULT_TOLERANCE, PruneResult, prune_model
@@ -39,6 +40,8 @@ LAYOUTS = ("contiguous", "channels_last")
 ROUNDING_GAIN = 0.02
 #: Seconds each convolution runs when timed alone in the per-layer search.
 CONV_RUN_TIME = 0.2
+#: Samples of the example batch on which a search trial's removal steps are checked.
+SEARCH_SAMPLES = 2
 
 
 @dataclass
@@ -108,18 +111,18 @@ def _conv_widths(model: nn.Module) -> tuple[int, ...]:
     return tuple(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
-def per_layer_rounding(build, layers: list[str], cost, roundings: tuple[int, ...] = ROUNDINGS
-                       ) -> tuple[dict[str, int], list[dict]]:
+def per_layer_rounding(build, layers: list[str], cost, roundings: tuple[int, ...] = ROUNDINGS,
+                       desc: str | None = None) -> tuple[dict[str, int], list[dict]]:
     """Each layer's rounding, chosen in turn: `build(rounding per layer)` gives a slim model,
     `cost(model)` its seconds (in tune_slim: its convolutions, each timed on the input it
     sees, `conv_seconds`); a layer's rounding is kept when it lowers the cost by more than
     ROUNDING_GAIN. Returns the choice ({layer: multiple}, 1 = exact width) and every trial
-    ({"rounding", "ms", "kept"})."""
+    ({"rounding", "ms", "kept"}). `desc`: show a progress bar with this title."""
     choice = dict.fromkeys(layers, 1)
     current = build(choice)
     best = cost(current)
     trials = [{"rounding": dict(choice), "ms": 1e3 * best, "kept": True}]
-    for name in layers:
+    for name in tqdm(layers, desc=desc, disable=desc is None, leave=False):
         for multiple in roundings:
             if multiple <= 1:
                 continue
@@ -147,13 +150,13 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
               threads: int | None = None, min_run_time: float = 0.5,
               rounds: int = LATENCY_ROUNDS, roundings: tuple[int, ...] = ROUNDINGS,
               layouts: tuple[str, ...] = LAYOUTS, tolerance: float = DEFAULT_TOLERANCE,
-              per_layer: bool = True, **prune_kwargs) -> TunedSlim:
+              per_layer: bool = True, progress: bool = False, **prune_kwargs) -> TunedSlim:
     """The exact-minimum slim model and its exact deployment candidates, timed against the
     original at `batch_sizes`; the fastest at `target_batch` is `best`. `per_layer`: also a
     candidate per layout whose rounding is chosen layer by layer (`per_layer_rounding`, at
     `target_batch`). `prune_kwargs` go to `prune_model` (criterion, corpus, units,
     thresholds). A candidate whose outputs differ beyond `tolerance` on `check_data` raises
-    ProofError: exact or refused."""
+    ProofError: exact or refused. `progress`: progress bars for the search and the timing."""
     if target_batch not in batch_sizes:
         raise ValueError(f"target batch {target_batch} is not among {batch_sizes}")
     model.eval()
@@ -165,9 +168,12 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
                             macs(exact.model, example)["total"], exact)]
 
     def folded(rounding, proven: bool) -> PruneResult:
-        return prune_model(model, example_input, check_data=check_data if proven else None,
-                           fold_bn=True, latency_batches=(), round_to=rounding,
-                           tolerance=tolerance, **prune_kwargs)
+        # a search trial is only timed (the chosen rounding is rebuilt proven): its removal
+        # steps are checked on a few samples, not the whole example batch
+        return prune_model(model, example_input if proven else example_input[:SEARCH_SAMPLES],
+                           check_data=check_data if proven else None, fold_bn=True,
+                           latency_batches=(), round_to=rounding, tolerance=tolerance,
+                           **prune_kwargs)
 
     def add(result: PruneResult, rounding, layout: str) -> None:
         slim = in_layout(result.model, layout)
@@ -201,11 +207,14 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
                 return conv_seconds(in_layout(slim, layout), x, threads,
                                     min(CONV_RUN_TIME, min_run_time), cache=timed)
 
-            choice, trials = per_layer_rounding(build, layers, cost, roundings)
+            choice, trials = per_layer_rounding(
+                build, layers, cost, roundings,
+                desc=f"per-layer rounding, {layout}" if progress else None)
             searches[layout] = trials
             if any(m > 1 for m in choice.values()):
                 add(folded(choice, proven=True), choice, layout)
-    for batch in batch_sizes:
+    for batch in tqdm(batch_sizes, desc=f"timing {len(candidates)} candidates",
+                      disable=not progress, leave=False):
         x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
         times = interleaved_times([model] + [c.model for c in candidates], x, threads,
                                   min_run_time, rounds)
