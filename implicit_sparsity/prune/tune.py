@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from implicit_sparsity.errors import ProofError
+from implicit_sparsity.measure.features import CONV_UNITS, trace_features
 from implicit_sparsity.prune.api import DEFAULT_TOLERANCE, PruneResult, prune_model
 from implicit_sparsity.prune.cost import (LATENCY_ROUNDS, conv_seconds, interleaved_times,
                                           latency_row, macs)
@@ -153,8 +154,8 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
               per_layer: bool = True, progress: bool = False, **prune_kwargs) -> TunedSlim:
     """The exact-minimum slim model and its exact deployment candidates, timed against the
     original at `batch_sizes`; the fastest at `target_batch` is `best`. `per_layer`: also a
-    candidate per layout whose rounding is chosen layer by layer (`per_layer_rounding`, at
-    `target_batch`). `prune_kwargs` go to `prune_model` (criterion, corpus, units,
+    candidate per layout whose rounding is chosen conv layer by conv layer
+    (`per_layer_rounding`, at `target_batch`). `prune_kwargs` go to `prune_model` (criterion, corpus, units,
     thresholds). A candidate whose outputs differ beyond `tolerance` on `check_data` raises
     ProofError: exact or refused. `progress`: progress bars for the search and the timing."""
     if target_batch not in batch_sizes:
@@ -192,7 +193,11 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
             add(result, rounding, layout)
     searches = {}
     if per_layer:
-        layers = [d.name for d in exact.layers if d.removed]
+        # conv layers: their convolutions are what the search times (MLP units: the global
+        # roundings only)
+        convs = {f.name for f in trace_features(model, prune_kwargs.get("units", CONV_UNITS))
+                 .features if f.kind == "conv"}
+        layers = [d.name for d in exact.layers if d.removed and d.name in convs]
         x = example_input[:1].expand(target_batch, *example_input.shape[1:]).contiguous()
         built, timed = {}, {}
 
