@@ -13,6 +13,7 @@ from implicit_sparsity.measure.report import analyze
 from implicit_sparsity.measure.sensitivity import sensitivity
 from implicit_sparsity.models import build_model
 from implicit_sparsity.prune import prune_model
+from implicit_sparsity.train.recycle import recyclable
 
 
 class MLP(nn.Module):
@@ -334,25 +335,96 @@ class GroupNormNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def test_group_and_layer_norm_conv_units_are_measured_after_the_norm_and_never_removed():
+def _dead_after_norm(norm, channels):
+    with torch.no_grad():  # dead after the norm: zero scale, negative shift
+        norm.weight[channels], norm.bias[channels] = 0.0, -1.0
+
+
+def test_group_and_layer_norm_conv_units_are_measured_after_the_norm_and_go_by_whole_groups():
     torch.manual_seed(0)
     model = GroupNormNet().double().eval()
-    with torch.no_grad():  # dead after the norm: zero scale, negative shift
-        model.n1.weight[[1, 6]], model.n1.bias[[1, 6]] = 0.0, -1.0
-        model.n2.weight[3], model.n2.bias[3] = 0.0, -1.0
+    _dead_after_norm(model.n1, [1, 6])  # GroupNorm(2, 8): one dead channel in each group
+    _dead_after_norm(model.n2, [3])     # GroupNorm(8, 8): a group per channel
+    _dead_after_norm(model.n3, [2])     # LayerNorm([4, 6, 6]): all channels together
     traced = trace_features(model)
-    assert [(f.name, f.shared_norm, f.coupled, f.gamma) for f in traced.features] == [
-        ("c1", "GroupNorm", True, None), ("c2", "GroupNorm", True, None),
-        ("c3", "LayerNorm", True, None)]
+    assert [(f.name, f.shared_norm, f.norm_groups, f.coupled, f.gamma)
+            for f in traced.features] == [
+        ("c1", "GroupNorm", 2, False, None), ("c2", "GroupNorm", 8, False, None),
+        ("c3", "LayerNorm", 1, True, None)]
     x = torch.randn(10, 3, 6, 6, dtype=torch.float64)
     report = analyze(model, [x], criterion="activation")
-    assert [l.inactive_activation for l in report.layers] == [2, 1, 0]
-    assert report.percent_params_pruned("activation") == 0.0
+    assert [l.inactive_activation for l in report.layers] == [2, 1, 1]
+    # by hand: conv weights 8*3*9 + 8*8*9 + 4*8*9 = 1080; only c2's dead channel can go
+    # (its own group): its filter (8*9) and c3's input slice for it (4*9)
+    assert report.conv_params == 1080
+    assert report.percent_params_pruned("activation") == pytest.approx(100 * 108 / 1080)
     assert [len(l.universality) for l in report.layers] == [8, 8, 4]
     assert report.layers[0].universality[1] == report.layers[0].universality[6] == 0.0
     result = prune_model(model, x, criterion="activation", corpus=[x], check_data=[x],
                          latency_batches=())
-    assert all(d.filters_after == d.filters_before for d in result.layers)
-    assert result.layers[0].reasons == {"normalized together with other channels (GroupNorm)": 2}
+    assert [(d.filters_before, d.filters_after) for d in result.layers] == [
+        (8, 8), (8, 7), (4, 4)]
+    reason = "normalized together with other channels ({})"
+    assert result.layers[0].reasons == {reason.format("GroupNorm"): 2}
+    assert result.layers[2].reasons == {reason.format("LayerNorm"): 1}
+    assert result.model.n2.num_groups == 7 and result.model.c3.in_channels == 7
+    with torch.no_grad():  # float64: only the sums over fewer (zero) inputs reorder
+        assert torch.allclose(result.model(x), model(x), rtol=0, atol=1e-12)
+    # recycling a unit would move its group's statistics: none is recyclable
+    assert recyclable(traced.features, model) == []
+
+
+class GroupNormBlock(nn.Module):
+    """A ResNet basic block with GroupNorm (as in detection backbones): conv -> GN(4) ->
+    ReLU -> conv -> GN(4), added to the input, ReLU; GAP and fc."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.c1, self.n1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.GroupNorm(4, c)
+        self.c2, self.n2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.GroupNorm(4, c)
+        self.fc = nn.Linear(c, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = torch.relu(self.n1(self.c1(x)))
+        x = torch.relu(self.n2(self.c2(y)) + x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_group_norm_residual_block_loses_its_dead_inner_groups_exactly():
+    torch.manual_seed(2)
+    model = GroupNormBlock().double().eval()
+    _dead_after_norm(model.n1, list(range(4, 8)) + [12])  # group 2 whole, one of group 4
+    _dead_after_norm(model.n2, list(range(8, 12)))        # dead, but added to the input
+    x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    result = prune_model(model, x, criterion="activation", corpus=[x], check_data=[x],
+                         latency_batches=())
+    by_name = {d.name: d for d in result.layers}
+    assert sorted(by_name["c1"].removed) == [4, 5, 6, 7]
+    assert (result.model.n1.num_groups, result.model.c2.in_channels) == (3, 12)
+    assert by_name["c2"].removed == []  # its channels reach the residual add
     with torch.no_grad():
-        assert torch.equal(result.model(x), model(x))
+        assert torch.allclose(result.model(x), model(x), rtol=0, atol=1e-12)
+
+
+def test_whole_dead_groups_of_a_group_norm_are_removed_exactly():
+    torch.manual_seed(1)
+    model = GroupNormNet().double().eval()
+    _dead_after_norm(model.n1, [4, 5, 6, 7, 1])  # c1's second group whole, one of the first
+    _dead_after_norm(model.n2, list(range(8)))   # every channel of c2: one group stays
+    x = torch.randn(10, 3, 6, 6, dtype=torch.float64)
+    result = prune_model(model, x, criterion="activation", corpus=[x], check_data=[x],
+                         latency_batches=())
+    c1, c2 = result.layers[:2]
+    assert sorted(c1.removed) == [4, 5, 6, 7] and c1.kept_unsafe == [1]
+    assert (result.model.n1.num_groups, result.model.n1.num_channels) == (1, 4)
+    assert (c2.filters_after, len(c2.kept_last)) == (1, 1)  # a layer is never emptied
+    assert result.model.n2.num_groups == 1 and result.model.c2.in_channels == 4
+    with torch.no_grad():
+        assert torch.allclose(result.model(x), model(x), rtol=0, atol=1e-12)
+    report = analyze(model, [x], criterion="activation")
+    # by hand (% Param counts what the criterion marks, as for BatchNorm features): c1 keeps
+    # its first group (4 filters x 3 inputs x 9); c2 is all dead, so c2 keeps nothing and
+    # c3 reads no live input
+    assert report.conv_params_kept["activation"] == 4 * 3 * 9

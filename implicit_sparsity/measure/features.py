@@ -19,8 +19,10 @@ concatenation, a product) is *coupled*: its channels cannot be removed on their 
 that reaches the model's output (a conv classifier) is never pruned.
 
 A conv followed by a GroupNorm or LayerNorm (then an activation) is measured after the norm
-and its activation, as a BN feature is; its channels are normalized together, so they are
-never removed one by one (exact or not at all), and it has no |gamma| criterion.
+and its activation, as a BN feature is, and it has no |gamma| criterion. Its channels are
+normalized together, group by group: a GroupNorm's whole groups of dead channels can be
+removed exactly (the other groups' statistics do not see them), a channel alone cannot,
+nor any channel under a LayerNorm (exact or not at all).
 
 Units beyond conv filters (`units=ALL_UNITS`): a Linear followed by an activation, with an
 optional BatchNorm1d between (MLP hidden units, the hidden units of a Transformer's MLP
@@ -106,9 +108,12 @@ class Feature:
     border_sensitive: bool = False    # a padded average pool or a BN changes a constant
     bn_has_activation: bool = False   # a BN-with-activation module (timm BatchNormAct2d)
     kind: str = "conv"                # "conv" (channels dim 1) or "linear" (channels last)
-    #: a GroupNorm / LayerNorm between conv and activation: measured after it, but its
-    #: channels are normalized together, so none can be removed exactly on its own
+    #: a GroupNorm / LayerNorm between conv and activation (its type name): measured after
+    #: it; its channels are normalized together, so a channel can go exactly only with its
+    #: whole group (`removable`)
     shared_norm: str | None = None
+    norm_path: str | None = None
+    norm_groups: int = 0  # groups the shared norm normalizes apart: GroupNorm's, 1 for LN
 
     @property
     def num_features(self) -> int:
@@ -117,6 +122,17 @@ class Feature:
     @property
     def channels_last(self) -> bool:
         return self.kind == "linear"
+
+    def removable(self, dead: torch.Tensor) -> torch.Tensor:
+        """Of the dead channels (a mask over the original channels), those that can go
+        exactly: all of them, but under a shared norm only whole groups of dead channels
+        (removing some of a group's channels changes its statistics) and none under a
+        LayerNorm or one-group GroupNorm (unless every channel is dead)."""
+        if not self.shared_norm:
+            return dead
+        groups = max(1, self.norm_groups)
+        whole = dead.reshape(groups, len(dead) // groups).all(dim=1)
+        return whole.repeat_interleave(len(dead) // groups)
 
     @property
     def gamma(self) -> torch.Tensor | None:
@@ -361,12 +377,13 @@ def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> Tra
         if not isinstance(bn, norm_type) or bn_node.args[0] is not first:
             bn_node, bn = None, None
         bn_act = bn is not None and _is_batchnorm_with_activation(bn)
-        shared = None
+        shared, norm_groups = None, 0
         if bn is None and not linear and len(first.users) == 1:
             user = next(iter(first.users))
-            if isinstance(_module(gm, user), (nn.GroupNorm, nn.LayerNorm)) and \
-                    user.args[0] is first:
+            norm = _module(gm, user)
+            if isinstance(norm, (nn.GroupNorm, nn.LayerNorm)) and user.args[0] is first:
                 shared = user  # conv -> GroupNorm -> activation: the unit is after the norm
+                norm_groups = norm.num_groups if isinstance(norm, nn.GroupNorm) else 1
         out = _skip_identities(gm, bn_node if bn_node is not None else shared or first)
         act = next(iter(out.users)) if len(out.users) == 1 and not bn_act else None
         has_act = act is not None and _is_activation(gm, act) and act.args[0] is out
@@ -376,7 +393,8 @@ def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> Tra
         consumers: list[str] = []
         flags: dict = {}
         coupled = not _ends_in_consumers(gm, output, consumers, flags, channels_last=linear)
-        coupled = coupled or shared is not None  # frees no parameter on its own
+        # under a LayerNorm or a one-group GroupNorm no channel can go on its own
+        coupled = coupled or (shared is not None and norm_groups < 2)
         features.append(Feature(node.target, node.target, conv,
                                 bn_node.target if bn_node is not None else None, bn,
                                 output.name, has_act or bn_act, consumers, coupled,
@@ -387,7 +405,9 @@ def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> Tra
                                 bn_has_activation=bn_act,
                                 kind="linear" if linear else "conv",
                                 shared_norm=None if shared is None else
-                                type(_module(gm, shared)).__name__))
+                                type(_module(gm, shared)).__name__,
+                                norm_path=None if shared is None else shared.target,
+                                norm_groups=norm_groups))
     convs = [f for f in features if f.kind == "conv"]
     if convs and all(id(f.conv) in blocks for f in convs):
         order = sorted(convs, key=lambda f: blocks[id(f.conv)])
@@ -415,7 +435,8 @@ def count_conv_params(features: list[Feature], input_feature: dict[str, str],
     """(conv weights, conv weights kept) when the features' dead channels are removed.
 
     A removed filter frees its own weights and the matching input slice of the conv that
-    reads it (the paper's "% Param Pruned"); coupled features keep all channels. A model
+    reads it (the paper's "% Param Pruned"); coupled features keep all channels, features
+    under a GroupNorm keep all but whole dead groups (`Feature.removable`). A model
     with no conv feature (a Transformer measured on its MLP units) counts its MLP weights
     instead: a removed unit frees its row of the Linear that makes it and its column of
     the Linear that reads it (`modules`: the model's named modules, for those readers).
@@ -423,17 +444,22 @@ def count_conv_params(features: list[Feature], input_feature: dict[str, str],
     if not any(f.kind == "conv" for f in features):
         return _count_mlp_params(features, input_feature, alive or {}, modules or {})
     alive = alive or {}
+    by_name = {f.name: f for f in features}
+
+    def kept_channels(f: Feature) -> int:
+        return int((~f.removable(~alive[f.name])).sum())
+
     total = kept = 0
     for f in features:
         if f.kind != "conv":
             continue  # conv weights only (the paper's "% Param")
         w = f.conv.weight
         per_pair = w.shape[2] * w.shape[3]
-        out_alive = int(alive[f.name].sum()) if f.name in alive and not f.coupled else w.shape[0]
+        out_alive = kept_channels(f) if f.name in alive and not f.coupled else w.shape[0]
         source = input_feature.get(f.conv_path)
         in_alive = w.shape[1]
         if source is not None and source in alive and f.conv.groups == 1:
-            in_alive = int(alive[source].sum())
+            in_alive = kept_channels(by_name[source])
         total += w.numel()
         kept += out_alive * in_alive * per_pair
     return total, kept

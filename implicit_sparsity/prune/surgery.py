@@ -94,7 +94,7 @@ def constant_outputs(feature: Feature) -> torch.Tensor:
 def _foldable(feature: Feature, gm: torch.fx.GraphModule) -> bool:
     """Can a constant channel of this feature be folded exactly into its readers?"""
     if feature.coupled or feature.border_sensitive or feature.reaches_output \
-            or not feature.consumers:
+            or feature.shared_norm or not feature.consumers:
         return False
     for path in feature.consumers:
         module = gm.get_submodule(path)
@@ -205,6 +205,7 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
         return [decisions[f.name] for f in features]
     outputs = _Outputs(model, example_input, tolerance) if exact else None
     by_conv = {id(f.conv): f for f in features}
+    group_size = {f.name: f.num_features // f.norm_groups for f in features if f.norm_groups}
     # original index of each current output channel, per conv
     remaining = {f.name: list(range(f.num_features)) for f in features}
     constants = {f.name: torch.zeros(f.num_features) if zero_when_dead else constant_outputs(f)
@@ -253,6 +254,7 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
                     removed[name] = [remaining[name][i] for i in sorted(gone)]
                     remaining[name] = [r for i, r in enumerate(remaining[name]) if i not in gone]
             group.prune()
+            _regroup_norm(model, feature, group_size)
             problem = outputs.change() if outputs is not None else None
         except Exception as error:  # torch-pruning's index mapping, a shape it cannot fix
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -283,10 +285,14 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
             decision.keep(torch.nonzero(mask).flatten().tolist(),
                           "its channels are the model's output")
             continue
-        if exact and feature.shared_norm:
-            decision.keep(torch.nonzero(mask).flatten().tolist(),
-                          f"normalized together with other channels ({feature.shared_norm})")
-            continue
+        if exact and feature.shared_norm:  # whole groups of dead channels only
+            whole = feature.removable(mask)
+            if bool((mask & ~whole).any()):
+                decision.keep(torch.nonzero(mask & ~whole).flatten().tolist(),
+                              f"normalized together with other channels ({feature.shared_norm})")
+            mask = whole
+            if not bool(mask.any()):
+                continue
         foldable = _foldable(feature, traced.graph_module)
         candidates, folds = [], []
         for current, original in enumerate(remaining[feature.name]):
@@ -341,8 +347,10 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
             score = strength.get(feature.name) if strength else None
             keep = max(chosen, key=lambda c: float(score[remaining[feature.name][c]])
                        if score is not None else -c)
-            chosen.remove(keep)
-            decision.kept_last.append(remaining[feature.name][keep])
+            for c in _with_its_group(feature, keep, chosen, remaining[feature.name],
+                                     group_size):
+                chosen.remove(c)
+                decision.kept_last.append(remaining[feature.name][c])
         if not chosen:
             continue
         originals = {c: remaining[feature.name][c] for c in chosen}
@@ -360,6 +368,27 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
     for f in features:
         decisions[f.name].filters_after = f.num_features
     return [decisions[f.name] for f in features]
+
+
+def _with_its_group(feature: Feature, current: int, chosen: list[int], originals: list[int],
+                    group_size: dict[str, int]) -> list[int]:
+    """`current` and, under a shared norm, the chosen channels of its group (current
+    indices; `originals` maps them to original ones): a layer that must keep a channel
+    keeps its whole group."""
+    size = group_size.get(feature.name)
+    if not size:
+        return [current]
+    return [c for c in chosen if originals[c] // size == originals[current] // size]
+
+
+def _regroup_norm(model: nn.Module, feature: Feature, group_size: dict[str, int]) -> None:
+    """After whole groups of a feature's channels went, its GroupNorm has fewer groups of
+    the same size (torch-pruning narrows it but keeps its group count)."""
+    if feature.norm_path is None or feature.name not in group_size:
+        return
+    norm = model.get_submodule(feature.norm_path)
+    if isinstance(norm, nn.GroupNorm) and norm.num_channels % group_size[feature.name] == 0:
+        norm.num_groups = norm.num_channels // group_size[feature.name]
 
 
 def _out_size(module: nn.Module) -> int:

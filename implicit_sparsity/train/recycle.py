@@ -53,6 +53,8 @@ def recyclable(features: list[Feature], model: nn.Module) -> list[Feature]:
     for f in features:
         if f.coupled or f.reaches_output or not f.has_activation or not f.consumers:
             continue
+        if f.shared_norm:  # new incoming weights would move its group's statistics
+            continue
         if getattr(f.conv, "groups", 1) != 1:
             continue
         if all(_outgoing_block(modules[c], f.num_features) for c in f.consumers):
