@@ -57,6 +57,9 @@ if tvm is not None:
         "tv-densenet121": lambda: tvm.densenet121(num_classes=10),
         "tv-regnet_x_400mf": lambda: tvm.regnet_x_400mf(num_classes=10),
         "tv-convnext_tiny": lambda: tvm.convnext_tiny(num_classes=10),
+        # GroupNorm ResNet (detection backbones): whole dead groups go, single ones stay
+        "tv-resnet18-groupnorm": lambda: tvm.resnet18(
+            num_classes=10, norm_layer=lambda c: torch.nn.GroupNorm(8, c)),
     })
 if timm is not None:
     MODELS.update({name: (lambda name=name: timm.create_model(name, num_classes=10))

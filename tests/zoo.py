@@ -309,10 +309,13 @@ ZOO = {
 def plant_dead(model: nn.Module, generator: torch.Generator) -> dict[str, int]:
     """Random dead patterns in every affine BatchNorm: gamma = 0 with beta < 0 (a zero
     output), beta > 0 (a constant), gamma tiny but alive, and now and then a whole layer
-    dead. Returns how many of each were planted."""
+    dead; in every affine GroupNorm, dead whole groups and dead single channels. Returns
+    how many of each were planted."""
     planted = {"zero": 0, "constant": 0, "barely-alive": 0}
     with torch.no_grad():
         for module in model.modules():
+            if isinstance(module, nn.GroupNorm) and module.affine:
+                _plant_dead_groups(module, generator, planted)
             if not isinstance(module, nn.BatchNorm2d) or not module.affine:
                 continue
             c = module.num_features
@@ -329,6 +332,17 @@ def plant_dead(model: nn.Module, generator: torch.Generator) -> dict[str, int]:
             planted["constant"] += int((dead & constant).sum())
             planted["barely-alive"] += int(barely.sum())
     return planted
+
+
+def _plant_dead_groups(norm: nn.GroupNorm, generator: torch.Generator, planted: dict) -> None:
+    """Dead channels after a GroupNorm (gamma = 0, beta < 0): whole groups and single
+    channels among live ones of their group."""
+    size = norm.num_channels // norm.num_groups
+    groups = torch.rand(norm.num_groups, generator=generator) < 0.4
+    dead = groups.repeat_interleave(size) | (torch.rand(norm.num_channels,
+                                                        generator=generator) < 0.2)
+    norm.weight[dead], norm.bias[dead] = 0.0, -0.5
+    planted["zero"] += int(dead.sum())
 
 
 def warm_up(model: nn.Module, generator: torch.Generator, steps: int = 2) -> nn.Module:
