@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from implicit_sparsity.errors import ImplicitSparsityError
 from implicit_sparsity.measure.activation import activation_statistics
 from implicit_sparsity.measure.features import ALL_UNITS, MLP_UNITS, trace_features
 from implicit_sparsity.measure.report import analyze
@@ -372,6 +373,12 @@ def test_group_and_layer_norm_conv_units_are_measured_after_the_norm_and_go_by_w
         assert torch.allclose(result.model(x), model(x), rtol=0, atol=1e-12)
     # recycling a unit would move its group's statistics: none is recyclable
     assert recyclable(traced.features, model) == []
+    # an explicit selection (no proof) must take whole groups too: refused in one line
+    selection = {"c1": torch.tensor([False, True] + [False] * 6)}
+    with pytest.raises(ImplicitSparsityError, match="part of a group of its GroupNorm"):
+        prune_model(model, x, selection=selection, latency_batches=())
+    whole = prune_model(model, x, selection={"c1": torch.arange(8) >= 4}, latency_batches=())
+    assert (whole.model.n1.num_groups, whole.model.n1.num_channels) == (1, 4)
 
 
 class GroupNormBlock(nn.Module):

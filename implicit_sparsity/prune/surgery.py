@@ -285,6 +285,12 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
             decision.keep(torch.nonzero(mask).flatten().tolist(),
                           "its channels are the model's output")
             continue
+        if not exact and feature.shared_norm and not torch.equal(feature.removable(mask),
+                                                                 mask):
+            raise ImplicitSparsityError(
+                f"{feature.name}: the selection removes part of a group of its "
+                f"{feature.shared_norm}; under a GroupNorm whole groups go or none (under a "
+                "LayerNorm, all channels or none)")
         if exact and feature.shared_norm:  # whole groups of dead channels only
             whole = feature.removable(mask)
             if bool((mask & ~whole).any()):
