@@ -55,18 +55,20 @@ def _widths(model):
     return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
 
 
-def test_per_layer_rounding_keeps_only_what_lowers_the_cost():
+def _basicnet_with_dead_filters():
+    """BasicNet at width 0.25, 60% of its filters dead, float64, eval mode."""
     torch.manual_seed(0)
     model = build_model("basicnet", in_channels=3, num_classes=10, width="0.25")
     kill_random_features(model, fraction=0.6, seed=1)
-    model = with_running_stats(model, (16, 3, 32, 32)).double()
+    return with_running_stats(model, (16, 3, 32, 32)).double()
+
+
+def test_per_layer_rounding_keeps_only_what_lowers_the_cost():
+    model = _basicnet_with_dead_filters()
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
-    built = []
 
     def build(rounding):
-        slim = prune_model(model, x, fold_bn=True, latency_batches=(), round_to=rounding).model
-        built.append(rounding)
-        return slim
+        return prune_model(model, x, fold_bn=True, latency_batches=(), round_to=rounding).model
 
     exact = build({})
     base = _widths(exact)
@@ -110,10 +112,7 @@ def test_conv_times_time_each_conv_on_the_input_it_sees():
 
 
 def test_tuned_candidates_are_exact_and_timed_against_the_original():
-    torch.manual_seed(0)
-    model = build_model("basicnet", in_channels=3, num_classes=10, width="0.25")
-    kill_random_features(model, fraction=0.6, seed=1)
-    model = with_running_stats(model, (16, 3, 32, 32)).double()
+    model = _basicnet_with_dead_filters()
     x = torch.randn(16, 3, 32, 32, dtype=torch.float64)
     tuned = tune_slim(model, x, check_data=[x], batch_sizes=(1, 4), target_batch=4,
                       min_run_time=0.01, rounds=3, roundings=(1, 8))
