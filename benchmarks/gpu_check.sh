@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, about 2 minutes on one modern GPU (5 at most): the tests that need
+# The GPU checks in one go, about 3 minutes on one modern GPU (6 at most): the tests that need
 # CUDA (a CUDA-graph training step computes what the eager step computes, single and packed;
-# strict fp32 by default), then the speed benchmark at the paper's BasicNet width and at 0.25.
+# strict fp32 by default), the speed benchmark at the paper's BasicNet width and at 0.25, then
+# training throughput against a plain loop with step_capture: compile (torch.compile, checked
+# against eager at its first step; random images in Fashion-MNIST's files).
 #
 #     bash benchmarks/gpu_check.sh            # from the repository root
 #
@@ -20,3 +22,4 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.total --format=csv |
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_capture.py
 "$PYTHON" benchmarks/speed.py --width 1 --images 20000 --pack 8
 "$PYTHON" benchmarks/speed.py --width 0.25 --images 20000 --pack 8
+"$PYTHON" benchmarks/train_throughput.py --width 1 --images 20000 --synthetic --compile

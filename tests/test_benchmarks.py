@@ -51,3 +51,10 @@ def test_train_throughput_benchmark_prints_both_baselines():
     assert re.search(r"plain, indexed +\d+ images/s", out)
     assert re.search(r"plain, DataLoader +\d+ images/s", out)
     assert re.search(r"ratio ours / indexed: \d+\.\d\d .* ours / DataLoader: \d+\.\d\d", out)
+
+
+def test_train_throughput_benchmark_runs_on_synthetic_files():
+    """--synthetic: no data set on the machine (the GPU check); random IDX files instead."""
+    out = run("train_throughput.py", "--images", "80", "--epochs", "1", "--width", "0.0625",
+              "--synthetic")
+    assert re.search(r"implicit-sparsity +\d+ images/s", out)
