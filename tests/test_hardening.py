@@ -115,6 +115,30 @@ def test_a_lock_dies_with_its_process(tmp_path):
         pass
 
 
+def test_a_write_killed_midway_leaves_a_temporary_that_the_next_run_removes(fashion_dir,
+                                                                             tmp_path):
+    out = tmp_path / "run"
+    config = TrainConfig(data_dir=str(fashion_dir), width="0.0625", epochs=[2], lam=1e-3)
+
+    def interrupt(*_):
+        raise KeyboardInterrupt  # after epoch 1 is saved: an interrupted run
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out, callbacks=(interrupt,), verbose=False)
+    # what a kill -9 inside atomic writes leaves (tempfile.mkstemp's names)
+    leftovers = [out / ".checkpoint.pt.k3j9x2.tmp", out / "bn_history" / ".epoch_0002.pt.a1.tmp"]
+    kept = [out / "notes.tmp", out / ".hidden"]  # not ours: left alone
+    for path in leftovers + kept:
+        path.write_bytes(b"half a file")
+    with FolderLock(out, "run folder"):  # a lock without tidy (a sweep folder's) removes nothing
+        pass
+    assert all(path.exists() for path in leftovers)
+    train(config, out, verbose=False)  # resumes
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.read_bytes() == b"half a file" for path in kept)
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2]
+
+
 def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(fashion_dir, tmp_path, capsys,
                                                               monkeypatch):
     import implicit_sparsity.io.files as files

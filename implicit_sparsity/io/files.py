@@ -7,7 +7,9 @@
 - `load_tensors` loads with `weights_only=True`: tensors and plain data, never pickled code.
 - `FolderLock` holds an exclusive `flock` on a folder for as long as a run writes there.
   The OS releases it when the process ends, however it ends, so a killed run never leaves
-  a stale lock.
+  a stale lock. A kill in the middle of an atomic write leaves its temporary file behind;
+  `FolderLock(..., tidy=True)` removes such leftovers when it takes a folder that one
+  writer owns (a run folder).
 """
 
 from __future__ import annotations
@@ -93,6 +95,21 @@ def load_tensors(path: str | Path, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def remove_leftover_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes that a kill interrupted, in `folder` and
+    below (named `.TARGET.XXXX.tmp`); only for a folder whose lock this process holds and
+    which no other process writes. Returns what was removed."""
+    removed = []
+    for path in folder.rglob(".*.tmp"):
+        if path.is_file():
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
 class FolderLock:
     """An exclusive lock on a folder for one writer; a second writer is refused at once.
 
@@ -104,8 +121,8 @@ class FolderLock:
     missing; if this lock made it and it is still empty when the lock is released, it is
     removed again, so a refused or failed start leaves nothing behind."""
 
-    def __init__(self, folder: str | Path, what: str = "folder"):
-        self.folder, self.what = Path(folder), what
+    def __init__(self, folder: str | Path, what: str = "folder", tidy: bool = False):
+        self.folder, self.what, self.tidy = Path(folder), what, tidy
         self._fd: int | None = None
         self._made = False
 
@@ -125,6 +142,8 @@ class FolderLock:
             raise RunStateError(f"another process is writing {self.what} {self.folder}; wait "
                                 "for it to end or choose another folder") from None
         self._fd = fd
+        if self.tidy:
+            remove_leftover_temporaries(self.folder)
         return self
 
     def __exit__(self, *exc) -> None:

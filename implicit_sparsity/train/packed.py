@@ -230,7 +230,7 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
     outs = [Path(o) for o in outs]
     with contextlib.ExitStack() as locks:
         for out in outs:
-            locks.enter_context(FolderLock(out, "run folder"))
+            locks.enter_context(FolderLock(out, "run folder", tidy=True))
         return _train_packed(configs, outs, verbose)
 
 
