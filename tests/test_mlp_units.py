@@ -435,3 +435,57 @@ def test_whole_dead_groups_of_a_group_norm_are_removed_exactly():
     # its first group (4 filters x 3 inputs x 9); c2 is all dead, so c2 keeps nothing and
     # c3 reads no live input
     assert report.conv_params_kept["activation"] == 4 * 3 * 9
+
+
+class StdConv2d(nn.Conv2d):
+    """A weight-standardized conv as timm's (BiT): each filter standardized over its inputs
+    in forward. A Conv2d subclass from outside torch: fx would trace into it."""
+
+    def forward(self, x):
+        w = self.weight
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        return nn.functional.conv2d(x, (w - mean) / torch.sqrt(var + 1e-6), self.bias,
+                                    self.stride, self.padding)
+
+
+class GroupNormAct(nn.GroupNorm):
+    """GroupNorm with its ReLU inside, as timm's."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+class StdConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = StdConv2d(3, 8, 3, padding=1, bias=False), GroupNormAct(4, 8)
+        self.c2, self.n2 = StdConv2d(8, 8, 3, padding=1, bias=False), GroupNormAct(4, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.n2(self.c2(self.n1(self.c1(x)))).mean((2, 3)))
+
+
+def test_conv_subclasses_are_measured_and_pruned_exactly_or_kept():
+    """A Conv2d subclass (weight standardization) is a feature's conv, not traced into; its
+    dead units after a GroupNorm-with-activation are found; a whole dead group read by a
+    Linear goes, one read by a standardized conv stays (its standardization would move)."""
+    torch.manual_seed(3)
+    model = StdConvNet().double().eval()
+    _dead_after_norm(model.n1, [2, 3])  # a whole group, read by the standardized c2
+    _dead_after_norm(model.n2, [4, 5])  # a whole group, read by the Linear
+    traced = trace_features(model)
+    assert [(f.name, type(f.conv).__name__, f.shared_norm, f.norm_groups)
+            for f in traced.features] == [("c1", "StdConv2d", "GroupNormAct", 4),
+                                          ("c2", "StdConv2d", "GroupNormAct", 4)]
+    x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    report = analyze(model, [x], criterion="activation")
+    assert [l.inactive_activation for l in report.layers] == [2, 2]
+    result = prune_model(model, x, criterion="activation", corpus=[x], check_data=[x],
+                         latency_batches=())
+    c1, c2 = result.layers
+    assert c1.removed == [] and c1.kept_unsafe == [2, 3]
+    assert sorted(c2.removed) == [4, 5] and result.model.n2.num_groups == 3
+    with torch.no_grad():
+        assert torch.allclose(result.model(x), model(x), rtol=0, atol=1e-12)

@@ -64,7 +64,9 @@ if tvm is not None:
 if timm is not None:
     MODELS.update({name: (lambda name=name: timm.create_model(name, num_classes=10))
                    for name in ("resnet18d", "efficientnet_b0", "mobilenetv3_small_050",
-                                "regnetx_002")})
+                                "regnetx_002",
+                                # GroupNorm; BiT: weight-standardized convs, GroupNormAct
+                                "resnet50_gn", "resnetv2_50x1_bit")})
 
 
 @pytest.mark.skipif(not MODELS, reason="torchvision / timm do not import here")

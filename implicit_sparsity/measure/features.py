@@ -151,11 +151,14 @@ class TracedModel:
 
 
 class _Tracer(torch.fx.Tracer):
-    """fx's tracer, with every normalization layer a leaf whatever package defines it, so
-    that a BatchNorm2d subclass (BN + activation) stays one module in the graph."""
+    """fx's tracer, with every normalization layer and every Conv2d a leaf whatever package
+    defines it, so that a BatchNorm2d / GroupNorm subclass (norm + activation) or a Conv2d
+    subclass (timm's weight-standardized StdConv2d, Conv2dSame) stays one module in the
+    graph, found and measured as such (traced into, it would be anonymous functions)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
+                          nn.Conv2d)):
             return True
         return super().is_leaf_module(m, qualname)
 
