@@ -489,3 +489,58 @@ def test_conv_subclasses_are_measured_and_pruned_exactly_or_kept():
     assert sorted(c2.removed) == [4, 5] and result.model.n2.num_groups == 3
     with torch.no_grad():
         assert torch.allclose(result.model(x), model(x), rtol=0, atol=1e-12)
+
+
+FUNCTIONAL_MODULE = '''
+import torch
+from torch import nn
+
+
+class Mixed(nn.Module):
+    """A Conv2d feature, a conv computed by F.conv2d on a parameter, and a Conv1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.w2 = nn.Parameter(torch.randn(6, 8, 3, 3) * 0.1)
+        self.seq = nn.Conv1d(6, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(nn.functional.conv2d(x, self.w2, padding=1))
+        return self.fc(self.seq(x.flatten(2)).mean(2))
+
+
+def build():
+    return Mixed()
+'''
+
+
+def test_convolutions_no_feature_covers_are_named(tmp_path, monkeypatch, capsys):
+    """A conv computed by a function on a parameter, or a Conv1d, has filters this toolkit
+    cannot measure: the trace lists them, the report carries them, the commands say so."""
+    from implicit_sparsity.cli import main
+
+    (tmp_path / "mixednets.py").write_text(FUNCTIONAL_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from mixednets import build
+
+    torch.manual_seed(0)
+    model = build().eval()
+    traced = trace_features(model)
+    assert [f.name for f in traced.features] == ["c1"]
+    assert traced.unmeasured == ["conv2d: conv2d", "seq: Conv1d"]
+    assert "2 convolution(s) not measured" in traced.describe_unmeasured()
+    x = torch.rand(6, 3, 8, 8)
+    report = analyze(model, [x], criterion="activation")
+    assert report.to_dict()["unmeasured_convolutions"] == traced.unmeasured
+    assert trace_features(GroupNormNet()).describe_unmeasured() is None
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    torch.save({"x": x, "y": torch.arange(6) % 3}, tmp_path / "d.pt")
+    assert main(["analyze", "--model", "mixednets:build", "--weights", "weights.pt",
+                 "--data", "d.pt", "--device", "cpu", "--no-universality"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 convolution(s) not measured (only nn.Conv2d modules are conv features): " \
+           "conv2d: conv2d, seq: Conv1d" in printed

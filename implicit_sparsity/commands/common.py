@@ -203,12 +203,17 @@ def units_for(args, source: Source) -> tuple[str, ...]:
 
 def criterion_for(args, source: Source, with_gamma: str) -> str:
     """--criterion as given, else `with_gamma` for a model with BatchNorm scales and
-    "activation" (said on the terminal) for one without (a Transformer, a GroupNorm net)."""
-    if args.criterion is not None:
-        return args.criterion
+    "activation" (said on the terminal) for one without (a Transformer, a GroupNorm net).
+    Says first which convolutions of the model cannot be measured, if any."""
     from implicit_sparsity.measure.features import has_gamma, trace_features
 
-    if has_gamma(trace_features(source.model, units_for(args, source)).features):
+    traced = trace_features(source.model, units_for(args, source))
+    note = traced.describe_unmeasured()
+    if note:
+        print(note)
+    if args.criterion is not None:
+        return args.criterion
+    if has_gamma(traced.features):
         return with_gamma
     print("no BatchNorm scale to measure: by activation")
     return "activation"

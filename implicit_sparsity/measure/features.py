@@ -148,6 +148,17 @@ class TracedModel:
     features: list[Feature]
     #: conv module path -> the feature whose channels are its input channels (if any)
     input_feature: dict[str, str]
+    #: convolutions that are no feature's conv and cannot be: functional calls on
+    #: parameters (`F.conv2d(x, self.w)`), Conv1d / Conv3d / transposed convs ("where: what")
+    unmeasured: list[str] = field(default_factory=list)
+
+    def describe_unmeasured(self) -> str | None:
+        """One line naming the convolutions this toolkit cannot measure, or None."""
+        if not self.unmeasured:
+            return None
+        shown = ", ".join(self.unmeasured[:4]) + (", ..." if len(self.unmeasured) > 4 else "")
+        return (f"{len(self.unmeasured)} convolution(s) not measured (only nn.Conv2d modules "
+                f"are conv features): {shown}")
 
 
 class _Tracer(torch.fx.Tracer):
@@ -417,7 +428,26 @@ def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> Tra
         for i, f in enumerate(order):
             f.name = f"C{i + 1}"  # the paper's names for our networks
     input_feature = {c: f.name for f in features if not f.coupled for c in f.consumers}
-    return TracedModel(gm, features, input_feature)
+    return TracedModel(gm, features, input_feature, _unmeasured_convs(gm))
+
+
+#: Convolutions as functions: a model calling them on its own parameters has filters that
+#: no module owns, so none can be measured or removed.
+CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                  F.conv_transpose3d, torch.conv1d, torch.conv2d, torch.conv3d)
+OTHER_CONV_MODULES = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                      nn.ConvTranspose3d)
+
+
+def _unmeasured_convs(gm: torch.fx.GraphModule) -> list[str]:
+    found = []
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in CONV_FUNCTIONS:
+            found.append(f"{node.name}: {node.target.__name__}")
+        module = _module(gm, node)
+        if isinstance(module, OTHER_CONV_MODULES):
+            found.append(f"{node.target}: {type(module).__name__}")
+    return found
 
 
 def has_gamma(features: list[Feature]) -> bool:

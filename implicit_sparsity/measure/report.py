@@ -68,6 +68,7 @@ class SparsityReport:
     conv_params_kept: dict[str, int] = field(default_factory=dict)  # criterion -> kept
     samples: int | None = None
     thresholds: dict = field(default_factory=dict)
+    unmeasured: list[str] = field(default_factory=list)  # convolutions no feature covers
 
     def total(self, criterion: str) -> tuple[int, int] | None:
         """(inactive, features) over all conv layers, or None if not measured."""
@@ -91,7 +92,8 @@ class SparsityReport:
                 "percent_params_pruned": self.percent_params_pruned(criterion)}
         return {"layers": [l.to_dict() for l in self.layers], "total": totals,
                 "conv_params": self.conv_params, "conv_params_kept": self.conv_params_kept,
-                "samples": self.samples, "thresholds": self.thresholds}
+                "samples": self.samples, "thresholds": self.thresholds,
+                "unmeasured_convolutions": self.unmeasured}
 
     def table(self) -> str:
         """The layout of the paper's Table 2: % inactive per layer, total, % params pruned."""
@@ -188,7 +190,7 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
                           {"gamma": gamma_threshold, "activation": activation_threshold,
                            "universality": universality_threshold,
                            **({"dormancy_tau": dormancy_tau} if dormancy_tau is not None
-                              else {})})
+                              else {})}, traced.unmeasured)
 
 
 def _first(batches, count: int):
