@@ -140,3 +140,19 @@ def test_tuned_candidates_are_exact_and_timed_against_the_original():
     assert "latency-tuned" in tuned.table()
     minimum = prune_model(model, x, check_data=[x], latency_batches=())
     assert tuned.exact.mac_reduction == pytest.approx(minimum.mac_reduction)
+
+
+def test_candidates_of_a_model_without_batchnorm_do_not_claim_a_fold():
+    from test_mlp_units import GroupNormNet, _dead_after_norm
+
+    torch.manual_seed(0)
+    model = GroupNormNet().double().eval()
+    _dead_after_norm(model.n2, [1, 5])  # per-channel groups: removable
+    x = torch.randn(8, 3, 6, 6, dtype=torch.float64)
+    tuned = tune_slim(model, x, check_data=[x], batch_sizes=(2,), target_batch=2,
+                      min_run_time=0.01, rounds=3, roundings=(1,), per_layer=False,
+                      criterion="activation", corpus=[x])
+    assert [c.name for c in tuned.candidates] == [
+        "exact minimum", "exact widths, contiguous", "exact widths, channels_last"]
+    assert not any(c.folded for c in tuned.candidates)
+    assert tuned.exact.model.c2.out_channels == 6

@@ -63,7 +63,7 @@ class Candidate:
 @dataclass
 class TunedSlim:
     exact: PruneResult          # the exact-minimum slim model, as prune_model gives it
-    candidates: list[Candidate]  # candidates[0]: that model; the others BN-folded
+    candidates: list[Candidate]  # candidates[0]: that model; the others BN-folded (if BN)
     best: Candidate              # the fastest at `target_batch` (highest median speed-up)
     target_batch: int
     macs_before: int
@@ -183,8 +183,10 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
             if not proof.holds(tolerance):
                 raise ProofError(f"the {layout} slim model changed the outputs: "
                                  f"{proof.describe()}")
-        candidates.append(Candidate(f"BN folded, {describe_rounding(rounding)}, {layout}",
-                                    slim, rounding, layout, True,
+        has_bn = result.folded_batchnorm > 0  # a model without BatchNorm has none to fold
+        candidates.append(Candidate(f"{'BN folded, ' if has_bn else ''}"
+                                    f"{describe_rounding(rounding)}, {layout}",
+                                    slim, rounding, layout, has_bn,
                                     macs(slim, example)["total"], result))
 
     for rounding in roundings:
