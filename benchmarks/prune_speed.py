@@ -16,7 +16,7 @@ ratio the slim model would reach if each of its convolutions ran at the best rat
 original layer reaches here ("at equal efficiency"). A ratio of 1.0 needs the narrow layers
 to run faster per MAC than the wide ones they came from.
 
-    python benchmarks/prune_speed.py [--threads 2] [--min-run-time 2] [--rounds 7]
+    python benchmarks/prune_speed.py [--threads 2] [--min-run-time 2] [--rounds 7] [--width 1]
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ PAPER_PATTERN = {"C1": 44, "C2": 22, "C3": 6, "C4": 45, "C5": 54, "C6": 96, "C7"
 TARGETS = {64: 1.0, 1: 0.85}
 
 
-def paper_pattern_model(generator: torch.Generator) -> torch.nn.Module:
+def paper_pattern_model(generator: torch.Generator, width: str = "1") -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model("basicnet", in_channels=3, num_classes=10)
+    model = build_model("basicnet", in_channels=3, num_classes=10, width=width)
     with torch.no_grad():
         for name, block in feature_layers(model):
             n = block.bn.num_features
@@ -88,10 +88,11 @@ def main() -> None:
     parser.add_argument("--min-run-time", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--width", default="1", help="BasicNet width (1: the paper's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
-    model = paper_pattern_model(generator).to(args.device)
+    model = paper_pattern_model(generator, args.width).to(args.device)
     x = torch.randn(64, 3, 32, 32, generator=generator).to(args.device)
     tuned = tune_slim(model, x, check_data=[x], batch_sizes=tuple(TARGETS), target_batch=64,
                       threads=args.threads, min_run_time=args.min_run_time,

@@ -58,3 +58,13 @@ def test_train_throughput_benchmark_runs_on_synthetic_files():
     out = run("train_throughput.py", "--images", "80", "--epochs", "1", "--width", "0.0625",
               "--synthetic")
     assert re.search(r"implicit-sparsity +\d+ images/s", out)
+
+
+def test_prune_speed_benchmark_prints_its_ratios_and_why():
+    out = run("prune_speed.py", "--width", "0.25", "--min-run-time", "0.02", "--rounds", "2",
+              "--threads", "1")
+    for batch in (64, 1):
+        assert re.search(rf"batch +{batch}: latency-tuned .* = \d+\.\d\d of the MAC reduction "
+                         r"\d+\.\d\dx \(target >= [\d.]+: (met|NOT met)\)", out), out
+    assert len(re.findall(r"^features\.\d+\.conv +\d", out, re.M)) == 7
+    assert re.search(r"at equal efficiency .* = \d+\.\d\d of the MAC reduction", out)
