@@ -7,6 +7,7 @@ Bad input fails before any work with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from implicit_sparsity.commands import COMMANDS
@@ -33,9 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that every `with` block unwinds: a staged
+    output is removed, locks are released, nothing half-written is left."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave the handler as it is
+        previous = None
     try:
         return args.func(args)
     except ImplicitSparsityError as error:
@@ -45,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{PROG}: terminated; nothing half-written was left (run the same command "
+              "again to resume)", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

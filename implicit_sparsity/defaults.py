@@ -87,3 +87,17 @@ SIMULATION = {"initial": 1.0, "high_std": 1e-3, "high_steps": 100, "low_std": 1e
 #: BatchNorm initialization (supplement section 4).
 GAMMA_INIT = 1.0
 BETA_INIT = 0.0
+
+# --- Bounds on input sizes (checked before any work; not the paper's) -----------------------
+#: A seed is used by torch, numpy and Python alike: at most 2**32 - 1.
+MAX_SEED = 2**32 - 1
+#: Runs one spec may plan (grid points x variants x seeds); `sweep --max-runs` lifts it.
+MAX_SWEEP_RUNS = 2_000
+#: Iterations of the low-gradient simulation (the paper's Fig. 4 uses 10,000).
+MAX_SIMULATION_STEPS = 1_000_000
+#: Largest width multiplier (the paper's widest network is 1x): 4x is 16x its compute.
+MAX_WIDTH_MULTIPLIER = 4.0
+#: Largest C1 of a width variant like 64-0.5x (the paper's is 64).
+MAX_C1_FILTERS = 4096
+#: Total training epochs of one run.
+MAX_EPOCHS = 100_000

@@ -65,15 +65,19 @@ def test_bad_input_is_one_line_on_stderr(tmp_path, capsys, argv, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_quick_demo_prints_the_layer_table(tmp_path, fashion_dir, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--data-dir", str(fashion_dir)]) == 0
+def test_quick_demo_prints_the_layer_table(tmp_path, capsys):
+    from conftest import write_fashion_mnist
+
+    fashion_dir = write_fashion_mnist(tmp_path / "fashion", n_train=400, n_test=200)  # --quick's
+    demo = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(demo), "--data-dir", str(fashion_dir)]) == 0
     out = capsys.readouterr().out
     assert "Adam + L2" in out and "SGD + L2" in out and "(116)" in out
     assert "pruned err" in out and "0, 0 changed" in out
-    assert (tmp_path / "quick" / "adam-l2" / "summary.json").is_file()
-    assert (tmp_path / "quick" / "sgd-l2" / "figures" / "universality.png").is_file()
+    assert (demo / "quick" / "adam-l2" / "summary.json").is_file()
+    assert (demo / "quick" / "sgd-l2" / "figures" / "universality.png").is_file()
     # a second demo reuses the finished runs
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--data-dir", str(fashion_dir)]) == 0
+    assert main(["demo", "--quick", "--out", str(demo), "--data-dir", str(fashion_dir)]) == 0
     assert out.splitlines()[-1] == capsys.readouterr().out.splitlines()[-1]
 
 

@@ -39,13 +39,13 @@ def test_all_methods_end_to_end(fashion_dir, tmp_path):
 
 
 def test_compare_command(fashion_dir, tmp_path, capsys):
-    code = main(["compare", "--out", str(tmp_path), "--data-dir", str(fashion_dir),
+    code = main(["compare", "--out", str(tmp_path / "cmp"), "--data-dir", str(fashion_dir),
                  "--width", "0.0625", "--epochs", "1", "--methods", "implicit", "slimming",
                  "--finetune-epochs", "1", "--no-latency"])
     assert code == 0
     out = capsys.readouterr().out
     assert "implicit" in out and "ratio 0.5" in out
-    assert (tmp_path / "tradeoff.png").stat().st_size > 1000
+    assert (tmp_path / "cmp" / "tradeoff.png").stat().st_size > 1000
 
 
 def test_comparison_specs_load_and_one_runs_with_the_paper_beside(tmp_path, capsys):
@@ -64,7 +64,8 @@ def test_comparison_specs_load_and_one_runs_with_the_paper_beside(tmp_path, caps
     fashion_dir = write_fashion_mnist(tmp_path / "fashion-400", n_train=400)
     code = main(["compare", "--spec", "compare_table7", "--quick", "--out", str(tmp_path / "c"),
                  "--set", "dataset=fashion-mnist", "--set", f"data_dir={fashion_dir}",
-                 "--set", "epochs=[1]", "--no-latency"])
+                 "--set", "epochs=[1]", "--set", "train_subset=200", "--set",
+                 "test_subset=30", "--no-latency"])
     assert code == 0
     out = capsys.readouterr().out
     vgg16_a = next(line for line in out.splitlines() if "VGG-16-A" in line)

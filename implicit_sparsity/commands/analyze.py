@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 from implicit_sparsity.commands.common import (add_measurement_flags, add_model_source_flags,
-                                               criterion_for, dump_json, open_source, units_for,
-                                               writable_file, writable_folder)
+                                               add_overwrite_flag, criterion_for, dump_json,
+                                               open_source, output_plan, units_for)
 
 NAME = "analyze"
 
@@ -21,6 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         help="default: both, or activation for a model without BatchNorm")
     parser.add_argument("--json", default=None, help="write the per-layer figures as JSON")
     parser.add_argument("--plots", default=None, help="folder for PNG figures")
+    add_overwrite_flag(parser)
     add_measurement_flags(parser)
     parser.add_argument("--no-universality", action="store_true",
                         help="skip the second pass over the corpus")
@@ -35,8 +36,9 @@ def run(args) -> int:
     from implicit_sparsity.measure.report import analyze
     from implicit_sparsity.train.loop import resolve_device
 
-    json_path = writable_file(args.json, "--json")
-    plots = writable_folder(args.plots, "--plots")
+    plan = output_plan(args)
+    json_path = plan.file(args.json, "--json")
+    plots = plan.figures(args.plots, "--plots")
     device = resolve_device(args.device)
     source = open_source(args, device, need_data=args.criterion != "gamma")
     print(source.description)

@@ -1,17 +1,19 @@
 """What several subcommands share: argument types that refuse bad values in one line, the
-config flags of TrainConfig, `--set KEY=VALUE` overrides, checks of output paths."""
+config flags of TrainConfig, `--set KEY=VALUE` overrides, the output plan (`io.outputs`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
-import os
 from pathlib import Path
 
-import yaml
-
 from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.io import atomic_write_text
+from implicit_sparsity.io.outputs import OutputPlan
+from implicit_sparsity.io.yaml_text import parse_yaml
+from implicit_sparsity.models.check import check_something_to_measure, check_user_model
 
 
 def positive_int(text: str) -> int:
@@ -51,9 +53,9 @@ def share(text: str) -> float:
 
 def yaml_mapping(text: str) -> dict:
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = None
+        value = parse_yaml(text, repr(text))
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a YAML mapping like '{{betas: [0.9, 0.999]}}'"
                                          f", got {text!r}")
@@ -88,51 +90,25 @@ def overrides(pairs: list[str] | None) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set / --where take KEY=VALUE, got {pair!r}")
-        try:
-            values[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"{pair!r}: the value is not valid YAML") from None
+        if key.strip() in values:
+            raise ConfigError(f"--set / --where: {key.strip()} is given twice")
+        values[key.strip()] = parse_yaml(value, f"the value of {pair!r}")
     return values
 
 
-def writable_file(path: str | None, flag: str) -> Path | None:
-    """Check, before any work, that a file can be written at `path` (its folder exists, is
-    writable, and `path` is not a folder)."""
-    if path is None:
-        return None
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{flag} {path} is a folder; give a file name")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"{flag} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"{flag} {path}: folder {parent} is not writable")
-    return path
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output file (or slim folder) of the same "
+                             "kind; a file that belongs to a run, sweep or slim folder is "
+                             "never replaced")
 
 
-def writable_folder(path: str | None, flag: str) -> Path | None:
-    """Check, before any work, that a folder can be made or written at `path`."""
-    if path is None:
-        return None
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {path} is a file, not a folder")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"{flag} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK):
-        raise ConfigError(f"{flag} {path}: {probe} is not writable")
-    return path
+def output_plan(args) -> OutputPlan:
+    """The command's outputs, checked by the one output policy (`io.outputs`)."""
+    return OutputPlan(overwrite=bool(getattr(args, "overwrite", False)))
 
 
 def dump_json(path: Path, payload) -> None:
-    import json
-
-    from implicit_sparsity.io import atomic_write_text
-
     atomic_write_text(path, json.dumps(payload, indent=1))
 
 
@@ -207,7 +183,9 @@ def criterion_for(args, source: Source, with_gamma: str) -> str:
     Says first which convolutions of the model cannot be measured, if any."""
     from implicit_sparsity.measure.features import has_gamma, trace_features
 
-    traced = trace_features(source.model, units_for(args, source))
+    units = units_for(args, source)
+    traced = trace_features(source.model, units)
+    check_something_to_measure(traced, units, args.model or str(args.path))
     note = traced.describe_unmeasured()
     if note:
         print(note)
@@ -259,14 +237,7 @@ def open_source(args, device, need_data: bool, need_test: bool = False) -> Sourc
             test = [(x.to(device), None if y is None else y.to(device))
                     for x, y in load_user_data(args.check_data, **options)]
         description += f"; {sum(len(x) for x, _ in batches)} images from {args.data}"
-        try:  # a model that does not take this data: one line, before any measuring
-            import torch
-
-            with torch.no_grad():
-                model(batches[0][0][:2])
-        except Exception as error:
-            first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-            raise ConfigError(f"{args.model} fails on the first images of {args.data} "
-                              f"({type(error).__name__}: {first}); check --image-size, "
-                              "--channels, --mean / --std") from None
+        check_user_model(model, batches, args.model, args.data)
+        if test is not batches:
+            check_user_model(model, test, args.model, args.check_data)
     return Source(model, description, corpus, test, None, None)

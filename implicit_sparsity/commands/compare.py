@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from implicit_sparsity.commands.common import (add_config_flags, finite_float, overrides,
-                                               positive_int, share, writable_folder)
+                                               output_plan, positive_int, share)
 from implicit_sparsity.errors import ConfigError
 
 NAME = "compare"
@@ -66,7 +66,7 @@ def run(args) -> int:
     from implicit_sparsity.explicit.compare import compare, comparison_table, plot_tradeoff
     from implicit_sparsity.train import TrainConfig, load_config_file
 
-    writable_folder(args.out, "--out")
+    output_plan(args).folder(args.out, "--out", "comparison", resumable=True)
     paper = None
     if args.spec:
         from implicit_sparsity.explicit.compare import load_comparison

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from implicit_sparsity.commands.common import writable_folder
+from implicit_sparsity.commands.common import output_plan
 
 NAME = "demo"
 
@@ -22,6 +22,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from implicit_sparsity.demo import run_demo
 
-    writable_folder(args.out, "--out")
+    output_plan(args).folder(args.out, "--out", "demo", resumable=True)
     run_demo(out=Path(args.out), data_dir=args.data_dir, quick=args.quick)
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from implicit_sparsity.commands.common import positive_int, writable_folder
+from implicit_sparsity.commands.common import output_plan, positive_int
 
 NAME = "findings"
 
@@ -33,7 +33,7 @@ def run(args) -> int:
     from implicit_sparsity.findings import run_findings
 
     out = Path(args.out) if args.out else Path("runs") / f"findings-{args.scale}"
-    writable_folder(str(out), "--out")
+    output_plan(args).folder(out, "--out", "findings", resumable=True)
     result = run_findings(out, args.scale, workers=args.workers, data_dir=args.data_dir,
                           executor=args.executor, explicit=not args.no_explicit)
     for finding in result["findings"]:

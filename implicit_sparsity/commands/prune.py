@@ -5,11 +5,12 @@ predictions did not change, measure the speed-up, write the slim model."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from implicit_sparsity.commands.common import (add_measurement_flags, add_model_source_flags,
-                                               criterion_for, dump_json, non_negative_float,
-                                               open_source, positive_int, units_for, writable_file,
-                                               writable_folder)
+                                               add_overwrite_flag, criterion_for, dump_json,
+                                               non_negative_float, open_source, output_plan,
+                                               positive_int, units_for)
 
 NAME = "prune"
 
@@ -22,6 +23,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--criterion", choices=("gamma", "activation"), default=None,
                         help="default: gamma, or activation for a model without BatchNorm")
     parser.add_argument("--json", default=None, help="also write the report here")
+    add_overwrite_flag(parser)
     parser.add_argument("--tolerance", type=non_negative_float, default=1e-4,
                         help="largest max|delta logits| / max|logits| accepted (and no test "
                              "prediction may change)")
@@ -44,16 +46,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    import warnings
-
     import torch
 
+    from implicit_sparsity.io.outputs import staged_folder
     from implicit_sparsity.prune import prune_model
-    from implicit_sparsity.prune.slim_io import check_before_writing, load_slim, save_slim
+    from implicit_sparsity.prune.slim_io import check_before_writing
     from implicit_sparsity.train.loop import resolve_device
 
-    out = writable_folder(args.out, "--out")
-    json_path = writable_file(args.json, "--json")
+    plan = output_plan(args)
+    out = plan.folder(args.out, "--out", "slim", resumable=False)
+    json_path = plan.file(args.json, "--json")
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,14 +67,15 @@ def run(args) -> int:
           f"{sum(len(x) for x, _ in source.test)} images")
     corpus = source.corpus if criterion == "activation" else None
     check_data = [(x, y) if y is not None else x for x, y in source.test]
-    result = prune_model(source.model, example, criterion=criterion, corpus=corpus,
-                         check_data=check_data,
-                         gamma_threshold=args.gamma_threshold,
-                         activation_threshold=args.activation_threshold, fold_bn=args.fold_bn,
+    measuring = dict(criterion=criterion, corpus=corpus, check_data=check_data,
+                     gamma_threshold=args.gamma_threshold,
+                     activation_threshold=args.activation_threshold,
+                     units=units_for(args, source), threads=args.threads,
+                     tolerance=args.tolerance)
+    result = prune_model(source.model, example, fold_bn=args.fold_bn,
                          latency_batches=() if args.no_latency else (1, 64),
-                         threads=args.threads, tolerance=args.tolerance,
-                         units=units_for(args, source),
-                         force=True)  # the table first; check_before_writing then refuses
+                         force=True,  # the table first; check_before_writing then refuses
+                         **measuring)
     if device.type != "cpu" and not args.no_latency:  # the CPU figures too
         import copy
 
@@ -83,10 +86,30 @@ def run(args) -> int:
                                         (1, 64), args.threads)
     print(result.table())
     check_before_writing(result, args.tolerance, args.force)
-    files = save_slim(result, out, example, config=source.config,
+    with staged_folder(out, replace=args.overwrite) as stage:  # all of it, or nothing
+        drift = write_slim(args, source, result, example, stage, device)
+        if args.tune:
+            write_tuned(args, source, example, measuring, stage)
+    print(f"wrote {out} (slim.pt, slim.pt2, slim.torchscript.pt, prune_report.json); reloaded "
+          f"outputs differ by at most {drift:.1e}")
+    if json_path:
+        dump_json(json_path, result.to_dict())
+        print(f"wrote {json_path}")
+    return 0
+
+
+def write_slim(args, source, result, example, folder, device) -> float:
+    """Write the slim model's files and check that each gives the outputs of the model in
+    memory; returns the largest difference."""
+    import warnings
+
+    import torch
+
+    from implicit_sparsity.prune.slim_io import load_slim, save_slim
+
+    files = save_slim(result, folder, example, config=source.config,
                       tolerance=args.tolerance, force=args.force,
                       extra={"source": str(args.path or args.model), "epoch": source.epoch})
-    # the written files give the same outputs as the model in memory
     loaded = [torch.export.load(files["exported"]).module()]
     if source.config is not None:
         loaded.append(load_slim(files["slim"], device))
@@ -95,33 +118,26 @@ def run(args) -> int:
         loaded.append(torch.jit.load(str(files["torchscript"]), map_location=device))
     with torch.no_grad():
         expected = result.model(example)
-        drift = max((model(example) - expected).abs().max().item() for model in loaded)
-    print(f"wrote {out} (slim.pt, slim.pt2, slim.torchscript.pt, prune_report.json); reloaded "
-          f"outputs differ by at most {drift:.1e}")
-    if json_path:
-        dump_json(json_path, result.to_dict())
-        print(f"wrote {json_path}")
-    if args.tune:
-        from implicit_sparsity.prune.tune import tune_slim
+        return max((model(example) - expected).abs().max().item() for model in loaded)
 
-        tuned = tune_slim(source.model, example, check_data=check_data,
-                          criterion=criterion, corpus=corpus,
-                          gamma_threshold=args.gamma_threshold,
-                          activation_threshold=args.activation_threshold,
-                          units=units_for(args, source), threads=args.threads,
-                          tolerance=args.tolerance, progress=True)
-        print(tuned.table())
-        best = tuned.best
-        if best is tuned.candidates[0]:
-            print("the exact minimum is the fastest here: nothing more to write")
-        else:
-            save_slim(best.result, out / "latency_tuned", example, config=source.config,
-                      tolerance=args.tolerance,
-                      extra={"layout": best.layout, "rounding": best.rounding,
-                             "latency_candidates": [{"name": c.name, "latency": c.latency}
-                                                    for c in tuned.candidates],
-                             "per_layer_rounding_trials": tuned.searches})
-            print(f"wrote {out / 'latency_tuned'} ({best.name}"
-                  + ("; load it, then model.to(memory_format=torch.channels_last)"
-                     if best.layout == "channels_last" else "") + ")")
-    return 0
+
+def write_tuned(args, source, example, measuring: dict, folder) -> None:
+    """The latency-tuned slim model, into FOLDER/latency_tuned when it beats the minimum."""
+    from implicit_sparsity.prune.slim_io import save_slim
+    from implicit_sparsity.prune.tune import tune_slim
+
+    tuned = tune_slim(source.model, example, progress=True, **measuring)
+    print(tuned.table())
+    best = tuned.best
+    if best is tuned.candidates[0]:
+        print("the exact minimum is the fastest here: nothing more to write")
+        return
+    save_slim(best.result, folder / "latency_tuned", example, config=source.config,
+              tolerance=args.tolerance,
+              extra={"layout": best.layout, "rounding": best.rounding,
+                     "latency_candidates": [{"name": c.name, "latency": c.latency}
+                                            for c in tuned.candidates],
+                     "per_layer_rounding_trials": tuned.searches})
+    print(f"will write {Path(args.out) / 'latency_tuned'} ({best.name}"
+          + ("; load it, then model.to(memory_format=torch.channels_last)"
+             if best.layout == "channels_last" else "") + ")")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from implicit_sparsity.commands.common import writable_file, writable_folder
+from implicit_sparsity.commands.common import add_overwrite_flag, output_plan
 
 NAME = "report"
 
@@ -17,6 +17,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--figures", default=None,
                         help="folder for the figures (layer-wise bars, universality, gamma / "
                              "beta over epochs), PNG and PDF")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -25,8 +26,9 @@ def run(args) -> int:
     from implicit_sparsity.io import atomic_write_text
     from implicit_sparsity.study.report import collect, render
 
-    out = writable_file(args.out, "--out")
-    figures = writable_folder(args.figures, "--figures")
+    plan = output_plan(args)
+    out = plan.file(args.out, "--out")
+    figures = plan.figures(args.figures, "--figures")
     spec, records = collect(args.sweep_dir)
     text = render(spec, records, fmt=args.format)
     if out:

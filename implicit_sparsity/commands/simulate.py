@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 
 from implicit_sparsity import defaults
-from implicit_sparsity.commands.common import (dump_json, non_negative_float, positive_int,
-                                               writable_file)
+from implicit_sparsity.commands.common import (add_overwrite_flag, dump_json,
+                                               non_negative_float, output_plan, positive_int)
+from implicit_sparsity.errors import ConfigError
+
+#: The figure formats --plot writes (matplotlib's, by the file's suffix).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 NAME = "simulate"
 
@@ -22,7 +26,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=positive_int, default=sim["steps"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the curves as JSON")
-    parser.add_argument("--plot", default=None, help="write the figure (PNG or PDF)")
+    parser.add_argument("--plot", default=None, help="write the figure (PNG, PDF or SVG)")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -30,8 +35,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from implicit_sparsity.study.simulate import plot_simulation, simulate
 
-    json_path = writable_file(args.json, "--json")
-    plot_path = writable_file(args.plot, "--plot")
+    if args.steps > defaults.MAX_SIMULATION_STEPS:
+        raise ConfigError(f"--steps {args.steps:,} is beyond the bound of "
+                          f"{defaults.MAX_SIMULATION_STEPS:,} (the paper's Fig. 4 runs 10,000)")
+    plan = output_plan(args)
+    json_path = plan.file(args.json, "--json")
+    plot_path = plan.file(args.plot, "--plot")
+    if plot_path is not None and plot_path.suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(f"--plot {plot_path}: give a file ending in "
+                          f"{', '.join(PLOT_SUFFIXES)}")
     result = simulate(args.optimizers, args.regularizers, args.lambdas, args.steps, args.seed)
     level = 1e-3
     print(f"a scalar from 1 under simulated low gradients, {args.steps} iterations; value at "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from implicit_sparsity.commands.common import overrides, positive_int, writable_folder
+from implicit_sparsity.commands.common import output_plan, overrides, positive_int
 
 NAME = "sweep"
 
@@ -61,7 +61,7 @@ def run(args) -> int:
     spec = load_spec(args.spec)
     out = Path(args.out) if args.out else Path("runs") / (spec.name + ("-quick" if args.quick
                                                                       else ""))
-    writable_folder(str(out), "--out")
+    output_plan(args).folder(out, "--out", "sweep", resumable=True)
     slurm = {"partition": args.slurm_partition, "timeout_min": args.slurm_time,
              "cpus_per_task": args.slurm_cpus, "gpus_per_task": args.slurm_gpus,
              "array_parallelism": args.slurm_parallel, "runs_per_job": args.runs_per_job}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from implicit_sparsity.commands.common import add_config_flags, writable_folder
+from implicit_sparsity.commands.common import add_config_flags, output_plan
 
 NAME = "train"
 
@@ -36,7 +36,7 @@ def run(args) -> int:
                    if k not in ("command", "config", "out", "func")})
     config = TrainConfig.from_dict(values).resolved()
     out = Path(args.out) if args.out else Path("runs") / default_run_name(config)
-    writable_folder(str(out), "--out")
+    output_plan(args).folder(out, "--out", "run", resumable=True)
     if is_finished(out):  # the same command again: nothing to do, nothing overwritten
         check_run_dir_config(out, config)
         final = (read_metrics(out) or [{}])[-1]

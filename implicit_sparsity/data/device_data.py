@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from implicit_sparsity.errors import ConfigError
+
 
 @dataclass
 class Augmentation:
@@ -32,8 +34,12 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
-def seeded_subset(total: int, size: int | None, seed: int) -> np.ndarray | None:
-    """A fixed random subset of `size` indices (sorted), or None for all of them."""
+def seeded_subset(total: int, size: int | None, seed: int, what: str = "subset"
+                  ) -> np.ndarray | None:
+    """A fixed random subset of `size` indices (sorted), or None for all of them. A subset
+    larger than what there is is refused (it would silently be all of it)."""
+    if size is not None and size > total:
+        raise ConfigError(f"{what} {size:,} is more than the {total:,} images there are")
     if size is None or size >= total:
         return None
     generator = torch.Generator().manual_seed(seed)

@@ -235,8 +235,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, device="cpu",
     if entry.streaming:
         train_files, train_y, classes = formats.class_folder_files(folder / "train")
         test_files, test_y, _ = formats.class_folder_files(_test_split(folder), classes)
-        train_idx = seeded_subset(len(train_files), train_subset, subset_seed)
-        test_idx = seeded_subset(len(test_files), test_subset, subset_seed + 1)
+        train_idx = seeded_subset(len(train_files), train_subset, subset_seed,
+                                  f"train_subset of {name}")
+        test_idx = seeded_subset(len(test_files), test_subset, subset_seed + 1,
+                                 f"test_subset of {name}")
         if train_idx is not None:
             train_files, train_y = [train_files[i] for i in train_idx], train_y[train_idx]
         if test_idx is not None:
@@ -253,8 +255,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, device="cpu",
     if classes is not None:
         train_x, train_y = train_x[train_y < classes], train_y[train_y < classes]
         test_x, test_y = test_x[test_y < classes], test_y[test_y < classes]
-    train_idx = seeded_subset(len(train_y), train_subset, subset_seed)
-    test_idx = seeded_subset(len(test_y), test_subset, subset_seed + 1)
+    train_idx = seeded_subset(len(train_y), train_subset, subset_seed, f"train_subset of {name}")
+    test_idx = seeded_subset(len(test_y), test_subset, subset_seed + 1, f"test_subset of {name}")
     if train_idx is not None:
         train_x, train_y = train_x[train_idx], train_y[train_idx]
     if test_idx is not None:

@@ -28,6 +28,7 @@ from implicit_sparsity.prune import prune_model
 from implicit_sparsity.prune.cost import NOISE_NOTE, speedup_cell
 from implicit_sparsity.prune.slim_io import save_slim
 from implicit_sparsity.train import TrainConfig, ensure_trained
+from implicit_sparsity.io.outputs import save_figure
 from implicit_sparsity.train.restore import build_model_for, load_trained, load_training_data
 
 METHODS = ("implicit", "slimming", "l1norm")
@@ -316,6 +317,6 @@ def plot_tradeoff(points: list[OperatingPoint], path: Path, paper: list[dict] | 
     ax.margins(x=0.15, y=0.15)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)

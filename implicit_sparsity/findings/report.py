@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 from implicit_sparsity.findings.claims import EARLY_LAYERS, LATE_LAYERS, MIN_EFFECT, NEAR_ZERO
+from implicit_sparsity.io.outputs import save_figure
 
 RULE = (f"A claim \"A > B\" holds when the difference of the means exceeds both the seeds' "
         f"spread (root of the summed variances) and {MIN_EFFECT:g} percentage point; it does "
@@ -47,7 +48,7 @@ def _figures(out: Path, context) -> list[tuple[str, Path]]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = folder / "layers.png"
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
         plt.close(fig)
         figures.append(("Sparsity per layer: Adam + L2 against SGD + L2", path))
         history = load_bn_history(Path(context.runs["adam-l2"][0]["run_dir"])) \

@@ -6,6 +6,7 @@ finding (`implicit-sparsity findings`).
     OUT/report.md      the table: claim, the paper's evidence, ours, verdict; figures
     OUT/report.html    the same, figures inline, for a browser
     OUT/findings.json  the verdicts and numbers
+    OUT/findings.yaml  the scale, written first: another scale's findings go elsewhere
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+import yaml
+
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.findings.claims import FINDINGS, Context
 from implicit_sparsity.findings.plan import REFERENCE, SCALES, findings_spec, roles
@@ -21,6 +24,8 @@ from implicit_sparsity.findings.report import write_report
 from implicit_sparsity.io import FolderLock, atomic_write_text
 from implicit_sparsity.study.spec import normalize_labels
 from implicit_sparsity.study.sweep import EVALUATION, run_sweep
+
+MARKER = "findings.yaml"
 
 
 def collect_roles(sweep_dir: Path, scale) -> dict[str, list[dict]]:
@@ -50,6 +55,7 @@ def run_findings(out: str | Path, scale: str = "quick", *, workers: int | None =
     out = Path(out)
     started = time.perf_counter()
     with FolderLock(out, "findings folder"):
+        claim_scale(out, chosen.name)
         spec = findings_spec(chosen)
         run_sweep(spec, out / "runs", workers=workers, data_dir=data_dir, executor=executor,
                   slurm=slurm)
@@ -67,6 +73,24 @@ def run_findings(out: str | Path, scale: str = "quick", *, workers: int | None =
                                  "ours": o.ours, "verdict": o.verdict} for f, o in outcomes]}
         atomic_write_text(out / "findings.json", json.dumps(payload, indent=1))
     return {**payload, "files": {k: str(v) for k, v in paths.items()}}
+
+
+def claim_scale(out: Path, scale: str) -> None:
+    """Mark `out` as the findings at `scale` (MARKER); a folder of another scale's findings
+    is refused, so that two scales' runs are never mixed."""
+    marker = out / MARKER
+    if marker.is_file():
+        try:
+            recorded = yaml.safe_load(marker.read_text())
+        except yaml.YAMLError:
+            recorded = None
+        if not isinstance(recorded, dict):
+            raise ConfigError(f"{marker} is damaged; move the folder away or repair it")
+        if recorded.get("scale") != scale:
+            raise ConfigError(f"{out} holds the findings at scale {recorded.get('scale')}, not "
+                              f"{scale}; choose another --out")
+        return
+    atomic_write_text(marker, yaml.safe_dump({"scale": scale}))
 
 
 def _simulation(scale: str):

@@ -18,12 +18,13 @@ import errno
 import fcntl
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import torch
 
-from implicit_sparsity.errors import RunStateError, StorageError
+from implicit_sparsity.errors import ConfigError, RunStateError, StorageError
 
 def _describe(error: OSError) -> str:
     if error.errno == errno.ENOSPC:
@@ -90,8 +91,26 @@ def append_line(path: str | Path, line: str) -> None:
         raise StorageError(f"cannot write {path}: {_describe(error)}") from None
 
 
+def require_regular_file(path: str | Path, what: str) -> Path:
+    """`path` is an existing regular file (not a folder, a FIFO or a device, whose reading
+    could hang or never end); else one line naming `what`."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        reason = "no such file" if error.errno == errno.ENOENT else _describe(error)
+        raise ConfigError(f"cannot read {what} {path}: {reason}") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"cannot read {what} {path}: a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"cannot read {what} {path}: not a regular file (a pipe or a "
+                            "device?)")
+    return path
+
+
 def load_tensors(path: str | Path, map_location="cpu"):
     """Load a .pt file of tensors and plain data without ever running code from it."""
+    require_regular_file(path, "file")
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from implicit_sparsity import defaults
+from implicit_sparsity.errors import NonFiniteError
 from implicit_sparsity.measure.features import CONV_UNITS, TracedModel, trace_features
 
 
@@ -120,9 +121,9 @@ def activation_statistics(model: nn.Module, batches: Iterable, *, universality: 
     save tracing again); recorders are spliced into its graph, so it serves once."""
     if traced is None:
         traced = trace_features(model, units)  # recorders go into this trace's graph only
-    first = next(model.parameters())
-    device = first.device
-    dtype = first.dtype if first.is_floating_point() and first.dtype == torch.float64 else (
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = torch.float64 if first is not None and first.dtype == torch.float64 else (
         torch.float32)  # float32, or float64 for a float64 model
     recorders = _instrument(traced, device, mean_abs)
     gm = traced.graph_module
@@ -138,6 +139,10 @@ def activation_statistics(model: nn.Module, batches: Iterable, *, universality: 
 
     try:
         run_pass()
+        broken = [name for name, r in recorders.items() if not bool(torch.isfinite(r.max).all())]
+        if broken:
+            raise NonFiniteError(f"activations of {broken[0]} are not finite (NaN / inf) on the "
+                                 "corpus: no sparsity can be measured on this model")
         uni = None
         if universality:
             for r in recorders.values():

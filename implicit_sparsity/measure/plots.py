@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from implicit_sparsity.errors import ImplicitSparsityError
+from implicit_sparsity.io.outputs import save_figure
 
 
 def _pyplot():
@@ -41,7 +42,7 @@ def plot_layer_sparsity(report, path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)
 
@@ -67,7 +68,7 @@ def plot_universality(report, path: Path) -> Path:
     for ax in list(axes.flat)[len(layers):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)
 
@@ -99,6 +100,6 @@ def plot_bn_history(history: dict[str, dict[str, torch.Tensor]], path: Path,
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)

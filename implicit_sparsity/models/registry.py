@@ -46,7 +46,13 @@ def parse_width(width: str | float | int) -> tuple[int | None, float]:
     c1 = int(match.group(1)) if match.group(1) else None
     if c1 is not None and c1 < 1:
         raise ConfigError(f"width {width!r}: C1 needs at least one filter")
-    return c1, float(match.group(2))
+    multiplier = float(match.group(2))
+    if multiplier > defaults.MAX_WIDTH_MULTIPLIER or (c1 or 0) > defaults.MAX_C1_FILTERS:
+        raise ConfigError(f"width {width!r} is beyond the bound of {defaults.MAX_C1_FILTERS} "
+                          f"C1 filters and a {defaults.MAX_WIDTH_MULTIPLIER:g}x multiplier "
+                          "(implicit_sparsity.defaults.MAX_WIDTH_MULTIPLIER); the paper's "
+                          "widest is 1x")
+    return c1, multiplier
 
 
 def _build_basicnet(*, in_channels, num_classes, head, input_size, width, negative_slope):

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from implicit_sparsity.errors import ConfigError, RunStateError
+from implicit_sparsity.io.files import require_regular_file
+from implicit_sparsity.models.check import check_real_tensors
 
 
 def _first_line(error: BaseException) -> str:
@@ -30,7 +32,7 @@ def load_user_model(factory: str, weights: str | Path | None = None,
         sys.path.insert(0, str(Path.cwd()))  # a models.py beside the user's data
     try:
         module = importlib.import_module(module_name)
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # its import runs the user's code
         raise ConfigError(f"--model {factory}: cannot import {module_name} "
                           f"({type(error).__name__}: {_first_line(error)})") from None
     build = getattr(module, function_name, None)
@@ -38,13 +40,14 @@ def load_user_model(factory: str, weights: str | Path | None = None,
         raise ConfigError(f"--model {factory}: {module_name} has no function {function_name}")
     try:
         model = build(**(arguments or {}))
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # SystemExit(0) would end us with "success"
         raise ConfigError(f"--model {factory}: calling it failed "
                           f"({type(error).__name__}: {_first_line(error)})") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model {factory} returned a {type(model).__name__}, not a "
                           "torch.nn.Module")
     if weights is not None:
+        require_regular_file(weights, "--weights")
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as error:
@@ -57,4 +60,5 @@ def load_user_model(factory: str, weights: str | Path | None = None,
         except Exception as error:
             raise RunStateError(f"--weights {weights} do not fit {factory}: "
                                 f"{_first_line(error)}") from None
+    check_real_tensors(model, factory)  # before anything moves it to a device
     return model.eval()

@@ -7,6 +7,7 @@ Regularization is never passed to torch's `weight_decay`: it is applied by
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 from torch import nn
@@ -48,8 +49,31 @@ def resolve_hyperparameters(name: str, overrides: dict | None = None) -> dict:
         if key not in allowed:
             raise ConfigError(f"optimizer {name} has no hyper-parameter {key!r}; "
                               f"valid: {', '.join(allowed)}")
-        values[key] = tuple(value) if isinstance(value, list) else value
+        values[key] = _typed_hyperparameter(name, key, value)
     return values
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+        value)
+
+
+def _typed_hyperparameter(name: str, key: str, value):
+    """`value` of the type of torch's default for `key` (a number, a flag, a tuple of
+    numbers of the same length); one line when it is not."""
+    default = inspect.signature(OPTIMIZER_CLASSES[name].__init__).parameters[key].default
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, tuple):
+        ok = (isinstance(value, (list, tuple)) and len(value) == len(default)
+              and all(_is_number(v) for v in value))
+        expected = f"a list of {len(default)} numbers"
+        value = tuple(value) if ok else value
+    else:
+        ok, expected = _is_number(value), "a finite number"
+    if not ok:
+        raise ConfigError(f"optimizer_args {key}: expected {expected} for {name}, got {value!r}")
+    return value
 
 
 def default_lr(name: str, dataset: str | None = None) -> float:

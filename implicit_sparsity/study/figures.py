@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 from implicit_sparsity.io.run_dir import load_bn_history
+from implicit_sparsity.io.outputs import save_figure
 from implicit_sparsity.measure.plots import _pyplot, plot_bn_history
 
 
@@ -25,7 +26,7 @@ def _save(fig, folder: Path, stem: str) -> list[Path]:
     paths = []
     for suffix in ("png", "pdf"):
         path = folder / f"{stem}.{suffix}"
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
         paths.append(path)
     return paths
 

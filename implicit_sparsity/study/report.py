@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 from implicit_sparsity.errors import ConfigError
-from implicit_sparsity.study.spec import normalize_labels
-from implicit_sparsity.study.sweep import EVALUATION
+from implicit_sparsity.study.spec import check_spec_values, normalize_labels
+from implicit_sparsity.study.sweep import EVALUATION, read_index
 
 VALUE_NAMES = {**{f"layers.C{i}.sparsity_gamma": f"C{i} % by γ" for i in range(1, 20)},
                "units_recycled": "units recycled", "sparsity_activation": "% sparsity by act.",
@@ -43,16 +43,16 @@ def latex_escape(text: str) -> str:
 def collect(out: str | Path) -> tuple[dict, list[dict]]:
     """(spec, records): one record per evaluated run, its labels and figures."""
     out = Path(out)
-    if not (out / "index.json").is_file():
-        raise ConfigError(f"{out} is not a sweep folder (no index.json)")
+    index = read_index(out)
     try:
         saved = yaml.safe_load((out / "spec.yaml").read_text())
         spec = {**saved["spec"], "_quick": bool(saved.get("quick"))}
-        index = json.loads((out / "index.json").read_text())
-        assert isinstance(index, dict) and isinstance(spec, dict)
-    except Exception:  # truncated or edited by hand
-        raise ConfigError(f"{out}: index.json or spec.yaml is damaged; run the sweep command "
-                          "again to rewrite them (finished runs are kept)") from None
+        check_spec_values({"name": "?", **spec}, f"{out / 'spec.yaml'}")
+    except ConfigError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):  # torn, or by hand
+        raise ConfigError(f"{out}: spec.yaml is damaged; run the sweep command "
+                          "again to rewrite it (finished runs are kept)") from None
     records = []
     for key, entry in index.items():
         path = out / "runs" / key / EVALUATION

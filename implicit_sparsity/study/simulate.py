@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.io.outputs import save_figure
 from implicit_sparsity.optim import (OPTIMIZERS, Regularizer, build_optimizer, default_lr,
                                      param_groups, regularized_step, resolve_hyperparameters)
 
@@ -110,5 +111,5 @@ def plot_simulation(result: SimulationResult, path) -> None:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)

@@ -22,9 +22,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.train.config import TrainConfig, key_fields, load_config_file
 
@@ -32,6 +34,7 @@ from implicit_sparsity.train.config import TrainConfig, key_fields, load_config_
 SPEC_DIR = Path(__file__).resolve().parents[2] / "experiments"
 SPEC_KEYS = {"name", "title", "paper_ref", "base", "grid", "variants", "seeds", "quick",
              "table", "paper", "notes", "slurm"}
+TABLE_KEYS = ("rows", "columns", "values")
 
 
 @dataclass
@@ -75,9 +78,7 @@ class ExperimentSpec:
             overrides["seeds"] = [overrides.pop("seed")]
         if "seeds" in overrides:
             seeds = overrides.pop("seeds")
-            if not isinstance(seeds, list) or not seeds or not all(
-                    isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-                raise ConfigError(f"seeds must be a list of integers, got {seeds!r}")
+            check_seeds(seeds, f"spec {self.name}", "--set seeds")
         # an override of a grid key (a stand-in data set, say) collapses that axis
         grid = {k: [overrides[k]] if k in overrides else v for k, v in self.grid.items()}
         grid_keys = list(grid)
@@ -133,8 +134,83 @@ def load_spec(name_or_path: str | Path) -> ExperimentSpec:
         raise ConfigError(f"spec {path}: unknown key(s) {', '.join(unknown)}; valid: "
                           f"{', '.join(sorted(SPEC_KEYS))}")
     values.setdefault("name", path.stem)
-    spec = ExperimentSpec(**values)
-    spec.expand()  # every run must resolve: fail now, before any work
+    spec = ExperimentSpec(**check_spec_values(values, f"spec {path}"))
+    check_table_cells(spec, spec.expand())  # every run must resolve: fail now, before work
     if spec.quick:
-        spec.expand(quick=True)
+        check_table_cells(spec, spec.expand(quick=True))
     return spec
+
+
+# --- the typed boundary of a spec: every field's type, before anything is expanded ---------
+def _fail(where: str, key: str, expected: str, value) -> None:
+    shown = repr(value)
+    raise ConfigError(f"{where}: {key} must be {expected}, got "
+                      f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
+
+
+def check_seeds(seeds, where: str, key: str = "seeds") -> list[int]:
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= defaults.MAX_SEED
+            for s in seeds):
+        _fail(where, key, f"a non-empty list of integers in [0, {defaults.MAX_SEED}]", seeds)
+    if len(set(seeds)) != len(seeds):
+        _fail(where, key, "a list of distinct seeds", seeds)
+    return seeds
+
+
+def check_spec_values(values: dict, where: str) -> dict:
+    """Each spec field of its type (see the module's docstring); one line naming the field."""
+    for key in ("name", "title", "paper_ref", "notes"):
+        if key in values and not isinstance(values[key], str):
+            _fail(where, key, "text", values[key])
+    if not values["name"] or "/" in values["name"] or values["name"].startswith("."):
+        _fail(where, "name", "a plain name (it names the sweep's folder)", values["name"])
+    for key in ("base", "grid", "quick", "table", "slurm"):
+        if key in values and not isinstance(values.get(key), dict):
+            _fail(where, key, "a mapping", values[key])
+    for key, axis in values.get("grid", {}).items():
+        if not isinstance(key, str):
+            _fail(where, "grid", "a mapping of config keys", key)
+        if not isinstance(axis, list) or not axis:
+            _fail(where, f"grid.{key}", "a non-empty list of values", axis)
+    variants = values.get("variants", [{}])
+    if not isinstance(variants, list) or not variants or not all(
+            isinstance(v, dict) for v in variants):
+        _fail(where, "variants", "a non-empty list of mappings", variants)
+    check_seeds(values.get("seeds", [0]), where)
+    if "seeds" in values.get("quick", {}):
+        check_seeds(values["quick"]["seeds"], where, "quick.seeds")
+    table = values.get("table", {})
+    for key, names in table.items():
+        if key not in TABLE_KEYS:
+            _fail(where, f"table.{key}", f"one of {', '.join(TABLE_KEYS)}", key)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            _fail(where, f"table.{key}", "a list of names", names)
+    paper = values.get("paper", [])
+    if not isinstance(paper, list) or not all(isinstance(p, dict) for p in paper):
+        _fail(where, "paper", "a list of mappings", paper)
+    runs = math.prod(len(axis) for axis in values.get("grid", {}).values()) * len(variants) * max(
+        len(values.get("seeds", [0])), len(values.get("quick", {}).get("seeds", [0])))
+    if runs > defaults.MAX_SWEEP_RUNS:
+        raise ConfigError(f"{where} plans {runs:,} runs, more than the bound of "
+                          f"{defaults.MAX_SWEEP_RUNS:,} (implicit_sparsity.defaults."
+                          "MAX_SWEEP_RUNS); split it into smaller specs")
+    return values
+
+
+def check_table_cells(spec: ExperimentSpec, planned: list[PlannedRun]) -> None:
+    """Runs that differ in anything but their seed must not share a cell of the table (it
+    would average them as if they were seeds). Without `table:`, every label is a row."""
+    if not spec.table:
+        spec.table = {"rows": list(dict.fromkeys(k for p in planned for k in p.labels))}
+    axes = spec.table.get("rows", []) + spec.table.get("columns", [])
+    cells: dict[tuple, dict] = {}
+    for p in planned:
+        cell = tuple(str(p.labels.get(k)) for k in axes)
+        other = cells.setdefault(cell, p.labels)
+        if other != p.labels:
+            differ = sorted(k for k in set(other) | set(p.labels)
+                            if other.get(k) != p.labels.get(k))
+            raise ConfigError(f"spec {spec.name}: runs that differ in {', '.join(differ)} "
+                              "would share one cell of the table; add "
+                              f"{differ[0]} to table.rows or table.columns")

@@ -152,14 +152,32 @@ class RunProgress:
         self.bar.close()
 
 
+def read_index(out: str | Path) -> dict[str, dict]:
+    """A sweep folder's index.json: {run key: {"labels": {...}, "seed": int, "config": {...}}};
+    one line when it is missing, damaged or not a sweep's."""
+    out = Path(out)
+    path = out / "index.json"
+    if not path.is_file():
+        raise ConfigError(f"{out} is not a sweep folder (no index.json)")
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        index = None
+    good = isinstance(index, dict) and all(
+        isinstance(key, str) and isinstance(entry, dict) and isinstance(entry.get("labels"), dict)
+        and isinstance(entry.get("seed"), int) and isinstance(entry.get("config", {}), dict)
+        for key, entry in index.items())
+    if not good:
+        raise ConfigError(f"{path} is damaged or not a sweep's index; run the sweep command "
+                          "again to rewrite it (finished runs are kept)")
+    return index
+
+
 def sweep_status(out: str | Path) -> list[dict]:
     """Every run of a sweep folder: done (evaluated), diverged, running (its folder is
     locked by a live process), interrupted (a checkpoint, no process) or pending."""
     out = Path(out)
-    try:
-        index = json.loads((out / "index.json").read_text())
-    except (OSError, ValueError):
-        raise ConfigError(f"{out} is not a sweep folder (no readable index.json)") from None
+    index = read_index(out)
     rows = []
     for key, entry in index.items():
         folder = out / "runs" / key

@@ -20,6 +20,8 @@ from implicit_sparsity import defaults
 from implicit_sparsity.data.registry import get_dataset_entry
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.io import atomic_write_text
+from implicit_sparsity.io.files import require_regular_file
+from implicit_sparsity.io.yaml_text import load_yaml_file
 from implicit_sparsity.models.registry import get_model_entry, parse_width
 from implicit_sparsity.optim.optimizers import (build_optimizer, default_lr,
                                                 resolve_hyperparameters)
@@ -83,6 +85,16 @@ class TrainConfig:
         parse_width(self.width)
         check_optimizer_args(self.optimizer, self.optimizer_args)
         check_regularizer(self.regularizer, self.lam)
+        for name in ("seed", "subset_seed"):
+            if not 0 <= getattr(self, name) <= defaults.MAX_SEED:
+                raise ConfigError(f"{name} must be in [0, {defaults.MAX_SEED}], got "
+                                  f"{getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size == 1:
+            raise ConfigError("batch_size must be >= 2: BatchNorm cannot normalize a batch of "
+                              "one sample in training")
+        if self.epochs is not None and sum(self.epochs) > defaults.MAX_EPOCHS:
+            raise ConfigError(f"epochs {self.epochs}: more than {defaults.MAX_EPOCHS:,} in all "
+                              "(implicit_sparsity.defaults.MAX_EPOCHS)")
         if self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if self.class_subset is not None and not 2 <= self.class_subset <= entry.num_classes:
@@ -236,18 +248,10 @@ def check_optimizer_args(name: str, args: dict | None) -> None:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config with `yaml.safe_load`; one clear error if that is not possible."""
+    """Read a YAML config (safe, no key twice); one clear error if that is not possible."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"config {path} is not valid YAML{where}") from None
+    require_regular_file(path, "config")
+    values = load_yaml_file(path, "config")
     if values is None:
         return {}
     if not isinstance(values, dict):
