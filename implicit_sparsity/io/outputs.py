@@ -40,8 +40,11 @@ def _has(folder: Path, *names: str) -> bool:
 
 
 def _holds_run(folder: Path) -> bool:
+    """A checkpoint, a summary or a divergence record; or a config.yaml with the files a run
+    writes first (a config.yaml alone is any project's file)."""
     return (_has(folder, rd.CHECKPOINT) or _has(folder, rd.SUMMARY) or _has(folder, rd.DIVERGED)
-            or _has(folder, rd.CONFIG))
+            or (_has(folder, rd.CONFIG) and (_has(folder, rd.METRICS)
+                                             or _has(folder, rd.BN_HISTORY))))
 
 
 def _any_child_run(folder: Path, names: tuple[str, ...]) -> bool:

@@ -130,8 +130,9 @@ class TrainConfig:
                               f"got {self.step_capture!r}")
         if self.crop_padding < 0 or self.num_workers < 0:
             raise ConfigError("crop_padding and num_workers must be >= 0")
-        if self.epochs is not None:
-            StepSchedule(tuple(self.epochs), self.lr_decay)
+        # the decay is checked with the paper's stages too: they are made explicit later
+        StepSchedule(tuple(self.epochs) if self.epochs is not None else
+                     tuple(defaults.DEFAULT_EPOCHS), self.lr_decay)
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if entry.streaming and self.crop_padding:
