@@ -201,6 +201,8 @@ REFUSED = [
     ("test-subset-huge", ["train", "--data-dir", f"{W}/fashion", "--width", "0.0625", "--epochs",
                           "1", "--test-subset", "1000000", "--out", f"{W}/o"],
      "test_subset of fashion-mnist 1,000,000 is more than the 40 images"),
+    ("slim-given-as-a-run", ["analyze", f"{W}/slim/slim.pt"], "is a slim model, not a run's"),
+    ("prune-a-slim", ["prune", f"{W}/slim/slim.pt", "--out", f"{W}/o"], "is a slim model"),
     # --- the one check of a user's model and data -------------------------------------------
     ("weights-fifo", ["analyze", "--model", "usermodels:convnet", "--weights", f"{W}/fifo"]
      + USER, "not a regular file"),

@@ -60,10 +60,22 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     except Exception as error:
         raise RunStateError(f"cannot load checkpoint {file}: {str(error).splitlines()[0]}"
                             ) from None
+    if isinstance(state, dict) and str(state.get("format", "")).startswith(
+            "implicit-sparsity-slim"):
+        raise RunStateError(f"{file} is a slim model, not a run's checkpoint: it has nothing "
+                            "left to measure as trained; analyze or prune the run it came "
+                            "from, or load it with load_slim()")
+    if not isinstance(state, dict) or not {"config", "model", "epoch"} <= set(state):
+        raise RunStateError(f"{file} is not a checkpoint of implicit-sparsity (expected a "
+                            "run folder's checkpoint.pt)")
     config = TrainConfig.from_dict(state["config"])
     model = build_model_for(config)
-    adopt_shapes(model, state["model"])  # a fine-tuned slim model has smaller layers
-    model.load_state_dict(state["model"])
+    try:
+        adopt_shapes(model, state["model"])  # a fine-tuned slim model has smaller layers
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, ValueError, AttributeError) as error:
+        raise RunStateError(f"{file}: its weights do not fit the network its config describes "
+                            f"({str(error).splitlines()[0][:120]})") from None
     model.to(device).eval()
     return TrainedRun(config, model, state["epoch"], state.get("data_stats", {}),
                       file.parent if file.name == rd.CHECKPOINT else None)
