@@ -134,9 +134,8 @@ def check_output_file(path: str | Path, flag: str, overwrite: bool = False) -> P
     return path
 
 
-def check_output_folder(path: str | Path, flag: str, kind: str, *, resumable: bool,
-                        overwrite: bool = False) -> Path:
-    """A folder output for a result of `kind` (see the module's docstring)."""
+def _writable_folder_path(path: str | Path, flag: str) -> Path:
+    """A folder can be made or written at `path` (nothing on the way is a file)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag} {path} is a file, not a folder")
@@ -147,6 +146,13 @@ def check_output_folder(path: str | Path, flag: str, kind: str, *, resumable: bo
         raise ConfigError(f"{flag} {path}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK):
         raise ConfigError(f"{flag} {path}: {probe} is not writable")
+    return path
+
+
+def check_output_folder(path: str | Path, flag: str, kind: str, *, resumable: bool,
+                        overwrite: bool = False) -> Path:
+    """A folder output for a result of `kind` (see the module's docstring)."""
+    path = _writable_folder_path(path, flag)
     owner = enclosing_result(path.absolute().parent)
     if owner is not None:
         raise ConfigError(f"{flag} {path} is inside {DESCRIPTIONS[owner[0]]} ({owner[1]}); "
@@ -170,16 +176,7 @@ def check_output_folder(path: str | Path, flag: str, kind: str, *, resumable: bo
 def check_figures_folder(path: str | Path, flag: str) -> Path:
     """A folder of figures (derived from results, rewritten file by file): it may sit inside
     a result folder, but may not be one, nor a file."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {path} is a file, not a folder")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"{flag} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK):
-        raise ConfigError(f"{flag} {path}: {probe} is not writable")
+    path = _writable_folder_path(path, flag)
     found = result_kind(path)
     if found is not None:
         raise ConfigError(f"{flag} {path} holds {DESCRIPTIONS[found]}; figures go into a "
