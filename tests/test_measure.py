@@ -234,12 +234,33 @@ def test_lightning_callback_needs_lightning_or_says_so(tmp_path):
             with pytest.raises(ImportError, match="pip install lightning"):
                 lightning_callback(monitor)
             return
-    callback = lightning_callback(monitor)
+    import lightning.pytorch as pl
 
-    class Trainer:
-        current_epoch = 0
-    callback.on_train_epoch_end(Trainer(), tiny_basicnet())
-    assert (tmp_path / "sparsity.jsonl").read_text().count("\n") == 1
+    class Module(pl.LightningModule):  # a real Trainer, two epochs of four tiny batches
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_basicnet().train()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 1, 28, 28, generator=g),
+                                          torch.randint(0, 10, (16,), generator=g))
+    trainer = pl.Trainer(max_epochs=2, callbacks=[lightning_callback(monitor)],
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu",
+                         default_root_dir=tmp_path)
+    trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=4))
+    lines = (tmp_path / "sparsity.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
 def test_redo_dormancy_and_the_sensitivity_table_by_hand():

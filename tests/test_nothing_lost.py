@@ -351,3 +351,28 @@ def test_a_killed_prune_leaves_only_a_hidden_stage_that_the_next_one_removes(ws,
     assert not stage.exists()
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["slim.pt", "slim.pt2", "slim.torchscript.pt", "prune_report.json"])
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
+def test_a_real_sigterm_at_any_moment_leaves_the_slim_folder_whole_or_absent(ws, tmp_path,
+                                                                           delay):
+    """Whenever the signal comes (loading, pruning, writing), `--out` is complete or absent
+    and no stage is left."""
+    import subprocess
+    import time
+
+    out = tmp_path / "slim"
+    process = subprocess.Popen([sys.executable, "-m", "implicit_sparsity.cli", "prune",
+                                str(ws / "run"), "--out", str(out), "--no-latency"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode in (0, 143, -signal.SIGTERM), err
+    if out.exists():
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            ["slim.pt", "slim.pt2", "slim.torchscript.pt", "prune_report.json"])
+    if process.returncode == 143:
+        assert "terminated; nothing half-written" in err and err.count("\n") == 1
+    if process.returncode != -signal.SIGTERM:  # killed before our handler was set: no stage
+        assert not [p for p in tmp_path.iterdir() if PARTIAL in p.name]
