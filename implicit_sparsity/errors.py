@@ -35,3 +35,12 @@ class DataFormatError(ImplicitSparsityError, ValueError):
 
 class NonFiniteError(ImplicitSparsityError, ValueError):
     """A model holds NaN / inf (a diverged run): nothing measured on it would mean anything."""
+
+
+class PackingError(ConfigError):
+    """Runs cannot be trained as one packed model (they differ, or resume from different
+    epochs): each is trained on its own instead."""
+
+
+class ModelTraceError(ImplicitSparsityError):
+    """The model cannot be traced with torch.fx (data-dependent control flow, say)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from implicit_sparsity.commands.common import (add_config_flags, finite_float, overrides,
                                                output_plan, positive_int, share)
 from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.measure.plots import pyplot
 
 NAME = "compare"
 
@@ -67,6 +68,7 @@ def run(args) -> int:
     from implicit_sparsity.train import TrainConfig, load_config_file
 
     output_plan(args).folder(args.out, "--out", "comparison", resumable=True)
+    pyplot()  # the trade-off figure comes last: a missing matplotlib is said now, not then
     paper = None
     if args.spec:
         from implicit_sparsity.explicit.compare import load_comparison

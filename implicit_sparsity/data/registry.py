@@ -217,6 +217,11 @@ def locate(entry: DatasetEntry, data_dir: str | Path | None) -> Path:
                                f"{entry.how_to_get}; then pass --data-dir (or set {DATA_ROOT_ENV})")
 
 
+def _first_classes(files: list, labels: np.ndarray, classes: int) -> tuple[list, np.ndarray]:
+    keep = np.flatnonzero(labels < classes)
+    return [files[i] for i in keep], labels[keep]
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None, *, device="cpu",
                  train_subset: int | None = None, test_subset: int | None = None,
                  subset_seed: int = 0, min_size: int = 0, num_workers: int = 4,
@@ -233,8 +238,11 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, device="cpu",
     entry = get_dataset_entry(name)
     folder = locate(entry, data_dir)
     if entry.streaming:
-        train_files, train_y, classes = formats.class_folder_files(folder / "train")
-        test_files, test_y, _ = formats.class_folder_files(_test_split(folder), classes)
+        train_files, train_y, names = formats.class_folder_files(folder / "train")
+        test_files, test_y, _ = formats.class_folder_files(_test_split(folder), names)
+        if classes is not None:  # the first N classes by name, before the subsets
+            train_files, train_y = _first_classes(train_files, train_y, classes)
+            test_files, test_y = _first_classes(test_files, test_y, classes)
         train_idx = seeded_subset(len(train_files), train_subset, subset_seed,
                                   f"train_subset of {name}")
         test_idx = seeded_subset(len(test_files), test_subset, subset_seed + 1,
@@ -246,7 +254,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, device="cpu",
         if not train_files or not test_files:
             raise DatasetNotFoundError(f"{name}: no images found under {folder}")
         return StreamingImageData(train_files, train_y, test_files, test_y,
-                                  entry.num_classes, device, num_workers, mean, std)
+                                  classes or entry.num_classes, device, num_workers, mean,
+                                  std)
     train_x, train_y, test_x, test_y = entry.read(folder)
     if len(train_y) == 0 or len(test_y) == 0:
         raise DatasetNotFoundError(f"{name}: no images found under {folder}")

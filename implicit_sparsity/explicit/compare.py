@@ -293,9 +293,9 @@ def plot_tradeoff(points: list[OperatingPoint], path: Path, paper: list[dict] | 
                   ) -> Path:
     """Test error (after fine-tuning where a method fine-tunes) against % filters removed,
     one curve per method, with the paper's points (hollow squares) when given."""
-    from implicit_sparsity.measure.plots import _pyplot
+    from implicit_sparsity.measure.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for i, method in enumerate(dict.fromkeys(p.method for p in points)):
         mine = sorted((p for p in points if p.method == method), key=lambda p: p.percent_pruned)

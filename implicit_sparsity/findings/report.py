@@ -24,13 +24,13 @@ def _figures(out: Path, context) -> list[tuple[str, Path]]:
     """Layer-wise sparsity (Adam vs SGD), the reference's γ / β over epochs, the simulation,
     the implicit / explicit trade-off: those whose data exist."""
     from implicit_sparsity.io.run_dir import load_bn_history
-    from implicit_sparsity.measure.plots import _pyplot, plot_bn_history
+    from implicit_sparsity.measure.plots import pyplot, plot_bn_history
     from implicit_sparsity.study.simulate import plot_simulation
 
     folder = out / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     figures = []
-    plt = _pyplot()
+    plt = pyplot()
     roles = [r for r in ("adam-l2", "sgd-l2") if context.runs.get(r)]
     if roles:
         layers = list((context.runs[roles[0]][0].get("layers") or {}).keys())

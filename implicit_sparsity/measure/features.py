@@ -42,7 +42,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from implicit_sparsity.errors import ImplicitSparsityError, NonFiniteError
+from implicit_sparsity.errors import ImplicitSparsityError, ModelTraceError, NonFiniteError
 from implicit_sparsity.models.blocks import ConvBNAct
 
 
@@ -51,10 +51,6 @@ CONV_UNITS = ("conv",)
 ALL_UNITS = ("conv", "linear")
 MLP_UNITS = ("linear",)  # MLP units only (a Transformer's, without its patch embedding)
 UNIT_CHOICES = {"conv": CONV_UNITS, "all": ALL_UNITS, "mlp": MLP_UNITS}
-
-
-class ModelTraceError(ImplicitSparsityError):
-    """The model cannot be traced with torch.fx (data-dependent control flow, say)."""
 
 
 class NoBatchNormError(ImplicitSparsityError):

@@ -12,7 +12,7 @@ from implicit_sparsity.errors import ImplicitSparsityError
 from implicit_sparsity.io.outputs import save_figure
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
     except ImportError:
@@ -26,7 +26,7 @@ def _pyplot():
 
 def plot_layer_sparsity(report, path: Path) -> Path:
     """% inactive features per conv layer, by |gamma| and by activation, side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     names = [l.name for l in report.layers]
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names) + 2), 3.5))
     series = [("gamma", "by |gamma|"), ("activation", "by activation")]
@@ -49,7 +49,7 @@ def plot_layer_sparsity(report, path: Path) -> Path:
 
 def plot_universality(report, path: Path) -> Path:
     """Per layer: fraction of features at each level of universality (paper's Fig. 3)."""
-    plt = _pyplot()
+    plt = pyplot()
     layers = [l for l in report.layers if l.universality is not None]
     if not layers:
         raise ImplicitSparsityError("no universality was measured (needs --criterion "
@@ -78,7 +78,7 @@ def plot_bn_history(history: dict[str, dict[str, torch.Tensor]], path: Path,
     """gamma (top) and beta (bottom) of each layer over epochs: median and 5-95 / 25-75
     percentile bands, as the evolving distributions of the paper's Fig. 2. `title` names
     the run."""
-    plt = _pyplot()
+    plt = pyplot()
     names = layers or [n for n in history if not n.startswith("classifier")] or list(history)
     fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 4.6), squeeze=False,
                              sharex=True)

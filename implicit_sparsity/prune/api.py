@@ -163,18 +163,20 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
                 corpus=None, check_data=None,
                 gamma_threshold: float = defaults.GAMMA_THRESHOLD,
                 activation_threshold: float = defaults.ACTIVATION_THRESHOLD,
-                fold_bn: bool = False, latency_batches: tuple[int, ...] = (1, 64),
+                fold_bn: bool = False, latency_batches: tuple[int, ...] = (),
                 threads: int | None = None, min_run_time: float = 0.5,
                 selection: dict[str, torch.Tensor] | None = None,
                 tolerance: float = DEFAULT_TOLERANCE, force: bool = False,
                 units: tuple[str, ...] = CONV_UNITS,
                 round_to: int | dict[str, int] = 1) -> PruneResult:
-    """Remove the dead filters of a copy of `model`.
+    """Remove the dead filters of a copy of `model`; `model` itself is left as it was (its
+    weights and the train / eval mode of every module).
 
     `example_input`: one input batch (shapes for tracing and MACs). `corpus`: the training
     corpus, for the activation criterion. `check_data`: batches (inputs or (inputs,
     labels)) on which outputs before and after are compared, the proof. `latency_batches`:
-    batch sizes at which latency is measured (empty: none). `selection`: masks of filters
+    batch sizes at which latency is measured (default: none; `(1, 64)` as `prune` does).
+    `selection`: masks of filters
     to remove whatever they compute (an explicit method's choice, see
     `implicit_sparsity.explicit`); predictions then change, and fine-tuning follows.
     `units=ALL_UNITS`: MLP units (Linear -> activation) too, besides conv filters.
@@ -185,7 +187,21 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
     whose outputs differ beyond `tolerance` (relative to max |logit|), change a prediction or
     are not finite raises `ProofError`, unless `force` (the result then says so).
     """
-    model.eval()
+    modes = {module: module.training for module in model.modules()}
+    model.eval()  # measured and compared in eval mode; the caller's modes come back below
+    try:
+        return _prune_in_eval(model, example_input, criterion, corpus, check_data,
+                              gamma_threshold, activation_threshold, fold_bn, latency_batches,
+                              threads, min_run_time, selection, tolerance, force, units,
+                              round_to)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _prune_in_eval(model, example_input, criterion, corpus, check_data, gamma_threshold,
+                   activation_threshold, fold_bn, latency_batches, threads, min_run_time,
+                   selection, tolerance, force, units, round_to) -> PruneResult:
     if selection is not None:
         dead, strength, criterion = selection, None, "selection"
     else:

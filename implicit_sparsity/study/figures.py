@@ -15,7 +15,7 @@ from pathlib import Path
 
 from implicit_sparsity.io.run_dir import load_bn_history
 from implicit_sparsity.io.outputs import save_figure
-from implicit_sparsity.measure.plots import _pyplot, plot_bn_history
+from implicit_sparsity.measure.plots import pyplot, plot_bn_history
 
 
 def _label(record: dict, keys: list[str]) -> str:
@@ -33,7 +33,7 @@ def _save(fig, folder: Path, stem: str) -> list[Path]:
 
 def write_figures(sweep_dir: str | Path, spec: dict, records: list[dict],
                   folder: str | Path) -> list[Path]:
-    plt = _pyplot()
+    plt = pyplot()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     table = spec.get("table") or {}

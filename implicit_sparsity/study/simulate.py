@@ -91,9 +91,9 @@ def simulate(optimizers=defaults.SIMULATION["optimizers"], regularizers=("l2", "
 
 
 def plot_simulation(result: SimulationResult, path) -> None:
-    from implicit_sparsity.measure.plots import _pyplot
+    from implicit_sparsity.measure.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     names = list(result.curves)
     cols = min(4, len(names))
     rows = -(-len(names) // cols)

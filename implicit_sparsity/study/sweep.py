@@ -30,7 +30,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from implicit_sparsity.errors import ConfigError, DivergedError, RunStateError
+from implicit_sparsity.errors import ConfigError, DivergedError, PackingError, RunStateError
 from implicit_sparsity.io import FolderLock, atomic_write_text
 from implicit_sparsity.io.run_dir import diverged, is_finished, read_metrics
 from implicit_sparsity.prune.surgery import require_torch_pruning
@@ -88,7 +88,7 @@ def execute_packed(jobs: list[tuple]) -> list[str]:
         try:
             train_packed([TrainConfig.from_dict(job[0]) for job in fresh],
                          [job[1] for job in fresh], verbose=False)
-        except ConfigError:
+        except PackingError:
             pass  # e.g. killed between two runs' checkpoints: each resumes on its own below
         except DivergedError:
             pass  # the others finished; execute_run records the diverged ones below
@@ -218,6 +218,19 @@ def _init_worker(parent: int, gpus) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes that die with the sweep; on a GPU machine each takes one GPU for all
+    its runs, round robin (single and packed runs alike)."""
+    context = get_context("spawn")
+    gpus = None
+    if torch.cuda.is_available():
+        gpus = context.Manager().Queue()
+        for i in range(workers):
+            gpus.put(i % torch.cuda.device_count())
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(os.getpid(), gpus))
+
+
 def default_workers() -> int:
     if torch.cuda.is_available():
         return torch.cuda.device_count()
@@ -341,8 +354,7 @@ def _run_sweep(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick
         workers = max(1, min(workers, len(packs)))
         threads = max(1, (os.cpu_count() or 1) // workers)
         packs = [[(c, d, threads, dd) for c, d, _, dd in group] for group in packs]
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker, initargs=(os.getpid(), None)) as pool:
+        with worker_pool(workers) as pool:
             for future in as_completed([pool.submit(execute_packed, g) for g in packs]):
                 bar.update(future.result())
         bar.close()
@@ -351,14 +363,7 @@ def _run_sweep(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick
         for job in jobs:
             bar.update([execute_run(*job)])
     else:
-        context = get_context("spawn")
-        gpus = None
-        if torch.cuda.is_available():  # one GPU per worker, round robin
-            gpus = context.Manager().Queue()
-            for i in range(workers):
-                gpus.put(i % torch.cuda.device_count())
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                 initargs=(os.getpid(), gpus)) as pool:
+        with worker_pool(workers) as pool:
             futures = [pool.submit(execute_run, *job) for job in jobs]
             for future in as_completed(futures):
                 bar.update([future.result()])  # a failed run stops the sweep with its error

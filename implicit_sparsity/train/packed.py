@@ -24,7 +24,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from implicit_sparsity.data import Augmentation
-from implicit_sparsity.errors import ConfigError, DivergedError
+from implicit_sparsity.errors import ConfigError, DivergedError, PackingError
 from implicit_sparsity.io import FolderLock
 from implicit_sparsity.io import run_dir as rd
 from implicit_sparsity.optim import (L1GammaPenalty, Regularizer, StepSchedule, apply_schedule,
@@ -242,7 +242,7 @@ def _train_packed(configs: list[TrainConfig], outs: list[Path], verbose: bool) -
     from implicit_sparsity.train.restore import build_model_for
 
     if len({pack_key(c) for c in configs}) != 1:
-        raise ConfigError("these runs cannot be packed: they differ in "
+        raise PackingError("these runs cannot be packed: they differ in "
                           + ", ".join(f for i, f in enumerate(PACK_FIELDS)
                                       if len({pack_key(c)[i] for c in configs}) > 1))
     device = resolve_device(configs[0].device)
@@ -250,7 +250,7 @@ def _train_packed(configs: list[TrainConfig], outs: list[Path], verbose: bool) -
     states = [check_run_dir(out, config, device) for out, config in zip(outs, configs)]
     start = {s["epoch"] if s else 0 for s in states}
     if len(start) != 1:
-        raise ConfigError("packed runs must resume from the same epoch")
+        raise PackingError("packed runs must resume from the same epoch")
     start_epoch = start.pop()
     data, _ = build_for_config(configs[0], device)
     models = []
