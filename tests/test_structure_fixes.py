@@ -124,3 +124,16 @@ def test_prune_model_leaves_the_callers_model_as_it_was_and_times_nothing():
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert result.latency == []
     assert result.layers[0].filters_after == result.layers[0].filters_before - 2
+
+
+def test_the_public_api_is_a_short_list_that_resolves():
+    import implicit_sparsity
+    from implicit_sparsity import TrainConfig, analyze, load_run, prune_model  # noqa: F401
+
+    names = [n for n in implicit_sparsity.__all__ if n != "__version__"]
+    assert 10 <= len(names) <= 16 and "train" not in names  # the subpackage's name
+    for name in names:
+        assert callable(getattr(implicit_sparsity, name)), name
+    assert load_run.__name__ == "load_trained"
+    with pytest.raises(AttributeError):
+        implicit_sparsity.atomic_write_bytes  # an internal is not re-exported
