@@ -58,7 +58,8 @@ def test_normalization_uses_training_statistics():
 def test_epoch_order_depends_only_on_the_seed():
     train = np.arange(30, dtype=np.uint8).reshape(30, 1, 1, 1).repeat(4, 2).repeat(4, 3)
     data = DeviceTensorData(train, np.arange(30), train[:2], np.zeros(2), num_classes=30)
-    order = lambda seed: torch.cat([y for _, y in data.train_batches(8, seed, Augmentation())])
+    def order(seed):
+        return torch.cat([y for _, y in data.train_batches(8, seed, Augmentation())])
     assert torch.equal(order(5), order(5)) and not torch.equal(order(5), order(6))
     assert sorted(order(5).tolist()) == list(range(30))
 

@@ -38,7 +38,8 @@ def test_l1_penalty_in_training_shrinks_gamma(fashion_dir, tmp_path):
                   optimizer="sgd", lr=0.05)
     plain = train(TrainConfig(**common), tmp_path / "plain", verbose=False).model
     slim = train(TrainConfig(**common, l1_gamma=0.05), tmp_path / "l1", verbose=False).model
-    mean_gamma = lambda m: torch.cat([b.bn.weight.abs() for _, b in feature_layers(m)]).mean()
+    def mean_gamma(m):
+        return torch.cat([b.bn.weight.abs() for _, b in feature_layers(m)]).mean()
     assert mean_gamma(slim) < mean_gamma(plain) - 0.01
 
 

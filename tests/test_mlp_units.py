@@ -125,7 +125,7 @@ def test_removing_dead_mlp_units_is_exact(seed):
     vit = TinyViT().double().eval()
     plans = [(model, model.fc1, -0.5), (vit, vit.blocks[0].fc1, 0.0),
              (vit, vit.blocks[1].fc1, 0.0)]
-    for net, layer, bias in plans:
+    for _net, layer, bias in plans:
         dead = torch.rand(layer.out_features, generator=generator) < 0.5
         if seed == 0:
             dead[:] = True  # every unit dead: one stays

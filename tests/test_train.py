@@ -61,7 +61,8 @@ def test_killed_run_resumes_to_the_same_end(fashion_dir, tmp_path):
 
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
-    strip = lambda ms: [{k: v for k, v in m.items() if "second" not in k} for m in ms]
+    def strip(ms):
+        return [{k: v for k, v in m.items() if "second" not in k} for m in ms]
     assert strip(straight.metrics) == strip(resumed.metrics)
 
 

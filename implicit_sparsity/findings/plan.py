@@ -98,7 +98,8 @@ REFERENCE = "adam-l2"
 
 def roles(scale: Scale) -> dict[str, dict]:
     """Each run's role and how it differs from the base (its labels in the sweep): keys at
-    the base's value (None where the base leaves a key out) are left out, so that two roles of one run (the reference as
+    the base's value (None where the base leaves a key out) are left out, so that two roles
+    of one run (the reference as
     one side of the task pair, say) are one run."""
     return {role: {k: v for k, v in labels.items() if scale.base.get(k) != v}
             for role, labels in _roles(scale).items()}

@@ -77,7 +77,8 @@ def write_report(out: Path, scale, outcomes, context, wall_seconds: float) -> di
     title = f"The paper's findings, re-checked ({scale.name} scale)"
     summary = (f"Ours: {scale.description}. The paper's: BasicNet / VGG on CIFAR-10/100, "
                f"ImageNet and the rest of its settings, 3 runs averaged. This invocation took "
-               f"{wall_seconds / 60:.1f} min (runs already done are reused). Verdicts: {counts['holds']} hold, "
+               f"{wall_seconds / 60:.1f} min (runs already done are reused). "
+               f"Verdicts: {counts['holds']} hold, "
                f"{counts['does not hold']} do not hold, {counts['inconclusive']} "
                "inconclusive.")
     lines = [f"# {title}", "", summary, "", f"Rule: {RULE}", "",

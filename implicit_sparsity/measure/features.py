@@ -28,7 +28,8 @@ Units beyond conv filters (`units=ALL_UNITS`): a Linear followed by an activatio
 optional BatchNorm1d between (MLP hidden units, the hidden units of a Transformer's MLP
 block: Linear -> GELU / ReLU -> Linear, torch's nn.TransformerEncoderLayer included).
 Their channels are the last dimension ([B, C] or [B, tokens, C]); they may end only in
-Linear layers (a reshape, a conv or an add after them makes them coupled). A Linear without an activation (a classifier, attention projections)
+Linear layers (a reshape, a conv or an add after them makes them coupled). A Linear without
+an activation (a classifier, attention projections)
 is no unit layer. The paper counts conv filters only, so `CONV_UNITS` is the default.
 """
 

@@ -66,6 +66,7 @@ def compare_outputs(before: nn.Module, after: nn.Module, batches) -> Equivalence
             top5_before += int(count_wrong(a, y, TOP_K))
             top5_after += int(count_wrong(b, y, TOP_K))
         samples += len(x)
-    error = (lambda wrong: 100.0 * wrong / samples if labelled and samples else None)
+    def error(wrong):
+        return 100.0 * wrong / samples if labelled and samples else None
     return Equivalence(samples, max_diff, max_logit, changed, error(wrong_before),
                        error(wrong_after), error(top5_before), error(top5_after), nonfinite)

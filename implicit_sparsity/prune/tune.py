@@ -97,7 +97,8 @@ class TunedSlim:
         lines.append(f"(original / slim, {first['device']}, {first['threads']} threads, "
                      f"medians ± IQR over {first['rounds']} interleaved rounds; / MACs: "
                      f"speed-up over the exact minimum's MAC reduction "
-                     f"{self.exact.mac_reduction:.2f}x; ~: within noise, the speed-up's IQR includes 1)")
+                     f"{self.exact.mac_reduction:.2f}x; ~: within noise, the speed-up's IQR "
+                     "includes 1)")
         return "\n".join(lines)
 
 
@@ -155,7 +156,8 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
     """The exact-minimum slim model and its exact deployment candidates, timed against the
     original at `batch_sizes`; the fastest at `target_batch` is `best`. `per_layer`: also a
     candidate per layout whose rounding is chosen conv layer by conv layer
-    (`per_layer_rounding`, at `target_batch`). `prune_kwargs` go to `prune_model` (criterion, corpus, units,
+    (`per_layer_rounding`, at `target_batch`). `prune_kwargs` go to `prune_model` (criterion,
+    corpus, units,
     thresholds). A candidate whose outputs differ beyond `tolerance` on `check_data` raises
     ProofError: exact or refused. `progress`: progress bars for the search and the timing."""
     if target_batch not in batch_sizes:

@@ -308,7 +308,8 @@ def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallbac
     out = Path(out)
     cluster, device_name = distributed.join(config.device)
     try:
-        lock = FolderLock(out, "run folder", tidy=True) if cluster.main else contextlib.nullcontext()
+        lock = (FolderLock(out, "run folder", tidy=True) if cluster.main
+                else contextlib.nullcontext())
         with lock:
             return _train(config, out, cluster, resolve_device(device_name), callbacks,
                           verbose)

@@ -15,7 +15,8 @@ unit scoring <= tau is recycled:
   ...) is zeroed, so that stale moments do not drive the unit back to zero at once.
 
 Conv filters, and MLP units for models measured on them (features whose channels end in
-convs / linears, not coupled by an add or concat, grouped convs excluded); the choice is the trade-off between free compression
+convs / linears, not coupled by an add or concat, grouped convs excluded); the choice is the
+trade-off between free compression
 (remove the dead units after training) and kept capacity (revive them while training).
 """
 
