@@ -199,7 +199,7 @@ def test_packed_runs_at_different_epochs_are_refused(fashion_dir, tmp_path):
 def test_packed_runs_killed_after_an_epoch_resume_to_the_same_end(fashion_dir, tmp_path,
                                                                    monkeypatch):
     from implicit_sparsity.train import load_checkpoint
-    from implicit_sparsity.train import loop
+    from implicit_sparsity.train import packed as loop  # where the packed trainer finds it
     from implicit_sparsity.train.packed import train_packed
 
     common = dict(data_dir=str(fashion_dir), width="0.0625", epochs=[1, 1], optimizer="adam")

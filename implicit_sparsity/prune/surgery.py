@@ -181,199 +181,263 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
 
     `exact=False` removes every marked filter as it is, live or constant (the explicit
     methods' pruning, to be followed by fine-tuning): nothing is folded, kept or checked."""
-    tp = require_torch_pruning()
     model.eval()
-    features = traced.features
-    decisions = {f.name: LayerDecision(f.name, f.num_features) for f in features}
+    surgery = _Surgery(model, traced, dead, example_input, strength, exact, zero_when_dead,
+                       tolerance)
+    return surgery.run()
 
-    def build_graph():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                     verbose=False)
-    try:
-        graph = build_graph()
-    except Exception as error:  # a structure torch-pruning cannot analyse: keep everything
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        for f in features:
-            decision = decisions[f.name]
-            mask = dead.get(f.name)
-            if mask is not None and bool(mask.any()):
-                decision.dead = int(mask.sum())
-                decision.keep(torch.nonzero(mask).flatten().tolist(),
-                              f"torch-pruning cannot analyse this model "
-                              f"({type(error).__name__}: {first[:80]})")
-            decision.filters_after = f.num_features
-        return [decisions[f.name] for f in features]
-    outputs = _Outputs(model, example_input, tolerance) if exact else None
-    by_conv = {id(f.conv): f for f in features}
-    group_size = {f.name: f.num_features // f.norm_groups for f in features if f.norm_groups}
-    # original index of each current output channel, per conv
-    remaining = {f.name: list(range(f.num_features)) for f in features}
-    constants = {f.name: torch.zeros(f.num_features) if zero_when_dead else constant_outputs(f)
-                 for f in features}
-    conv_out = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels,
-                tp.prune_linear_out_channels)
 
-    def out_handler(feature: Feature):
-        return (tp.prune_linear_out_channels if feature.kind == "linear"
-                else tp.prune_conv_out_channels)
-    producers = {h for h in (getattr(tp, n) for n in dir(tp)
-                             if n.startswith("prune_") and n.endswith("_out_channels"))
-                 if h not in (tp.prune_batchnorm_out_channels, tp.prune_layernorm_out_channels,
-                              tp.prune_groupnorm_out_channels,
-                              tp.prune_instancenorm_out_channels, tp.prune_prelu_out_channels)}
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines()[0] if str(error) else type(error).__name__)[:80]
 
-    def is_dead(feature: Feature, current: int) -> bool:
-        mask = dead.get(feature.name)
-        return mask is not None and bool(mask[remaining[feature.name][current]])
 
-    def removable_constant(feature: Feature, original: int) -> bool:
-        return not exact or float(constants[feature.name][original]) == 0.0
+class _Surgery:
+    """One removal of dead channels, feature by feature: what each may lose (its mask, the
+    constants that fold), what its coupled producers allow, what keeps a layer non-empty,
+    then the removal as a transaction checked against the original outputs."""
 
-    def attempt(feature: Feature, chosen: list[int], folds: list[int]) -> str | None:
-        """Remove `chosen` (current indices) of `feature` with their group, folding the
-        constants of `folds`; undo and say why when that is not exact."""
-        nonlocal graph
-        group = graph.get_pruning_group(feature.conv, out_handler(feature), chosen)
-        touched = [item.dep.target.module for item in group]
-        touched += [model.get_submodule(p) for p in feature.consumers] if folds else []
-        transaction = _Transaction(touched) if exact else None
-        total = feature.num_features
-        before = {name: list(r) for name, r in remaining.items()}
+    def __init__(self, model, traced, dead, example_input, strength, exact, zero_when_dead,
+                 tolerance):
+        self.tp = require_torch_pruning()
+        self.model, self.traced, self.dead = model, traced, dead
+        self.example_input, self.strength, self.exact = example_input, strength, exact
+        self.tolerance = tolerance
+        features = traced.features
+        self.decisions = {f.name: LayerDecision(f.name, f.num_features) for f in features}
+        self.by_conv = {id(f.conv): f for f in features}
+        self.group_size = {f.name: f.num_features // f.norm_groups for f in features
+                           if f.norm_groups}
+        # original index of each current output channel, per feature
+        self.remaining = {f.name: list(range(f.num_features)) for f in features}
+        self.constants = {f.name: torch.zeros(f.num_features) if zero_when_dead
+                          else constant_outputs(f) for f in features}
+        tp = self.tp
+        self.conv_out = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels,
+                         tp.prune_linear_out_channels)
+        norms = (tp.prune_batchnorm_out_channels, tp.prune_layernorm_out_channels,
+                 tp.prune_groupnorm_out_channels, tp.prune_instancenorm_out_channels,
+                 tp.prune_prelu_out_channels)
+        self.producers = {h for h in (getattr(tp, n) for n in dir(tp)
+                                      if n.startswith("prune_") and n.endswith("_out_channels"))
+                          if h not in norms}
+        self.graph = None
+        self.outputs = None
+
+    # --- the whole model ---------------------------------------------------------------
+    def run(self) -> list[LayerDecision]:
+        features = self.traced.features
         try:
-            for current in folds:
-                if current in chosen:
-                    original = remaining[feature.name][current]
-                    _fold_constant(model, feature, current, total,
-                                   float(constants[feature.name][original]))
-            removed = {}
-            for item in group:
-                module = item.dep.target.module
-                if item.dep.handler in conv_out and id(module) in by_conv:
-                    name = by_conv[id(module)].name
-                    gone = set(item.idxs)
-                    removed[name] = [remaining[name][i] for i in sorted(gone)]
-                    remaining[name] = [r for i, r in enumerate(remaining[name]) if i not in gone]
-            group.prune()
-            _regroup_norm(model, feature, group_size)
-            problem = outputs.change() if outputs is not None else None
-        except Exception as error:  # torch-pruning's index mapping, a shape it cannot fix
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            problem = f"torch-pruning cannot remove it ({type(error).__name__}: {first[:80]})"
-        if problem is None:
-            for name, originals in removed.items():
-                decisions[name].removed += originals
-                if name == feature.name:
-                    decisions[name].folded += [before[name][c] for c in folds if c in chosen]
-            return None
-        if transaction is None:
-            raise ImplicitSparsityError(f"{feature.name}: {problem}")
-        transaction.undo()
-        remaining.clear()
-        remaining.update(before)
-        graph = build_graph()  # its index maps may have moved with the undone removal
-        return problem
+            self.graph = self._build_graph()
+        except Exception as error:  # torch-pruning cannot analyse it: keep everything
+            self._keep_everything(f"torch-pruning cannot analyse this model "
+                                  f"({type(error).__name__}: {_first_line(error)})")
+        else:
+            self.outputs = (_Outputs(self.model, self.example_input, self.tolerance)
+                            if self.exact else None)
+            for feature in features:
+                self._remove_from(feature)
+        for f in features:
+            self.decisions[f.name].filters_after = f.num_features
+        return [self.decisions[f.name] for f in features]
 
-    for feature in features:
-        decision = decisions[feature.name]
-        mask = dead.get(feature.name)
+    def _build_graph(self):
+        return self.tp.DependencyGraph().build_dependency(
+            self.model, example_inputs=self.example_input, verbose=False)
+
+    def _keep_everything(self, reason: str) -> None:
+        for f in self.traced.features:
+            mask = self.dead.get(f.name)
+            if mask is not None and bool(mask.any()):
+                self.decisions[f.name].dead = int(mask.sum())
+                self.decisions[f.name].keep(torch.nonzero(mask).flatten().tolist(), reason)
+
+    # --- one feature -------------------------------------------------------------------
+    def _remove_from(self, feature: Feature) -> None:
+        mask = self._mask(feature)
         if mask is None:
-            continue
+            return
+        candidates, folds = self._candidates(feature, mask)
+        if not candidates:
+            return
+        allowed = self._allowed_by_coupling(feature, candidates)
+        if allowed is None:
+            return
+        chosen = self._never_empty(feature, sorted(allowed))
+        if chosen:
+            self._remove_chosen(feature, chosen, folds)
+
+    def _mask(self, feature: Feature) -> torch.Tensor | None:
+        """The dead channels this feature may lose at all (original indices), or None."""
+        decision = self.decisions[feature.name]
+        mask = self.dead.get(feature.name)
+        if mask is None:
+            return None
         decision.dead = int(mask.sum())
         if not decision.dead:
-            continue
-        if exact and feature.reaches_output:
+            return None
+        if self.exact and feature.reaches_output:
             decision.keep(torch.nonzero(mask).flatten().tolist(),
                           "its channels are the model's output")
-            continue
-        if not exact and feature.shared_norm and not torch.equal(feature.removable(mask),
-                                                                 mask):
+            return None
+        if not feature.shared_norm:
+            return mask
+        whole = feature.removable(mask)  # under a shared norm, whole groups only
+        if not self.exact and not torch.equal(whole, mask):
             raise ImplicitSparsityError(
                 f"{feature.name}: the selection removes part of a group of its "
                 f"{feature.shared_norm}; under a GroupNorm whole groups go or none (under a "
                 "LayerNorm, all channels or none)")
-        if exact and feature.shared_norm:  # whole groups of dead channels only
-            whole = feature.removable(mask)
-            if bool((mask & ~whole).any()):
-                decision.keep(torch.nonzero(mask & ~whole).flatten().tolist(),
-                              f"normalized together with other channels ({feature.shared_norm})")
-            mask = whole
-            if not bool(mask.any()):
-                continue
-        foldable = _foldable(feature, traced.graph_module)
+        if bool((mask & ~whole).any()):
+            decision.keep(torch.nonzero(mask & ~whole).flatten().tolist(),
+                          f"normalized together with other channels ({feature.shared_norm})")
+        return whole if bool(whole.any()) else None
+
+    def _removable_constant(self, feature: Feature, original: int) -> bool:
+        return not self.exact or float(self.constants[feature.name][original]) == 0.0
+
+    def _candidates(self, feature: Feature, mask: torch.Tensor) -> tuple[list[int], list[int]]:
+        """Current indices of the channels that may go, and those of them whose constant
+        output must be folded into the readers first; a constant that cannot be is kept."""
+        foldable = _foldable(feature, self.traced.graph_module)
         candidates, folds = [], []
-        for current, original in enumerate(remaining[feature.name]):
+        for current, original in enumerate(self.remaining[feature.name]):
             if not mask[original]:
                 continue
-            if removable_constant(feature, original):
+            if self._removable_constant(feature, original):
                 candidates.append(current)
             elif foldable:
                 candidates.append(current)
                 folds.append(current)
             else:
-                decision.kept_constant.append(original)
-        if not candidates:
-            continue
-        # a channel goes only if it is dead (with a zero output) in every coupled producer
+                self.decisions[feature.name].kept_constant.append(original)
+        return candidates, folds
+
+    def _group(self, feature: Feature, channels: list[int]):
+        handler = (self.tp.prune_linear_out_channels if feature.kind == "linear"
+                   else self.tp.prune_conv_out_channels)
+        return self.graph.get_pruning_group(feature.conv, handler, channels)
+
+    def _is_dead_zero(self, other: Feature, current: int) -> bool:
+        mask = self.dead.get(other.name)
+        original = self.remaining[other.name][current]
+        return mask is not None and bool(mask[original]) and self._removable_constant(
+            other, original)
+
+    def _allowed_by_coupling(self, feature: Feature, candidates: list[int]) -> set[int] | None:
+        """The candidates dead (with a zero output) in every coupled producer; None when
+        torch-pruning cannot group or map them (all kept, with the reason)."""
+        decision = self.decisions[feature.name]
+        remaining = self.remaining[feature.name]
         try:
-            group = graph.get_pruning_group(feature.conv, out_handler(feature),
-                                            candidates)
-        except Exception as error:
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            decision.keep([remaining[feature.name][c] for c in candidates],
-                          f"torch-pruning cannot group its channels ({first[:80]})")
-            continue
+            group = self._group(feature, candidates)
+        except Exception as error:  # torch-pruning's analysis of this structure
+            decision.keep([remaining[c] for c in candidates],
+                          f"torch-pruning cannot group its channels ({_first_line(error)})")
+            return None
         allowed, mapped = set(candidates), True
         for item in group:
             module = item.dep.target.module
-            if item.dep.handler not in producers or module is feature.conv:
+            if item.dep.handler not in self.producers or module is feature.conv:
                 continue
-            other = by_conv.get(id(module)) if item.dep.handler in conv_out else None
+            other = self.by_conv.get(id(module)) if item.dep.handler in self.conv_out else None
             for idx, root in zip(item.idxs, item.root_idxs):
-                if other is not None and not 0 <= idx < len(remaining[other.name]):
+                if other is not None and not 0 <= idx < len(self.remaining[other.name]):
                     mapped = False  # torch-pruning's index map does not fit (a shuffle?)
                     continue
-                if other is None or not is_dead(other, idx) or not removable_constant(
-                        other, remaining[other.name][idx]):
-                    if root in allowed:
-                        allowed.discard(root)
-                        decision.kept_coupled.append(remaining[feature.name][root])
+                if (other is None or not self._is_dead_zero(other, idx)) and root in allowed:
+                    allowed.discard(root)
+                    decision.kept_coupled.append(remaining[root])
         if not mapped:
-            decision.keep([remaining[feature.name][c] for c in allowed],
+            decision.keep([remaining[c] for c in allowed],
                           "torch-pruning's channel index map does not fit this structure "
                           "(a channel shuffle or split)")
-            continue
-        # never empty a layer: keep the strongest dead filter of any layer the group empties
-        chosen = sorted(allowed)
+            return None
+        return allowed
+
+    def _never_empty(self, feature: Feature, chosen: list[int]) -> list[int]:
+        """`chosen` less the strongest dead filter (and its norm group) of every layer the
+        removal would empty."""
+        remaining = self.remaining[feature.name]
+        score = self.strength.get(feature.name) if self.strength else None
         while chosen:
-            group = graph.get_pruning_group(feature.conv, out_handler(feature), chosen)
-            emptied = [item for item in group if item.dep.handler in producers
+            emptied = [item for item in self._group(feature, chosen)
+                       if item.dep.handler in self.producers
                        and len(item.idxs) >= _out_size(item.dep.target.module)]
             if not emptied:
                 break
-            score = strength.get(feature.name) if strength else None
-            keep = max(chosen, key=lambda c: float(score[remaining[feature.name][c]])
+            keep = max(chosen, key=lambda c: float(score[remaining[c]])
                        if score is not None else -c)
-            for c in _with_its_group(feature, keep, chosen, remaining[feature.name],
-                                     group_size):
+            for c in _with_its_group(feature, keep, chosen, remaining, self.group_size):
                 chosen.remove(c)
-                decision.kept_last.append(remaining[feature.name][c])
-        if not chosen:
-            continue
-        originals = {c: remaining[feature.name][c] for c in chosen}
-        problem = attempt(feature, chosen, folds)
+                self.decisions[feature.name].kept_last.append(remaining[c])
+        return chosen
+
+    def _remove_chosen(self, feature: Feature, chosen: list[int], folds: list[int]) -> None:
+        decision = self.decisions[feature.name]
+        originals = {c: self.remaining[feature.name][c] for c in chosen}
+        problem = self._attempt(feature, chosen, folds)
         if problem is not None and any(c in chosen for c in folds):
             # the folds may be what is not exact: try the channels that output zero alone
             zero = [c for c in chosen if c not in folds]
             decision.keep([originals[c] for c in chosen if c in folds],
                           f"folding its constant is not exact ({problem})")
-            problem = attempt(feature, zero, []) if zero else None
+            problem = self._attempt(feature, zero, []) if zero else None
             if problem is not None:
                 decision.keep([originals[c] for c in zero], problem)
         elif problem is not None:
             decision.keep(list(originals.values()), problem)
-    for f in features:
-        decisions[f.name].filters_after = f.num_features
-    return [decisions[f.name] for f in features]
+
+    # --- the transaction ---------------------------------------------------------------
+    def _attempt(self, feature: Feature, chosen: list[int], folds: list[int]) -> str | None:
+        """Remove `chosen` (current indices) of `feature` with their group, folding the
+        constants of `folds`; undo and say why when that is not exact."""
+        group = self._group(feature, chosen)
+        touched = [item.dep.target.module for item in group]
+        touched += [self.model.get_submodule(p) for p in feature.consumers] if folds else []
+        transaction = _Transaction(touched) if self.exact else None
+        before = {name: list(r) for name, r in self.remaining.items()}
+        for current in folds:
+            if current in chosen:
+                original = self.remaining[feature.name][current]
+                _fold_constant(self.model, feature, current, feature.num_features,
+                               float(self.constants[feature.name][original]))
+        removed = self._record_removal(group)
+        try:
+            group.prune()
+        except Exception as error:  # torch-pruning's index mapping, a shape it cannot fix
+            problem = (f"torch-pruning cannot remove it ({type(error).__name__}: "
+                       f"{_first_line(error)})")
+        else:
+            _regroup_norm(self.model, feature, self.group_size)
+            problem = self.outputs.change() if self.outputs is not None else None
+        if problem is None:
+            for name, gone in removed.items():
+                self.decisions[name].removed += gone
+                if name == feature.name:
+                    self.decisions[name].folded += [before[name][c] for c in folds
+                                                    if c in chosen]
+            return None
+        if transaction is None:
+            raise ImplicitSparsityError(f"{feature.name}: {problem}")
+        transaction.undo()
+        self.remaining.clear()
+        self.remaining.update(before)
+        self.graph = self._build_graph()  # its index maps may have moved with the undo
+        return problem
+
+    def _record_removal(self, group) -> dict[str, list[int]]:
+        """Per feature the group narrows: the original indices it loses (and `remaining`
+        updated to what stays)."""
+        removed = {}
+        for item in group:
+            module = item.dep.target.module
+            if item.dep.handler in self.conv_out and id(module) in self.by_conv:
+                name = self.by_conv[id(module)].name
+                gone = set(item.idxs)
+                removed[name] = [self.remaining[name][i] for i in sorted(gone)]
+                self.remaining[name] = [r for i, r in enumerate(self.remaining[name])
+                                        if i not in gone]
+        return removed
 
 
 def _with_its_group(feature: Feature, current: int, chosen: list[int], originals: list[int],

@@ -319,127 +319,177 @@ def train(config: TrainConfig, out: str | Path, *, callbacks: tuple[EpochCallbac
 
 def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device: torch.device,
            callbacks: tuple[EpochCallback, ...], verbose: bool) -> RunResult:
-    distributed.check_batch(config.batch_size, cluster)
-    device_speed_settings(config, device)
-    state = check_run_dir(out, config, device)
-    resume = state is not None
-    data, model = build_for_config(config, device)  # a missing data set fails here
-    capture, step_status = should_capture(config.step_capture, device, model, cluster.world)
-    distributed.barrier(cluster)  # every process has checked the folder before rank 0 writes
-
+    run = SingleRun(config, out, cluster, device, verbose)
     schedule = StepSchedule(tuple(config.epochs), config.lr_decay)
-    groups = param_groups(model, config.lr, config.gamma_lr_scale, config.beta_lr_scale)
-    optimizer = build_optimizer(config.optimizer, groups, config.optimizer_args)
-    regularizers = (L1GammaPenalty(config.l1_gamma, slimming_gammas(model)),  # Slimming only
-                    Regularizer(config.regularizer, config.lam,
-                                regularized_params(model, config.regularize_bn)))
-    aug = Augmentation(flip=config.flip, crop_padding=config.crop_padding)
-
-    start_epoch = 0
-    if resume:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"]
-    history = prepare_run_dir(out, config, model, state) if cluster.main else []
-    recycler = make_recycler(config, model, optimizer, cluster.world)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    net = model  # what the training steps call: DDP's wrapper in a distributed run
-    if cluster.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def compute(x, y):
-        # bf16 only inside the step; evaluation and every measurement stay in fp32
-        with torch.autocast(device.type, dtype=torch.bfloat16,
-                            enabled=config.precision == "bf16", cache_enabled=False):
-            logits = net(x)
-        return F.cross_entropy(logits.float(), y), logits
-
-    forward_backward = ForwardBackward(compute, list(model.parameters()), list(model.buffers()),
-                                       capture=capture, reason=step_status,
-                                       insist=config.step_capture in ("cuda-graph", "compile"),
-                                       compile=config.step_capture == "compile")
-    say = tqdm.write if verbose and cluster.main else (lambda *_: None)
-    say(f"{'resuming' if resume else 'training'} {config.model} (width {config.width}) on "
-        f"{config.dataset} [{data.num_train} train / {data.num_test} test] with "
-        f"{config.optimizer} lr {config.lr:g}, {config.regularizer} {config.lam:g}, "
-        f"batch {config.batch_size}, epochs {config.epochs} -> {out}"
-        + (f" (from epoch {start_epoch})" if resume else "")
-        + (f", {cluster.world} processes" if cluster.world > 1 else "")
-        + (f", {'TF32' if config.allow_tf32 else 'strict fp32'}" if device.type == "cuda"
-           else "")
-        + (", bf16 autocast in training steps" if config.precision == "bf16" else "")
-        + (f", training step: {step_status}" if device.type == "cuda" else ""))
-    steps = data.steps_per_epoch(config.batch_size, cluster.world)
-    epochs_bar = tqdm(range(start_epoch + 1, schedule.total_epochs + 1), desc="epochs",
-                      initial=start_epoch, total=schedule.total_epochs,
-                      disable=None if cluster.main else True)
     started = time.perf_counter()
-    for epoch in epochs_bar:
-        factor = schedule.factor(epoch - 1)
-        apply_schedule(optimizer, config.lr, factor)
-        torch.manual_seed(epoch_seed(config.seed, epoch))  # dropout, if any
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        wrong = torch.zeros((), device=device, dtype=torch.long)
-        seen = torch.zeros((), device=device, dtype=torch.long)
-        watch = NonFiniteWatch(1, device)
-        if recycler is not None:
-            recycler.steps = (epoch - 1) * steps  # also right when resuming
-            recycled_before = recycler.log.total
-        epoch_start = time.perf_counter()
-        batches = data.train_batches(config.batch_size, epoch_seed(config.seed, epoch), aug,
-                                     cluster.rank, cluster.world)
-        for x, y in tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False,
-                         disable=None if cluster.main else True):
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            loss, logits = forward_backward(x, y)
-            watch.update(loss)
-            regularized_step(optimizer, regularizers, factor)
-            if recycler is not None:
-                recycler.step(x)
-            loss_sum += loss * len(y)
-            wrong += (logits.argmax(1) != y).sum()
-            seen += len(y)
-        first_bad = watch.first_bad_step()
-        diverging = (first_bad > 0).long()
-        for total_ in (loss_sum, wrong, seen, diverging):  # over all processes
-            distributed.all_sum(total_, cluster)
-        if diverging.item():  # stop before this epoch's files: the last checkpoint stays good
-            distributed.barrier(cluster)
-            if cluster.main:
-                raise diverged_error(out, epoch, int(first_bad.item()) or None, steps)
-            raise DivergedError(f"run {out} diverged at epoch {epoch}")
-        seen = int(seen.item())
-        train_seconds = time.perf_counter() - epoch_start
-        metrics = epoch_metrics(model, config, data, epoch, factor, loss_sum.item(),
-                                wrong.item(), seen, train_seconds)
-        metrics["training_step"] = forward_backward.status
-        if recycler is not None:
-            metrics["recycled"] = recycler.log.total - recycled_before
-        if forward_backward.status != step_status:  # decided during this epoch
-            step_status = forward_backward.status
-            say(f"training step: {step_status}")
-        if cluster.main:
-            write_epoch(out, model, optimizer.state_dict(), config, data, epoch, metrics, history)
-        distributed.barrier(cluster)
-        epochs_bar.set_postfix(test_err=f"{metrics['test_error']:.1f}",
-                               **({} if metrics["sparsity_gamma_total"] is None else {
-                                   "sparsity": f"{metrics['sparsity_gamma_total']:.0f}%"}))
-        if epochs_bar.disable:  # no bar on a non-terminal: one line per epoch instead
-            say(f"epoch {epoch}/{schedule.total_epochs}: train loss {metrics['train_loss']:.3f}"
-                f", test error {metrics['test_error']:.2f}%{gamma_text(metrics)}")
+    bar = epoch_bar(schedule, run.start_epoch, cluster.main)
+    for epoch in bar:
+        metrics = run.train_epoch(epoch, schedule.factor(epoch - 1))
+        bar.set_postfix(test_err=f"{metrics['test_error']:.1f}",
+                        **({} if metrics["sparsity_gamma_total"] is None else {
+                            "sparsity": f"{metrics['sparsity_gamma_total']:.0f}%"}))
+        if bar.disable:  # no bar on a non-terminal: one line per epoch instead
+            run.say(f"epoch {epoch}/{schedule.total_epochs}: train loss "
+                    f"{metrics['train_loss']:.3f}, test error {metrics['test_error']:.2f}%"
+                    f"{gamma_text(metrics)}")
         if cluster.main:
             for callback in callbacks:
-                callback(epoch, model, metrics)
-
-    all_metrics = history if cluster.main else rd.read_metrics(out)
+                callback(epoch, run.model, metrics)
+    all_metrics = run.history if cluster.main else rd.read_metrics(out)
     if cluster.main:
-        summary = {"final": all_metrics[-1] if all_metrics else {},
-                   "epochs": schedule.total_epochs, "processes": cluster.world,
-                   "wall_seconds_this_session": time.perf_counter() - started}
-        rd.atomic_write_text(out / rd.SUMMARY, json.dumps(summary, indent=2))
+        write_summary(out, all_metrics, schedule.total_epochs, started, processes=cluster.world)
     distributed.barrier(cluster)
-    return RunResult(out, config, model, all_metrics)
+    return RunResult(out, config, run.model, all_metrics)
+
+
+def epoch_bar(schedule: StepSchedule, start_epoch: int, show: bool = True) -> tqdm:
+    """The epochs still to train (1-based), as a progress bar (on the main process)."""
+    return tqdm(range(start_epoch + 1, schedule.total_epochs + 1), desc="epochs",
+                initial=start_epoch, total=schedule.total_epochs,
+                disable=None if show else True)
+
+
+def write_summary(out: Path, metrics: list[dict], total_epochs: int, started: float,
+                  **extra) -> None:
+    """summary.json, written last: its presence means the run is finished."""
+    summary = {"final": metrics[-1] if metrics else {}, "epochs": total_epochs, **extra,
+               "wall_seconds_this_session": time.perf_counter() - started}
+    rd.atomic_write_text(out / rd.SUMMARY, json.dumps(summary, indent=2))
+
+
+class EpochTotals:
+    """One epoch's training loss, errors and samples of K runs, summed on the device (no
+    per-step host synchronisation), and the steps before the first non-finite loss."""
+
+    def __init__(self, runs: int, device):
+        shape = (runs,) if runs > 1 else ()
+        self.loss_sum = torch.zeros(shape, device=device)
+        self.wrong = torch.zeros(shape, device=device, dtype=torch.long)
+        self.seen = torch.zeros((), device=device, dtype=torch.long)
+        self.watch = NonFiniteWatch(runs, device)
+
+    def add(self, loss: torch.Tensor, wrong: torch.Tensor, samples: int) -> None:
+        self.watch.update(loss)
+        self.loss_sum += loss * samples
+        self.wrong += wrong
+        self.seen += samples
+
+
+class SingleRun:
+    """One run's model, optimizer, data and folder, trained epoch by epoch (data-parallel
+    across the processes of `cluster`)."""
+
+    def __init__(self, config: TrainConfig, out: Path, cluster: distributed.Cluster,
+                 device: torch.device, verbose: bool):
+        self.config, self.out, self.cluster, self.device = config, out, cluster, device
+        distributed.check_batch(config.batch_size, cluster)
+        device_speed_settings(config, device)
+        state = check_run_dir(out, config, device)
+        self.data, self.model = build_for_config(config, device)  # a missing data set: here
+        capture, self.step_status = should_capture(config.step_capture, device, self.model,
+                                                   cluster.world)
+        distributed.barrier(cluster)  # every process has checked the folder before rank 0 writes
+        groups = param_groups(self.model, config.lr, config.gamma_lr_scale, config.beta_lr_scale)
+        self.optimizer = build_optimizer(config.optimizer, groups, config.optimizer_args)
+        self.regularizers = (
+            L1GammaPenalty(config.l1_gamma, slimming_gammas(self.model)),  # Slimming only
+            Regularizer(config.regularizer, config.lam,
+                        regularized_params(self.model, config.regularize_bn)))
+        self.aug = Augmentation(flip=config.flip, crop_padding=config.crop_padding)
+        self.start_epoch = 0
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.start_epoch = state["epoch"]
+        self.history = prepare_run_dir(out, config, self.model, state) if cluster.main else []
+        self.recycler = make_recycler(config, self.model, self.optimizer, cluster.world)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.net = self.model  # what the training steps call: DDP's wrapper when distributed
+        if cluster.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.forward_backward = ForwardBackward(
+            self._compute, list(self.model.parameters()), list(self.model.buffers()),
+            capture=capture, reason=self.step_status,
+            insist=config.step_capture in ("cuda-graph", "compile"),
+            compile=config.step_capture == "compile")
+        self.say = tqdm.write if verbose and cluster.main else (lambda *_: None)
+        self.steps = self.data.steps_per_epoch(config.batch_size, cluster.world)
+        self.say(self._describe(state is not None))
+
+    def _compute(self, x, y):
+        # bf16 only inside the step; evaluation and every measurement stay in fp32
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.config.precision == "bf16", cache_enabled=False):
+            logits = self.net(x)
+        return F.cross_entropy(logits.float(), y), logits
+
+    def _describe(self, resume: bool) -> str:
+        c, cluster, device = self.config, self.cluster, self.device
+        return (f"{'resuming' if resume else 'training'} {c.model} (width {c.width}) on "
+                f"{c.dataset} [{self.data.num_train} train / {self.data.num_test} test] with "
+                f"{c.optimizer} lr {c.lr:g}, {c.regularizer} {c.lam:g}, "
+                f"batch {c.batch_size}, epochs {c.epochs} -> {self.out}"
+                + (f" (from epoch {self.start_epoch})" if resume else "")
+                + (f", {cluster.world} processes" if cluster.world > 1 else "")
+                + (f", {'TF32' if c.allow_tf32 else 'strict fp32'}" if device.type == "cuda"
+                   else "")
+                + (", bf16 autocast in training steps" if c.precision == "bf16" else "")
+                + (f", training step: {self.step_status}" if device.type == "cuda" else ""))
+
+    def train_epoch(self, epoch: int, factor: float) -> dict:
+        """Train, check, measure and write one epoch; its metrics."""
+        config, cluster = self.config, self.cluster
+        apply_schedule(self.optimizer, config.lr, factor)
+        torch.manual_seed(epoch_seed(config.seed, epoch))  # dropout, if any
+        self.model.train()
+        recycled_before = self.recycler.log.total if self.recycler is not None else 0
+        if self.recycler is not None:
+            self.recycler.steps = (epoch - 1) * self.steps  # also right when resuming
+        started = time.perf_counter()
+        totals = self._steps(epoch, factor)
+        self._stop_if_diverged(epoch, totals)
+        metrics = epoch_metrics(self.model, config, self.data, epoch, factor,
+                                totals.loss_sum.item(), totals.wrong.item(),
+                                int(totals.seen.item()), time.perf_counter() - started)
+        metrics["training_step"] = self.forward_backward.status
+        if self.recycler is not None:
+            metrics["recycled"] = self.recycler.log.total - recycled_before
+        if self.forward_backward.status != self.step_status:  # decided during this epoch
+            self.step_status = self.forward_backward.status
+            self.say(f"training step: {self.step_status}")
+        if cluster.main:
+            write_epoch(self.out, self.model, self.optimizer.state_dict(), config, self.data,
+                        epoch, metrics, self.history)
+        distributed.barrier(cluster)
+        return metrics
+
+    def _steps(self, epoch: int, factor: float) -> EpochTotals:
+        config = self.config
+        totals = EpochTotals(1, self.device)
+        batches = self.data.train_batches(config.batch_size, epoch_seed(config.seed, epoch),
+                                          self.aug, self.cluster.rank, self.cluster.world)
+        for x, y in tqdm(batches, total=self.steps, desc=f"epoch {epoch}", leave=False,
+                         disable=None if self.cluster.main else True):
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss, logits = self.forward_backward(x, y)
+            regularized_step(self.optimizer, self.regularizers, factor)
+            if self.recycler is not None:
+                self.recycler.step(x)
+            totals.add(loss, (logits.argmax(1) != y).sum(), len(y))
+        return totals
+
+    def _stop_if_diverged(self, epoch: int, totals: EpochTotals) -> None:
+        """A non-finite loss on any process stops the run before this epoch's files: the
+        last checkpoint stays good."""
+        first_bad = totals.watch.first_bad_step()
+        diverging = (first_bad > 0).long()
+        for total_ in (totals.loss_sum, totals.wrong, totals.seen, diverging):
+            distributed.all_sum(total_, self.cluster)  # over all processes
+        if diverging.item():
+            distributed.barrier(self.cluster)
+            if self.cluster.main:
+                raise diverged_error(self.out, epoch, int(first_bad.item()) or None, self.steps)
+            raise DivergedError(f"run {self.out} diverged at epoch {epoch}")

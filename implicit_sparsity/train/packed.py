@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -26,13 +25,18 @@ from tqdm import tqdm
 from implicit_sparsity.data import Augmentation
 from implicit_sparsity.errors import ConfigError, DivergedError, PackingError
 from implicit_sparsity.io import FolderLock
-from implicit_sparsity.io import run_dir as rd
 from implicit_sparsity.optim import (L1GammaPenalty, Regularizer, StepSchedule, apply_schedule,
                                      build_optimizer, param_groups)
 from implicit_sparsity.optim.regularization import slimming_gammas
 from implicit_sparsity.train.capture import ForwardBackward, should_capture
 from implicit_sparsity.train.device import device_speed_settings
 from implicit_sparsity.train.config import TrainConfig
+from implicit_sparsity.train.loop import (EpochTotals, RunResult, build_for_config,
+                                          check_run_dir, diverged_error, epoch_bar,
+                                          epoch_metrics, epoch_seed, load_initial_weights,
+                                          prepare_run_dir, regularized_params, resolve_device,
+                                          write_epoch, write_summary)
+from implicit_sparsity.train.restore import build_model_for
 
 
 class PackedModels:
@@ -74,8 +78,6 @@ class PackedModels:
             self.slices.append(tensors)
             self.optimizers.append(build_optimizer(config.optimizer, groups,
                                                    config.optimizer_args))
-        from implicit_sparsity.train.loop import regularized_params
-
         # each run's regularizers, as a single run applies them: Network Slimming's L1 on
         # gamma (if any), then L2 / WD
         self.regularizers = [
@@ -235,12 +237,6 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
 
 
 def _train_packed(configs: list[TrainConfig], outs: list[Path], verbose: bool) -> list:
-    from implicit_sparsity.train.loop import (NonFiniteWatch, RunResult, build_for_config,
-                                              check_run_dir, diverged_error, epoch_metrics,
-                                              epoch_seed, prepare_run_dir, resolve_device,
-                                              write_epoch)
-    from implicit_sparsity.train.restore import build_model_for
-
     if len({pack_key(c) for c in configs}) != 1:
         raise PackingError("these runs cannot be packed: they differ in "
                           + ", ".join(f for i, f in enumerate(PACK_FIELDS)
@@ -258,8 +254,6 @@ def _train_packed(configs: list[TrainConfig], outs: list[Path], verbose: bool) -
         torch.manual_seed(config.seed)  # the same initialization as a single run
         model = build_model_for(config)
         if config.init_from:
-            from implicit_sparsity.train.loop import load_initial_weights
-
             load_initial_weights(model, config.init_from)
         if state:
             model.load_state_dict(state["model"])
@@ -278,25 +272,19 @@ def _train_packed(configs: list[TrainConfig], outs: list[Path], verbose: bool) -
     say(f"training {len(configs)} packed runs of {configs[0].model} (width "
         f"{configs[0].width}) on {configs[0].dataset} -> " + ", ".join(map(str, outs)))
     started = time.perf_counter()
-    for epoch in tqdm(range(start_epoch + 1, schedule.total_epochs + 1), desc="epochs",
-                      initial=start_epoch, total=schedule.total_epochs, disable=None):
+    for epoch in epoch_bar(schedule, start_epoch):
         factor = schedule.factor(epoch - 1)
         packed.set_schedule(factor)
         torch.manual_seed(epoch_seed(configs[0].seed, epoch))
         batches = data.packed_train_batches(configs[0].batch_size,
                                             [epoch_seed(c.seed, epoch) for c in configs], aug)
-        loss_sum = torch.zeros(len(configs), device=device)
-        wrong = torch.zeros(len(configs), device=device, dtype=torch.long)
-        seen, epoch_start = 0, time.perf_counter()
-        watch = NonFiniteWatch(len(configs), device)
+        totals, epoch_start = EpochTotals(len(configs), device), time.perf_counter()
         for x, y in batches:
             losses = packed.step(x, y, [factor] * len(configs))
-            watch.update(losses)
-            loss_sum += losses * y.shape[1]
-            seen += y.shape[1]
-            wrong += packed.last_wrong(y)
-        loss_sums, wrongs = loss_sum.tolist(), wrong.tolist()  # waits for the device
-        first_bad = watch.first_bad_step().tolist()
+            totals.add(losses, packed.last_wrong(y), y.shape[1])
+        loss_sums, wrongs = totals.loss_sum.tolist(), totals.wrong.tolist()  # waits
+        seen = int(totals.seen.item())
+        first_bad = totals.watch.first_bad_step().tolist()
         train_seconds = time.perf_counter() - epoch_start
         if packed.forward_backward.status != step_status:  # decided during this epoch
             step_status = packed.forward_backward.status
@@ -323,10 +311,8 @@ def _train_packed(configs: list[TrainConfig], outs: list[Path], verbose: bool) -
         all_metrics = histories[k]
         if all_metrics is None:
             continue
-        summary = {"final": all_metrics[-1] if all_metrics else {},
-                   "epochs": schedule.total_epochs, "processes": 1, "packed_with": len(configs),
-                   "wall_seconds_this_session": time.perf_counter() - started}
-        rd.atomic_write_text(out / rd.SUMMARY, json.dumps(summary, indent=2))
+        write_summary(out, all_metrics, schedule.total_epochs, started, processes=1,
+                      packed_with=len(configs))
         results.append(RunResult(out, config, models[k], all_metrics))
     if diverged:
         raise DivergedError("; ".join(diverged))
