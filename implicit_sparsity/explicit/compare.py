@@ -109,15 +109,34 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
             selectivity_ratios: tuple = (MATCHED, 0.5),
             latency: bool = True, verbose: bool = False) -> list[OperatingPoint]:
     """Run every method on `base` (resolved, so the paper's defaults are explicit)."""
-    out = Path(out)
     base = base.resolved()
+    check_choices(base, methods, slimming_ratios, l1_fractions)
+    comparison = Comparison(base, Path(out), finetune_epochs, finetune_lr,
+                            (64,) if latency else (), verbose)
+    if "implicit" in methods:
+        comparison.implicit(implicit_batch_sizes or (base.batch_size,))
+    if "selectivity" in methods:
+        comparison.selectivity(selectivity_ratios)
+    explicit_base = dataclasses.replace(
+        base, optimizer=explicit_optimizer, lr=None, optimizer_args={}).resolved()
+    if "slimming" in methods:
+        comparison.slimming(explicit_base, slimming_strength, slimming_ratios)
+    if "l1norm" in methods:
+        comparison.l1norm(explicit_base, l1_fractions, l1_label)
+    atomic_write_text(comparison.out / "comparison.json",
+                      json.dumps([p.to_dict() for p in comparison.points], indent=1))
+    return comparison.points
+
+
+def check_choices(base: TrainConfig, methods, slimming_ratios, l1_fractions) -> None:
+    """Every choice checked before the first training."""
     unknown = sorted(set(methods) - set(METHODS + EXTRA_METHODS))
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; valid: "
                           f"{', '.join(METHODS + EXTRA_METHODS)}")
     if "selectivity" in methods and "implicit" not in methods:
         raise ConfigError("the selectivity arm prunes the implicit arm's run: add 'implicit'")
-    for ratio in slimming_ratios:  # every choice checked before the first training
+    for ratio in slimming_ratios:
         if ratio == MATCHED:
             if "implicit" not in methods:
                 raise ConfigError("a Network Slimming ratio 'matched' needs the implicit arm")
@@ -126,55 +145,72 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
             raise ConfigError(f"Network Slimming ratio must be in [0, 1), got {ratio:g}")
     if "l1norm" in methods and l1_fractions:
         l1_norm_selection(build_model_for(base), l1_fractions)  # unknown layers, bad shares
-    points: list[OperatingPoint] = []
-    latency_batches = (64,) if latency else ()
 
-    def prune(run, select=None):
+
+class Comparison:
+    """The arms of one comparison, each trained (or reused) in its folder under `out`, and
+    the operating points they give."""
+
+    def __init__(self, base: TrainConfig, out: Path, finetune_epochs, finetune_lr,
+                 latency_batches: tuple[int, ...], verbose: bool):
+        self.base, self.out = base, out
+        self.finetune_epochs, self.finetune_lr = finetune_epochs, finetune_lr
+        self.latency_batches, self.verbose = latency_batches, verbose
+        self.points: list[OperatingPoint] = []
+
+    def train(self, config: TrainConfig, folder: Path):
+        return ensure_trained(config, folder, verbose=self.verbose)
+
+    def prune(self, run, select=None):
         """Remove filters from the run's model: its dead ones, or those `select` picks."""
         trained = load_trained(run.run_dir)
-        data = load_training_data(trained, "cpu", base.data_dir)
+        data = load_training_data(trained, "cpu", self.base.data_dir)
         example = next(iter(data.test_batches(64)))[0]
         selection = select(trained.model) if select else None
         result = prune_model(trained.model, example, selection=selection,
                              check_data=list(data.test_batches(500)),
-                             latency_batches=latency_batches, min_run_time=0.2)
+                             latency_batches=self.latency_batches, min_run_time=0.2)
         return trained, result, example
 
-    def fine_tune(trained, result, example, folder: Path, seconds, epochs):
+    def fine_tune(self, trained, result, example, folder: Path, seconds, epochs):
         files = save_slim(result, folder / "slim", example, config=trained.config.to_dict(),
                           force=True, extra={"note": "explicit pruning: predictions change "
                                              "until fine-tuned"})
         config = dataclasses.replace(trained.config, init_from=str(files["slim"]),
-                                     epochs=list(finetune_epochs), l1_gamma=0.0,
-                                     lr=finetune_lr or trained.config.lr)
-        tuned = ensure_trained(config, folder / "finetune", verbose=verbose)
+                                     epochs=list(self.finetune_epochs), l1_gamma=0.0,
+                                     lr=self.finetune_lr or trained.config.lr)
+        tuned = self.train(config, folder / "finetune")
         more_seconds, more_epochs = _cost(tuned.metrics)
         return tuned.metrics[-1]["test_error"], seconds + more_seconds, epochs + more_epochs
 
-    def ratio_arms(method: str, run, ratios, select) -> None:
+    def ratio_arms(self, method: str, run, ratios, select) -> None:
         """One fine-tuned point per share of all filters that `select(model, ratio)` picks
         from `run` ("matched": the implicit arm's share)."""
-        implicit = [p.percent_pruned / 100 for p in points if p.method == "implicit"]
+        implicit = [p.percent_pruned / 100 for p in self.points if p.method == "implicit"]
         for ratio, label in slimming_arms(ratios, implicit[0] if implicit else None):
-            trained, result, example = prune(
+            trained, result, example = self.prune(
                 run, lambda model, ratio=ratio: select(model, ratio))
-            error, seconds, epochs = fine_tune(trained, result, example,
-                                               out / method / f"ratio{ratio:g}",
-                                               *_cost(run.metrics))
-            points.append(dataclasses.replace(_point(method, label, result, seconds, epochs),
-                                              error_finetuned=error))
+            error, seconds, epochs = self.fine_tune(trained, result, example,
+                                                    self.out / method / f"ratio{ratio:g}",
+                                                    *_cost(run.metrics))
+            self.points.append(dataclasses.replace(
+                _point(method, label, result, seconds, epochs), error_finetuned=error))
 
-    if "implicit" in methods:
-        for batch in implicit_batch_sizes or (base.batch_size,):
+    # --- the arms ------------------------------------------------------------------------
+    def implicit(self, batch_sizes) -> None:
+        base = self.base
+        for batch in batch_sizes:
             config = dataclasses.replace(base, batch_size=batch, epochs=[
                 max(1, round(e * batch / base.batch_size)) if e else 0 for e in base.epochs])
-            run = ensure_trained(config, out / "implicit" / f"batch{batch}", verbose=verbose)
-            _, result, _ = prune(run)
-            points.append(_point("implicit", f"batch {batch}", result, *_cost(run.metrics)))
+            run = self.train(config, self.out / "implicit" / f"batch{batch}")
+            _, result, _ = self.prune(run)
+            self.points.append(_point("implicit", f"batch {batch}", result,
+                                      *_cost(run.metrics)))
 
-    if "selectivity" in methods:  # the implicit arm's own run, pruned by selectivity
-        run = ensure_trained(base, out / "implicit" / f"batch{base.batch_size}",
-                             verbose=verbose)
+    def selectivity(self, ratios) -> None:
+        """The implicit arm's own run, its least universal filters removed."""
+        base = self.base
+        run = self.train(base, self.out / "implicit" / f"batch{base.batch_size}")
         corpus_of = {}
 
         def least_universal(model, ratio):
@@ -183,29 +219,25 @@ def compare(base: TrainConfig, out: str | Path, *, methods=METHODS,
                                                        base.data_dir)
             data = corpus_of["data"]
             return selectivity_selection(model, lambda: data.train_eval_batches(500), ratio)
-        ratio_arms("selectivity", run, selectivity_ratios, least_universal)
+        self.ratio_arms("selectivity", run, ratios, least_universal)
 
-    explicit_base = dataclasses.replace(
-        base, optimizer=explicit_optimizer, lr=None, optimizer_args={}).resolved()
-    if "slimming" in methods:
-        config = dataclasses.replace(explicit_base, l1_gamma=slimming_strength)
-        run = ensure_trained(config, out / "slimming" / "train", verbose=verbose)
-        ratio_arms("slimming", run, slimming_ratios, slimming_selection)
-    if "l1norm" in methods:
-        run = ensure_trained(explicit_base, out / "l1norm" / "train", verbose=verbose)
+    def slimming(self, explicit_base: TrainConfig, strength: float, ratios) -> None:
+        config = dataclasses.replace(explicit_base, l1_gamma=strength)
+        run = self.train(config, self.out / "slimming" / "train")
+        self.ratio_arms("slimming", run, ratios, slimming_selection)
+
+    def l1norm(self, explicit_base: TrainConfig, fractions: dict | None, label: str) -> None:
+        run = self.train(explicit_base, self.out / "l1norm" / "train")
 
         def select(model):
-            fractions = l1_fractions or {name: 0.5 for name in _layer_names(model)}
-            return l1_norm_selection(model, fractions)
-        trained, result, example = prune(run, select)
-        error, seconds, epochs = fine_tune(trained, result, example, out / "l1norm" / "pruned",
-                                           *_cost(run.metrics))
-        points.append(dataclasses.replace(
-            _point("l1norm", l1_label, result, seconds, epochs),
-            error_finetuned=error))
-    atomic_write_text(out / "comparison.json",
-                      json.dumps([p.to_dict() for p in points], indent=1))
-    return points
+            return l1_norm_selection(model, fractions or {name: 0.5
+                                                          for name in _layer_names(model)})
+        trained, result, example = self.prune(run, select)
+        error, seconds, epochs = self.fine_tune(trained, result, example,
+                                                self.out / "l1norm" / "pruned",
+                                                *_cost(run.metrics))
+        self.points.append(dataclasses.replace(_point("l1norm", label, result, seconds, epochs),
+                                               error_finetuned=error))
 
 
 def _layer_names(model) -> list[str]:
