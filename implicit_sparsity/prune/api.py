@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 
@@ -187,13 +188,21 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
     whose outputs differ beyond `tolerance` (relative to max |logit|), change a prediction or
     are not finite raises `ProofError`, unless `force` (the result then says so).
     """
-    modes = {module: module.training for module in model.modules()}
-    model.eval()  # measured and compared in eval mode; the caller's modes come back below
-    try:
+    with eval_mode(model):  # measured and compared in eval mode; the caller's modes come back
         return _prune_in_eval(model, example_input, criterion, corpus, check_data,
                               gamma_threshold, activation_threshold, fold_bn, latency_batches,
                               threads, min_run_time, selection, tolerance, force, units,
                               round_to)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """`model` in eval mode for the block, then every module back in the mode it had (a
+    frozen BatchNorm inside a training model stays frozen)."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
     finally:
         for module, training in modes.items():
             module.training = training

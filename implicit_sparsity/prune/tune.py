@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from implicit_sparsity.errors import ProofError
 from implicit_sparsity.measure.features import CONV_UNITS, trace_features
-from implicit_sparsity.prune.api import DEFAULT_TOLERANCE, PruneResult, prune_model
+from implicit_sparsity.prune.api import DEFAULT_TOLERANCE, PruneResult, eval_mode, prune_model
 from implicit_sparsity.prune.cost import (LATENCY_ROUNDS, conv_seconds, interleaved_times,
                                           latency_row, macs)
 from implicit_sparsity.prune.proof import compare_outputs
@@ -156,80 +156,104 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
     """The exact-minimum slim model and its exact deployment candidates, timed against the
     original at `batch_sizes`; the fastest at `target_batch` is `best`. `per_layer`: also a
     candidate per layout whose rounding is chosen conv layer by conv layer
-    (`per_layer_rounding`, at `target_batch`). `prune_kwargs` go to `prune_model` (criterion,
-    corpus, units,
-    thresholds). A candidate whose outputs differ beyond `tolerance` on `check_data` raises
-    ProofError: exact or refused. `progress`: progress bars for the search and the timing."""
+    (`per_layer_rounding`, at `target_batch`). `prune_kwargs` go to `prune_model`
+    (criterion, corpus, units, thresholds). A candidate whose outputs differ beyond
+    `tolerance` on `check_data` raises ProofError: exact or refused. `progress`: progress
+    bars for the search and the timing. `model` is left as it was (modes included)."""
     if target_batch not in batch_sizes:
         raise ValueError(f"target batch {target_batch} is not among {batch_sizes}")
-    model.eval()
-    threads = threads or torch.get_num_threads()
-    exact = prune_model(model, example_input, check_data=check_data, latency_batches=(),
-                        tolerance=tolerance, **prune_kwargs)
-    example = example_input[:1]
-    candidates = [Candidate("exact minimum", exact.model, 1, "contiguous", False,
-                            macs(exact.model, example)["total"], exact)]
+    with eval_mode(model):
+        tuning = _Tuning(model, example_input, check_data, tolerance, prune_kwargs,
+                         threads or torch.get_num_threads(), min_run_time)
+        for rounding in roundings:
+            result = tuning.folded(rounding, proven=True)
+            for layout in layouts:
+                tuning.add(result, rounding, layout)
+        if per_layer:
+            for layout in layouts:
+                tuning.search_per_layer(layout, roundings, target_batch, progress)
+        tuning.time_all(batch_sizes, rounds, progress)
+    candidates = tuning.candidates
+    # by the speed-up's median over rounds: each round's ratio sees one machine state
+    best = max(candidates, key=lambda c: c.at(target_batch)["speedup"])
+    return TunedSlim(tuning.exact, candidates, best, target_batch,
+                     macs(model, example_input[:1])["total"], tuning.searches)
 
-    def folded(rounding, proven: bool) -> PruneResult:
-        # a search trial is only timed (the chosen rounding is rebuilt proven): its removal
-        # steps are checked on a few samples, not the whole example batch
-        return prune_model(model, example_input if proven else example_input[:SEARCH_SAMPLES],
-                           check_data=check_data if proven else None, fold_bn=True,
-                           latency_batches=(), round_to=rounding, tolerance=tolerance,
-                           **prune_kwargs)
 
-    def add(result: PruneResult, rounding, layout: str) -> None:
+class _Tuning:
+    """The candidates of `tune_slim`: the exact minimum, then each rounding and layout,
+    every one proven on `check_data` before it is timed."""
+
+    def __init__(self, model, example_input, check_data, tolerance, prune_kwargs, threads,
+                 min_run_time):
+        self.model, self.example_input, self.check_data = model, example_input, check_data
+        self.tolerance, self.prune_kwargs = tolerance, prune_kwargs
+        self.threads, self.min_run_time = threads, min_run_time
+        self.exact = prune_model(model, example_input, check_data=check_data,
+                                 latency_batches=(), tolerance=tolerance, **prune_kwargs)
+        self.candidates = [Candidate("exact minimum", self.exact.model, 1, "contiguous", False,
+                                     macs(self.exact.model, example_input[:1])["total"],
+                                     self.exact)]
+        self.searches: dict[str, list] = {}
+        self._built: dict[tuple, nn.Module] = {}
+        self._timed: dict = {}
+
+    def folded(self, rounding, proven: bool) -> PruneResult:
+        """BN folded, widths rounded. A search trial is only timed (the chosen rounding is
+        rebuilt proven): its removal steps are checked on a few samples, not the batch."""
+        x = self.example_input if proven else self.example_input[:SEARCH_SAMPLES]
+        return prune_model(self.model, x, check_data=self.check_data if proven else None,
+                           fold_bn=True, latency_batches=(), round_to=rounding,
+                           tolerance=self.tolerance, **self.prune_kwargs)
+
+    def add(self, result: PruneResult, rounding, layout: str) -> None:
         slim = in_layout(result.model, layout)
         if slim is not result.model:
-            proof = compare_outputs(model, slim, check_data)
-            if not proof.holds(tolerance):
+            proof = compare_outputs(self.model, slim, self.check_data)
+            if not proof.holds(self.tolerance):
                 raise ProofError(f"the {layout} slim model changed the outputs: "
                                  f"{proof.describe()}")
         has_bn = result.folded_batchnorm > 0  # a model without BatchNorm has none to fold
-        candidates.append(Candidate(f"{'BN folded, ' if has_bn else ''}"
-                                    f"{describe_rounding(rounding)}, {layout}",
-                                    slim, rounding, layout, has_bn,
-                                    macs(slim, example)["total"], result))
+        self.candidates.append(Candidate(f"{'BN folded, ' if has_bn else ''}"
+                                         f"{describe_rounding(rounding)}, {layout}",
+                                         slim, rounding, layout, has_bn,
+                                         macs(slim, self.example_input[:1])["total"], result))
 
-    for rounding in roundings:
-        result = folded(rounding, proven=True)
-        for layout in layouts:
-            add(result, rounding, layout)
-    searches = {}
-    if per_layer:
-        # conv layers: their convolutions are what the search times (MLP units: the global
-        # roundings only)
-        convs = {f.name for f in trace_features(model, prune_kwargs.get("units", CONV_UNITS))
-                 .features if f.kind == "conv"}
-        layers = [d.name for d in exact.layers if d.removed and d.name in convs]
-        x = example_input[:1].expand(target_batch, *example_input.shape[1:]).contiguous()
-        built, timed = {}, {}
+    def search_per_layer(self, layout: str, roundings, target_batch: int,
+                         progress: bool) -> None:
+        """A candidate whose rounding is chosen conv layer by conv layer (conv layers: their
+        convolutions are what the search times; MLP units keep the global roundings)."""
+        units = self.prune_kwargs.get("units", CONV_UNITS)
+        convs = {f.name for f in trace_features(self.model, units).features
+                 if f.kind == "conv"}
+        layers = [d.name for d in self.exact.layers if d.removed and d.name in convs]
+        shape = self.example_input.shape[1:]
+        x = self.example_input[:1].expand(target_batch, *shape).contiguous()
 
         def build(rounding: dict[str, int]) -> nn.Module:
             key = tuple(sorted(rounding.items()))
-            if key not in built:
-                built[key] = folded(rounding, proven=False).model
-            return built[key]
+            if key not in self._built:
+                self._built[key] = self.folded(rounding, proven=False).model
+            return self._built[key]
 
-        for layout in layouts:
-            def cost(slim: nn.Module, layout=layout) -> float:
-                return conv_seconds(in_layout(slim, layout), x, threads,
-                                    min(CONV_RUN_TIME, min_run_time), cache=timed)
+        def cost(slim: nn.Module) -> float:
+            return conv_seconds(in_layout(slim, layout), x, self.threads,
+                                min(CONV_RUN_TIME, self.min_run_time), cache=self._timed)
 
-            choice, trials = per_layer_rounding(
-                build, layers, cost, roundings,
-                desc=f"per-layer rounding, {layout}" if progress else None)
-            searches[layout] = trials
-            if any(m > 1 for m in choice.values()):
-                add(folded(choice, proven=True), choice, layout)
-    for batch in tqdm(batch_sizes, desc=f"timing {len(candidates)} candidates",
-                      disable=not progress, leave=False):
-        x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
-        times = interleaved_times([model] + [c.model for c in candidates], x, threads,
-                                  min_run_time, rounds)
-        for c, seconds in zip(candidates, times[1:]):
-            c.latency.append(latency_row(times[0], seconds, batch, str(x.device), threads))
-    # by the speed-up's median over rounds: each round's ratio sees one machine state
-    best = max(candidates, key=lambda c: c.at(target_batch)["speedup"])
-    return TunedSlim(exact, candidates, best, target_batch, macs(model, example)["total"],
-                     searches)
+        choice, trials = per_layer_rounding(
+            build, layers, cost, roundings,
+            desc=f"per-layer rounding, {layout}" if progress else None)
+        self.searches[layout] = trials
+        if any(m > 1 for m in choice.values()):
+            self.add(self.folded(choice, proven=True), choice, layout)
+
+    def time_all(self, batch_sizes, rounds: int, progress: bool) -> None:
+        """Every candidate against the original, interleaved, at each batch size."""
+        for batch in tqdm(batch_sizes, desc=f"timing {len(self.candidates)} candidates",
+                          disable=not progress, leave=False):
+            x = self.example_input[:1].expand(batch, *self.example_input.shape[1:]).contiguous()
+            times = interleaved_times([self.model] + [c.model for c in self.candidates], x,
+                                      self.threads, self.min_run_time, rounds)
+            for c, seconds in zip(self.candidates, times[1:]):
+                c.latency.append(latency_row(times[0], seconds, batch, str(x.device),
+                                             self.threads))
