@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from implicit_sparsity import defaults
-from implicit_sparsity.errors import ConfigError, NonFiniteError
+from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.measure.activation import activation_statistics
 from implicit_sparsity.measure.features import (CONV_UNITS, TracedModel, count_conv_params,
                                                 require_batchnorm, require_finite,
@@ -152,33 +152,17 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
               for f in features]
     if max_batches is not None and batches is not None:
         batches = _first(batches, max_batches)
-    dead_gamma: dict[str, torch.Tensor] = {}
-    if use_gamma:
-        for f in features:
-            if f.gamma is not None:
-                dead_gamma[f.name] = inactive_by_gamma(f.gamma, gamma_threshold).cpu()
+    dead_gamma = ({f.name: inactive_by_gamma(f.gamma, gamma_threshold).cpu()
+                   for f in features if f.gamma is not None} if use_gamma else {})
     stats = None
     dead_act: dict[str, torch.Tensor] = {}
-    if use_activation:
+    if use_activation:  # non-finite activations raise NonFiniteError there
         stats = activation_statistics(model, batches, universality=universality,
                                       universality_threshold=universality_threshold,
                                       mean_abs=dormancy_tau is not None, units=units,
                                       traced=traced)
-        if not all(bool(torch.isfinite(m).all()) for m in stats.max_activation.values()):
-            raise NonFiniteError("activations over the corpus are not finite (NaN / inf in the "
-                                 "data or the model); sparsity by activation is undefined")
         dead_act = stats.inactive(activation_threshold)
-    scores = stats.dormancy() if stats is not None and dormancy_tau is not None else {}
-    for layer in layers:
-        if layer.name in scores:
-            layer.inactive_dormant = int((scores[layer.name] <= dormancy_tau).sum())
-        g, a = dead_gamma.get(layer.name), dead_act.get(layer.name)
-        layer.inactive_gamma = None if g is None else int(g.sum())
-        layer.inactive_activation = None if a is None else int(a.sum())
-        if g is not None and a is not None:
-            layer.agree = int((g == a).sum())
-        if stats is not None and stats.universality is not None:
-            layer.universality = [round(float(u), 4) for u in stats.universality[layer.name]]
+    _fill_layers(layers, dead_gamma, dead_act, stats, dormancy_tau)
     modules = dict(model.named_modules())
     conv_params, _ = count_conv_params(features, traced.input_feature, modules=modules)
     kept = {}
@@ -191,6 +175,23 @@ def analyze(model: nn.Module, batches: Iterable | None = None, *, criterion: str
                            "universality": universality_threshold,
                            **({"dormancy_tau": dormancy_tau} if dormancy_tau is not None
                               else {})}, traced.unmeasured)
+
+
+def _fill_layers(layers: list[LayerReport], dead_gamma: dict, dead_act: dict, stats,
+                 dormancy_tau: float | None) -> None:
+    """Each layer's counts by |gamma|, by activation, their agreement, ReDo dormancy and
+    universality, from what was measured."""
+    scores = stats.dormancy() if stats is not None and dormancy_tau is not None else {}
+    for layer in layers:
+        if layer.name in scores:
+            layer.inactive_dormant = int((scores[layer.name] <= dormancy_tau).sum())
+        g, a = dead_gamma.get(layer.name), dead_act.get(layer.name)
+        layer.inactive_gamma = None if g is None else int(g.sum())
+        layer.inactive_activation = None if a is None else int(a.sum())
+        if g is not None and a is not None:
+            layer.agree = int((g == a).sum())
+        if stats is not None and stats.universality is not None:
+            layer.universality = [round(float(u), 4) for u in stats.universality[layer.name]]
 
 
 def _first(batches, count: int):
