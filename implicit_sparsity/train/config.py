@@ -85,6 +85,27 @@ class TrainConfig:
         parse_width(self.width)
         check_optimizer_args(self.optimizer, self.optimizer_args)
         check_regularizer(self.regularizer, self.lam)
+        self._check_numbers(entry)
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.step_capture not in CAPTURE_MODES:
+            raise ConfigError(f"step_capture must be one of {', '.join(CAPTURE_MODES)}, "
+                              f"got {self.step_capture!r}")
+        if self.crop_padding < 0 or self.num_workers < 0:
+            raise ConfigError("crop_padding and num_workers must be >= 0")
+        # the decay is checked with the paper's stages too: they are made explicit later
+        StepSchedule(tuple(self.epochs) if self.epochs is not None else
+                     tuple(defaults.DEFAULT_EPOCHS), self.lr_decay)
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if entry.streaming and self.crop_padding:
+            raise ConfigError(f"{self.dataset} uses its own crop (resize 256, crop 224); "
+                              "crop_padding does not apply")
+        return self
+
+    def _check_numbers(self, entry) -> None:
+        """Every number in its range (finite, positive where it must be, within the bounds
+        of `defaults`)."""
         for name in ("seed", "subset_seed"):
             if not 0 <= getattr(self, name) <= defaults.MAX_SEED:
                 raise ConfigError(f"{name} must be in [0, {defaults.MAX_SEED}], got "
@@ -123,22 +144,6 @@ class TrainConfig:
                               f"{self.recycle_every}")
         if not (math.isfinite(self.recycle_tau) and 0.0 <= self.recycle_tau < 1.0):
             raise ConfigError(f"recycle_tau must be in [0, 1), got {self.recycle_tau}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
-        if self.step_capture not in CAPTURE_MODES:
-            raise ConfigError(f"step_capture must be one of {', '.join(CAPTURE_MODES)}, "
-                              f"got {self.step_capture!r}")
-        if self.crop_padding < 0 or self.num_workers < 0:
-            raise ConfigError("crop_padding and num_workers must be >= 0")
-        # the decay is checked with the paper's stages too: they are made explicit later
-        StepSchedule(tuple(self.epochs) if self.epochs is not None else
-                     tuple(defaults.DEFAULT_EPOCHS), self.lr_decay)
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        if entry.streaming and self.crop_padding:
-            raise ConfigError(f"{self.dataset} uses its own crop (resize 256, crop 224); "
-                              "crop_padding does not apply")
-        return self
 
     def resolved(self) -> "TrainConfig":
         """A validated copy with every paper default made explicit."""

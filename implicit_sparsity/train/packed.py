@@ -236,28 +236,65 @@ def train_packed(configs: list[TrainConfig], outs: list, verbose: bool = True) -
         return _train_packed(configs, outs, verbose)
 
 
-def _train_packed(configs: list[TrainConfig], outs: list[Path], verbose: bool) -> list:
+def _resumable_together(configs: list[TrainConfig], outs: list[Path], device
+                        ) -> tuple[list[dict | None], int]:
+    """Each run's checkpoint (or None) and the epoch they all resume from; PackingError when
+    they cannot train as one packed model."""
     if len({pack_key(c) for c in configs}) != 1:
         raise PackingError("these runs cannot be packed: they differ in "
-                          + ", ".join(f for i, f in enumerate(PACK_FIELDS)
-                                      if len({pack_key(c)[i] for c in configs}) > 1))
-    device = resolve_device(configs[0].device)
-    device_speed_settings(configs[0], device)
+                           + ", ".join(f for i, f in enumerate(PACK_FIELDS)
+                                       if len({pack_key(c)[i] for c in configs}) > 1))
     states = [check_run_dir(out, config, device) for out, config in zip(outs, configs)]
     start = {s["epoch"] if s else 0 for s in states}
     if len(start) != 1:
         raise PackingError("packed runs must resume from the same epoch")
-    start_epoch = start.pop()
+    return states, start.pop()
+
+
+def _member_model(config: TrainConfig, state: dict | None, device) -> nn.Module:
+    """One run's model, initialized as its single run would be, or from its checkpoint."""
+    torch.manual_seed(config.seed)  # the same initialization as a single run
+    model = build_model_for(config)
+    if config.init_from:
+        load_initial_weights(model, config.init_from)
+    if state:
+        model.load_state_dict(state["model"])
+    return model.to(device)
+
+
+def _write_members(packed, models, configs, outs, histories, data, epoch: int, factor: float,
+                   totals: EpochTotals, seconds: float) -> list[str]:
+    """Each live run's epoch into its own folder, as its single run writes it; a run whose
+    loss became non-finite is marked diverged and stops (its history becomes None). Returns
+    the messages of the runs that stopped now."""
+    loss_sums, wrongs = totals.loss_sum.tolist(), totals.wrong.tolist()  # waits
+    seen = int(totals.seen.item())
+    first_bad = totals.watch.first_bad_step().tolist()
+    stopped = []
+    for k, (out, config) in enumerate(zip(outs, configs)):
+        if histories[k] is None:  # diverged earlier
+            continue
+        if first_bad[k]:
+            stopped.append(str(diverged_error(out, epoch, first_bad[k],
+                                              data.steps_per_epoch(config.batch_size))))
+            histories[k] = None
+            continue
+        models[k].load_state_dict(packed.state_dict(k))
+        metrics = epoch_metrics(models[k], config, data, epoch, factor, loss_sums[k], wrongs[k],
+                                seen, seconds)
+        metrics["packed_with"] = len(configs)
+        metrics["training_step"] = packed.forward_backward.status
+        write_epoch(out, models[k], packed.optimizer_state_dict(k), config, data, epoch,
+                    metrics, histories[k])
+    return stopped
+
+
+def _train_packed(configs: list[TrainConfig], outs: list[Path], verbose: bool) -> list:
+    device = resolve_device(configs[0].device)
+    device_speed_settings(configs[0], device)
+    states, start_epoch = _resumable_together(configs, outs, device)
     data, _ = build_for_config(configs[0], device)
-    models = []
-    for config, state in zip(configs, states):
-        torch.manual_seed(config.seed)  # the same initialization as a single run
-        model = build_model_for(config)
-        if config.init_from:
-            load_initial_weights(model, config.init_from)
-        if state:
-            model.load_state_dict(state["model"])
-        models.append(model.to(device))
+    models = [_member_model(config, state, device) for config, state in zip(configs, states)]
     capture, step_status = should_capture(configs[0].step_capture, device, models[0])
     packed = PackedModels(models, configs, capture=capture, capture_reason=step_status,
                           insist=configs[0].step_capture == "cuda-graph")
@@ -282,28 +319,13 @@ def _train_packed(configs: list[TrainConfig], outs: list[Path], verbose: bool) -
         for x, y in batches:
             losses = packed.step(x, y, [factor] * len(configs))
             totals.add(losses, packed.last_wrong(y), y.shape[1])
-        loss_sums, wrongs = totals.loss_sum.tolist(), totals.wrong.tolist()  # waits
-        seen = int(totals.seen.item())
-        first_bad = totals.watch.first_bad_step().tolist()
-        train_seconds = time.perf_counter() - epoch_start
+        totals.seen.item()  # waits for the device: the epoch's time is all of its work
+        seconds = time.perf_counter() - epoch_start
         if packed.forward_backward.status != step_status:  # decided during this epoch
             step_status = packed.forward_backward.status
             say(f"training step: {step_status}")
-        for k, (out, config) in enumerate(zip(outs, configs)):
-            if histories[k] is None:  # diverged earlier
-                continue
-            if first_bad[k]:
-                diverged.append(str(diverged_error(out, epoch, first_bad[k],
-                                                   data.steps_per_epoch(config.batch_size))))
-                histories[k] = None
-                continue
-            models[k].load_state_dict(packed.state_dict(k))
-            metrics = epoch_metrics(models[k], config, data, epoch, factor,
-                                    loss_sums[k], wrongs[k], seen, train_seconds)
-            metrics["packed_with"] = len(configs)
-            metrics["training_step"] = packed.forward_backward.status
-            write_epoch(out, models[k], packed.optimizer_state_dict(k), config, data, epoch,
-                        metrics, histories[k])
+        diverged += _write_members(packed, models, configs, outs, histories, data, epoch,
+                                   factor, totals, seconds)
         if all(h is None for h in histories):
             break
     results = []
