@@ -319,50 +319,64 @@ def _is_channel_preserving(gm, node) -> bool:
     return node.op == "call_method" and node.target in ACTIVATION_METHODS | {"contiguous"}
 
 
-def _ends_in_consumers(gm, node, consumers: list[str], flags: dict,
-                       flattened: bool = False, channels_last: bool = False) -> bool:
-    """Follow a value forward; collect the layers reading its channels. False if it reaches
-    an operation that mixes it with other values (add, cat, ...). `flags` collects
-    "output" (it reaches the model's output) and "border" (a zero-padded average pool).
-    `channels_last` (MLP units): only elementwise slots and Linear readers keep them apart."""
-    ok = True
-    for user in node.users:
-        module = _module(gm, user)
-        if channels_last:
-            if isinstance(module, nn.Linear) and user.args[0] is node:
-                consumers.append(user.target)
-            elif user.op == "output":
-                flags["output"] = True
-            elif (isinstance(module, ACTIVATION_MODULES + IDENTITY_MODULES) or (
-                    user.op == "call_function" and user.target in ACTIVATION_FUNCTIONS)) \
-                    and user.args and user.args[0] is node:
-                ok &= _ends_in_consumers(gm, user, consumers, flags, channels_last=True)
+@dataclass
+class _Reach:
+    """Where a feature's channels go: the layers reading them (`consumers`), whether they
+    are mixed with other values (an add, a cat, ...: `coupled`), reach the model's output,
+    or pass something that changes a constant at the borders (a zero-padded average pool,
+    a BatchNorm)."""
+
+    consumers: list[str] = field(default_factory=list)
+    coupled: bool = False
+    output: bool = False
+    border: bool = False
+
+    def follow(self, gm, node, flattened: bool = False, channels_last: bool = False
+               ) -> "_Reach":
+        """Follow a value forward. `channels_last` (MLP units): only elementwise slots and
+        Linear readers keep its channels apart."""
+        for user in node.users:
+            if channels_last:
+                self._follow_units(gm, node, user)
             else:
-                ok = False
-            continue
+                self._follow_channels(gm, node, user, flattened)
+        return self
+
+    def _follow_units(self, gm, node, user) -> None:
+        module = _module(gm, user)
+        if isinstance(module, nn.Linear) and user.args[0] is node:
+            self.consumers.append(user.target)
+        elif user.op == "output":
+            self.output = True
+        elif (isinstance(module, ACTIVATION_MODULES + IDENTITY_MODULES) or (
+                user.op == "call_function" and user.target in ACTIVATION_FUNCTIONS)) \
+                and user.args and user.args[0] is node:
+            self.follow(gm, user, channels_last=True)
+        else:
+            self.coupled = True
+
+    def _follow_channels(self, gm, node, user, flattened: bool) -> None:
+        module = _module(gm, user)
         reduction, keepdim = _is_spatial_reduction(user)
         if module is not None and isinstance(module, CONSUMER_MODULES):
-            if user.args[0] is not node:
-                ok = False
-            elif isinstance(module, nn.Conv2d) and flattened:
-                ok = False
+            if user.args[0] is not node or (isinstance(module, nn.Conv2d) and flattened):
+                self.coupled = True
             else:
-                consumers.append(user.target)
+                self.consumers.append(user.target)
         elif (module is not None and isinstance(module, FLATTENERS)) or (
                 user.op == "call_function" and user.target in FLATTEN_FUNCTIONS) or (
                 user.op == "call_method" and user.target in ("flatten", "view", "reshape")):
-            ok &= _ends_in_consumers(gm, user, consumers, flags, flattened=True)
+            self.follow(gm, user, flattened=True)
         elif reduction and user.args and user.args[0] is node:
-            ok &= _ends_in_consumers(gm, user, consumers, flags, flattened or not keepdim)
+            self.follow(gm, user, flattened or not keepdim)
         elif _is_channel_preserving(gm, user) and user.args and user.args[0] is node:
             if _pads_with_zeros(gm, user) or isinstance(module, nn.BatchNorm2d):
-                flags["border"] = True  # a constant does not pass through unchanged
-            ok &= _ends_in_consumers(gm, user, consumers, flags, flattened)
+                self.border = True  # a constant does not pass through unchanged
+            self.follow(gm, user, flattened)
         elif user.op == "output":
-            flags["output"] = True
+            self.output = True
         else:
-            ok = False
-    return ok
+            self.coupled = True
 
 
 def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> TracedModel:
@@ -401,24 +415,20 @@ def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> Tra
         if linear and not (has_act or bn_act):
             continue  # a classifier or a projection: no hidden units
         output = _skip_identities(gm, act) if has_act else out
-        consumers: list[str] = []
-        flags: dict = {}
-        coupled = not _ends_in_consumers(gm, output, consumers, flags, channels_last=linear)
-        # under a LayerNorm or a one-group GroupNorm no channel can go on its own
-        coupled = coupled or (shared is not None and norm_groups < 2)
-        features.append(Feature(node.target, node.target, conv,
-                                bn_node.target if bn_node is not None else None, bn,
-                                output.name, has_act or bn_act, consumers, coupled,
-                                has_act and _is_plain_relu(gm, act),
-                                _activation_fn(gm, act) if has_act else None,
-                                reaches_output=bool(flags.get("output")),
-                                border_sensitive=bool(flags.get("border")),
-                                bn_has_activation=bn_act,
-                                kind="linear" if linear else "conv",
-                                shared_norm=None if shared is None else
-                                type(_module(gm, shared)).__name__,
-                                norm_path=None if shared is None else shared.target,
-                                norm_groups=norm_groups))
+        reach = _Reach().follow(gm, output, channels_last=linear)
+        features.append(Feature(
+            name=node.target, conv_path=node.target, conv=conv,
+            bn_path=bn_node.target if bn_node is not None else None, bn=bn,
+            output_node=output.name, has_activation=has_act or bn_act,
+            consumers=reach.consumers,
+            # under a LayerNorm or a one-group GroupNorm no channel can go on its own
+            coupled=reach.coupled or (shared is not None and norm_groups < 2),
+            nonnegative_output=has_act and _is_plain_relu(gm, act),
+            activation=_activation_fn(gm, act) if has_act else None,
+            reaches_output=reach.output, border_sensitive=reach.border,
+            bn_has_activation=bn_act, kind="linear" if linear else "conv",
+            shared_norm=None if shared is None else type(_module(gm, shared)).__name__,
+            norm_path=None if shared is None else shared.target, norm_groups=norm_groups))
     convs = [f for f in features if f.kind == "conv"]
     if convs and all(id(f.conv) in blocks for f in convs):
         order = sorted(convs, key=lambda f: blocks[id(f.conv)])
