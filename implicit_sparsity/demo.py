@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from implicit_sparsity import defaults
+from implicit_sparsity.measure.plots import plot_bn_history, plot_layer_sparsity, plot_universality
 from implicit_sparsity.prune.cost import NOISE_NOTE, speedup_cell
-from implicit_sparsity.train import TrainConfig, ensure_trained, is_finished
+from implicit_sparsity.study.evaluation import evaluate_trained_run
+from implicit_sparsity.train import TrainConfig, ensure_trained, is_finished, load_bn_history
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,6 @@ def run_demo(out: Path = Path("runs/demo"), data_dir: str | None = None,
 
 def measure_and_prune(run: Path, label: str, data_dir: str | None, quick: bool) -> dict:
     """Sparsity by activation, universality figures, real pruning with proof and timing."""
-    from implicit_sparsity.measure.plots import (plot_bn_history, plot_layer_sparsity,
-                                                 plot_universality)
-    from implicit_sparsity.study.evaluation import evaluate_trained_run
-    from implicit_sparsity.train import load_bn_history
 
     result = evaluate_trained_run(run, data_dir, latency_batches=(64,),
                                   min_run_time=0.1 if quick else 0.5)

@@ -44,3 +44,10 @@ class PackingError(ConfigError):
 
 class ModelTraceError(ImplicitSparsityError):
     """The model cannot be traced with torch.fx (data-dependent control flow, say)."""
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of an error's message, at most `limit` characters (its type's name
+    when the message is empty): what a one-line refusal quotes of a foreign error."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -6,9 +6,21 @@ from __future__ import annotations
 
 import argparse
 
-from implicit_sparsity.commands.common import (add_measurement_flags, add_model_source_flags,
-                                               add_overwrite_flag, criterion_for, dump_json,
-                                               open_source, output_plan, units_for)
+from implicit_sparsity.commands.common import (
+    add_measurement_flags,
+    add_model_source_flags,
+    add_overwrite_flag,
+    criterion_for,
+    dump_json,
+    open_source,
+    output_plan,
+    units_for,
+)
+from implicit_sparsity.io.run_dir import load_bn_history
+from implicit_sparsity.measure.plots import plot_bn_history, plot_layer_sparsity, plot_universality
+from implicit_sparsity.measure.report import analyze
+from implicit_sparsity.measure.sensitivity import sensitivity, sensitivity_json, sensitivity_table
+from implicit_sparsity.train.loop import resolve_device
 
 NAME = "analyze"
 
@@ -33,8 +45,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from implicit_sparsity.measure.report import analyze
-    from implicit_sparsity.train.loop import resolve_device
 
     plan = output_plan(args)
     json_path = plan.file(args.json, "--json")
@@ -48,11 +58,9 @@ def run(args) -> int:
                      activation_threshold=args.activation_threshold,
                      universality=not args.no_universality, units=units_for(args, source))
     print(report.table())
-    from implicit_sparsity.measure.sensitivity import sensitivity_json
 
     table = None
     if args.sensitivity:
-        from implicit_sparsity.measure.sensitivity import sensitivity, sensitivity_table
 
         table = sensitivity(source.model, source.corpus, units=units_for(args, source))
         print("sensitivity to the thresholds (units counted per layer):")
@@ -63,9 +71,6 @@ def run(args) -> int:
                               **({"sensitivity": sensitivity_json(table)} if table else {})})
         print(f"wrote {json_path}")
     if plots:
-        from implicit_sparsity.io.run_dir import load_bn_history
-        from implicit_sparsity.measure.plots import (plot_bn_history, plot_layer_sparsity,
-                                                     plot_universality)
 
         plots.mkdir(parents=True, exist_ok=True)
         written = [plot_layer_sparsity(report, plots / "layer_sparsity.png")]

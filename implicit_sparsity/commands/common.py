@@ -9,11 +9,18 @@ import json
 import math
 from pathlib import Path
 
+from implicit_sparsity import defaults
+from implicit_sparsity.data.user import load_user_data
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.io.outputs import OutputPlan
 from implicit_sparsity.io.yaml_text import parse_yaml
+from implicit_sparsity.measure.features import CONV_UNITS, UNIT_CHOICES, has_gamma, trace_features
+from implicit_sparsity.models import get_model_entry
 from implicit_sparsity.models.check import check_something_to_measure, check_user_model
+from implicit_sparsity.models.user import load_user_model
+from implicit_sparsity.train.config import TrainConfig
+from implicit_sparsity.train.restore import load_trained, load_training_data
 
 
 def positive_int(text: str) -> int:
@@ -65,7 +72,6 @@ def yaml_mapping(text: str) -> dict:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (`--train-subset` for train_subset); unset flags keep
     the config file's value or the default. Values are checked by TrainConfig.resolved()."""
-    from implicit_sparsity.train.config import TrainConfig
 
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -137,7 +143,6 @@ def add_model_source_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_measurement_flags(parser: argparse.ArgumentParser) -> None:
     """Where the data is, on which device, in which batches, with which thresholds."""
-    from implicit_sparsity import defaults
 
     parser.add_argument("--data-dir", default=None, help="where our run's data is now")
     parser.add_argument("--device", default="auto")
@@ -167,8 +172,6 @@ class Source:
 def units_for(args, source: Source) -> tuple[str, ...]:
     """The unit kinds asked with --units, else those our run's model is measured on (MLP units
     for the ViT), else conv filters."""
-    from implicit_sparsity.measure.features import CONV_UNITS, UNIT_CHOICES
-    from implicit_sparsity.models import get_model_entry
 
     if args.units is not None:
         return UNIT_CHOICES[args.units]
@@ -181,7 +184,6 @@ def criterion_for(args, source: Source, with_gamma: str) -> str:
     """--criterion as given, else `with_gamma` for a model with BatchNorm scales and
     "activation" (said on the terminal) for one without (a Transformer, a GroupNorm net).
     Says first which convolutions of the model cannot be measured, if any."""
-    from implicit_sparsity.measure.features import has_gamma, trace_features
 
     units = units_for(args, source)
     traced = trace_features(source.model, units)
@@ -204,7 +206,6 @@ def open_source(args, device, need_data: bool, need_test: bool = False) -> Sourc
     if args.model is not None and args.path is not None:
         raise ConfigError(f"give either a run folder ({args.path}) or --model, not both")
     if args.model is None:
-        from implicit_sparsity.train.restore import load_trained, load_training_data
 
         run = load_trained(args.path, device)
         corpus = test = None
@@ -218,8 +219,6 @@ def open_source(args, device, need_data: bool, need_test: bool = False) -> Sourc
             description += f"; {data.num_train} training / {data.num_test} test images"
         return Source(run.model, description, corpus, test, c.to_dict(), run.run_dir,
                       run.epoch)
-    from implicit_sparsity.data.user import load_user_data
-    from implicit_sparsity.models.user import load_user_model
 
     if (need_data or need_test) and args.data is None:
         raise ConfigError("--model needs --data (its training images) for this")

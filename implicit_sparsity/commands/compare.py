@@ -6,10 +6,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from implicit_sparsity.commands.common import (add_config_flags, finite_float, overrides,
-                                               output_plan, positive_int, share)
+from implicit_sparsity.commands.common import (
+    add_config_flags,
+    finite_float,
+    output_plan,
+    overrides,
+    positive_int,
+    share,
+)
 from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.explicit.compare import (
+    compare,
+    comparison_table,
+    load_comparison,
+    plot_tradeoff,
+)
 from implicit_sparsity.measure.plots import pyplot
+from implicit_sparsity.train import TrainConfig, load_config_file
 
 NAME = "compare"
 
@@ -64,14 +77,11 @@ def layer_shares(items: list[str] | None) -> dict[str, float] | None:
 
 
 def run(args) -> int:
-    from implicit_sparsity.explicit.compare import compare, comparison_table, plot_tradeoff
-    from implicit_sparsity.train import TrainConfig, load_config_file
 
     output_plan(args).folder(args.out, "--out", "comparison", resumable=True)
     pyplot()  # the trade-off figure comes last: a missing matplotlib is said now, not then
     paper = None
     if args.spec:
-        from implicit_sparsity.explicit.compare import load_comparison
 
         spec, base, kwargs = load_comparison(args.spec, quick=args.quick,
                                              overrides=overrides(args.set))

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from implicit_sparsity.data import DATASETS, locate
+from implicit_sparsity.data.registry import candidate_dirs
+from implicit_sparsity.errors import DatasetNotFoundError
+
 NAME = "datasets"
 
 
@@ -15,9 +19,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from implicit_sparsity.data import DATASETS, locate
-    from implicit_sparsity.data.registry import candidate_dirs
-    from implicit_sparsity.errors import DatasetNotFoundError
 
     for name, entry in DATASETS.items():
         try:

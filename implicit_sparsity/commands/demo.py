@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from implicit_sparsity.commands.common import output_plan
+from implicit_sparsity.demo import run_demo
 
 NAME = "demo"
 
@@ -20,7 +21,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from implicit_sparsity.demo import run_demo
 
     output_plan(args).folder(args.out, "--out", "demo", resumable=True)
     run_demo(out=Path(args.out), data_dir=args.data_dir, quick=args.quick)

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from implicit_sparsity.commands.common import output_plan, positive_int
+from implicit_sparsity.findings import run_findings
 
 NAME = "findings"
 
@@ -30,7 +31,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from implicit_sparsity.findings import run_findings
 
     out = Path(args.out) if args.out else Path("runs") / f"findings-{args.scale}"
     output_plan(args).folder(out, "--out", "findings", resumable=True)

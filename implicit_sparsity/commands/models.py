@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
+from implicit_sparsity.data import get_dataset_entry
+from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.measure.features import trace_features
+from implicit_sparsity.models import (
+    MODELS,
+    build_model,
+    conv_param_count,
+    feature_layers,
+    parse_width,
+)
+
 NAME = "models"
 
 
@@ -17,12 +30,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    import torch
-
-    from implicit_sparsity.data import get_dataset_entry
-    from implicit_sparsity.errors import ConfigError
-    from implicit_sparsity.models import (MODELS, build_model, conv_param_count, feature_layers,
-                                          parse_width)
 
     entry = get_dataset_entry(args.dataset)
     parse_width(args.width)  # a bad width is refused once, before the listing
@@ -43,7 +50,6 @@ def run(args) -> int:
             filters = [block.conv.out_channels for _, block in feature_layers(model)]
             units = f"{len(filters)} conv layers, {sum(filters)} filters: {filters}"
         else:  # measured on its MLP units (a Transformer)
-            from implicit_sparsity.measure.features import trace_features
 
             widths = [f.num_features for f in trace_features(model, model_entry.units).features]
             units = f"{len(widths)} MLP layers, {sum(widths)} units: {widths}"

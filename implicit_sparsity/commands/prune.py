@@ -5,12 +5,30 @@ predictions did not change, measure the speed-up, write the slim model."""
 from __future__ import annotations
 
 import argparse
+import copy
+import warnings
 from pathlib import Path
 
-from implicit_sparsity.commands.common import (add_measurement_flags, add_model_source_flags,
-                                               add_overwrite_flag, criterion_for, dump_json,
-                                               non_negative_float, open_source, output_plan,
-                                               positive_int, units_for)
+import torch
+
+from implicit_sparsity.commands.common import (
+    add_measurement_flags,
+    add_model_source_flags,
+    add_overwrite_flag,
+    criterion_for,
+    dump_json,
+    non_negative_float,
+    open_source,
+    output_plan,
+    positive_int,
+    units_for,
+)
+from implicit_sparsity.io.outputs import staged_folder
+from implicit_sparsity.prune import prune_model
+from implicit_sparsity.prune.cost import latency_table
+from implicit_sparsity.prune.slim_io import check_before_writing, load_slim, save_slim
+from implicit_sparsity.prune.tune import tune_slim
+from implicit_sparsity.train.loop import resolve_device
 
 NAME = "prune"
 
@@ -46,12 +64,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    import torch
-
-    from implicit_sparsity.io.outputs import staged_folder
-    from implicit_sparsity.prune import prune_model
-    from implicit_sparsity.prune.slim_io import check_before_writing
-    from implicit_sparsity.train.loop import resolve_device
 
     plan = output_plan(args)
     out = plan.folder(args.out, "--out", "slim", resumable=False)
@@ -77,9 +89,6 @@ def run(args) -> int:
                          force=True,  # the table first; check_before_writing then refuses
                          **measuring)
     if device.type != "cpu" and not args.no_latency:  # the CPU figures too
-        import copy
-
-        from implicit_sparsity.prune.cost import latency_table
 
         result.latency += latency_table(copy.deepcopy(source.model).cpu(),
                                         copy.deepcopy(result.model).cpu(), example.cpu(),
@@ -101,11 +110,6 @@ def run(args) -> int:
 def write_slim(args, source, result, example, folder, device) -> float:
     """Write the slim model's files and check that each gives the outputs of the model in
     memory; returns the largest difference."""
-    import warnings
-
-    import torch
-
-    from implicit_sparsity.prune.slim_io import load_slim, save_slim
 
     files = save_slim(result, folder, example, config=source.config,
                       tolerance=args.tolerance, force=args.force,
@@ -123,8 +127,6 @@ def write_slim(args, source, result, example, folder, device) -> float:
 
 def write_tuned(args, source, example, measuring: dict, folder) -> None:
     """The latency-tuned slim model, into FOLDER/latency_tuned when it beats the minimum."""
-    from implicit_sparsity.prune.slim_io import save_slim
-    from implicit_sparsity.prune.tune import tune_slim
 
     tuned = tune_slim(source.model, example, progress=True, **measuring)
     print(tuned.table())

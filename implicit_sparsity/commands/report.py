@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 from implicit_sparsity.commands.common import add_overwrite_flag, output_plan
+from implicit_sparsity.io import atomic_write_text
+from implicit_sparsity.study.figures import write_figures
+from implicit_sparsity.study.report import collect, render
 
 NAME = "report"
 
@@ -23,8 +26,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from implicit_sparsity.io import atomic_write_text
-    from implicit_sparsity.study.report import collect, render
 
     plan = output_plan(args)
     out = plan.file(args.out, "--out")
@@ -37,7 +38,6 @@ def run(args) -> int:
     else:
         print(text)
     if figures:
-        from implicit_sparsity.study.figures import write_figures
 
         for path in write_figures(args.sweep_dir, spec, records, figures):
             print(f"wrote {path}")

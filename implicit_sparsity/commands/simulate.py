@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 
 from implicit_sparsity import defaults
-from implicit_sparsity.commands.common import (add_overwrite_flag, dump_json,
-                                               non_negative_float, output_plan, positive_int)
+from implicit_sparsity.commands.common import (
+    add_overwrite_flag,
+    dump_json,
+    non_negative_float,
+    output_plan,
+    positive_int,
+)
 from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.study.simulate import plot_simulation, simulate
 
 #: The figure formats --plot writes (matplotlib's, by the file's suffix).
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -33,7 +39,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from implicit_sparsity.study.simulate import plot_simulation, simulate
 
     if args.steps > defaults.MAX_SIMULATION_STEPS:
         raise ConfigError(f"--steps {args.steps:,} is beyond the bound of "

@@ -7,6 +7,10 @@ import argparse
 from pathlib import Path
 
 from implicit_sparsity.commands.common import output_plan, overrides, positive_int
+from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.study.report import collect, render
+from implicit_sparsity.study.spec import load_spec
+from implicit_sparsity.study.sweep import run_sweep, sweep_status
 
 NAME = "sweep"
 
@@ -49,10 +53,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from implicit_sparsity.errors import ConfigError
-    from implicit_sparsity.study.report import collect, render
-    from implicit_sparsity.study.spec import load_spec
-    from implicit_sparsity.study.sweep import run_sweep
 
     if args.status:
         return status(args.status)
@@ -76,7 +76,6 @@ def run(args) -> int:
 
 
 def status(folder: str) -> int:
-    from implicit_sparsity.study.sweep import sweep_status
 
     rows = sweep_status(folder)
     counts: dict[str, int] = {}

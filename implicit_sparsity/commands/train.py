@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 
 from implicit_sparsity.commands.common import add_config_flags, output_plan
+from implicit_sparsity.io.run_dir import is_finished, read_metrics
+from implicit_sparsity.train import TrainConfig, load_config_file, train
+from implicit_sparsity.train.loop import check_run_dir_config, gamma_text
 
 NAME = "train"
 
@@ -27,9 +30,6 @@ def default_run_name(config) -> str:
 
 
 def run(args) -> int:
-    from implicit_sparsity.io.run_dir import is_finished, read_metrics
-    from implicit_sparsity.train import TrainConfig, load_config_file, train
-    from implicit_sparsity.train.loop import check_run_dir_config, gamma_text
 
     values = load_config_file(args.config) if args.config else {}
     values.update({k: v for k, v in vars(args).items()

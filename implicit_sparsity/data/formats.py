@@ -17,8 +17,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from implicit_sparsity.errors import DataFormatError
+from implicit_sparsity.errors import DataFormatError, first_line
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -90,7 +91,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except OSError as error:
         raise DataFormatError(f"cannot read {path}: {error.strerror or error}") from None
     except Exception as error:  # a damaged pickle raises anything from EOFError to KeyError
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise DataFormatError(f"{path} is not a CIFAR batch: {first}") from None
     if not isinstance(entry, dict):
         raise DataFormatError(f"{path} is not a CIFAR batch (not a dictionary)")
@@ -111,7 +112,6 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_image(path: Path, size: int | None = None, mode: str = "RGB") -> np.ndarray:
     """Decode an image file into uint8 CHW, resized to size x size when asked."""
-    from PIL import Image
 
     with Image.open(path) as image:
         image = image.convert(mode)

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from implicit_sparsity.data import formats
 
@@ -48,7 +49,6 @@ def cache_path(files: list[Path], size: int, name: str) -> Path | None:
 def decode_images(files: list[Path], size: int, desc: str) -> np.ndarray:
     """Every file as uint8 3 x size x size, in order. One thread: at 64 x 64 a decode is so
     short that Python's own work per image dominates, and threads measured slower."""
-    from tqdm import tqdm
 
     out = np.empty((len(files), 3, size, size), dtype=np.uint8)
     for i, path in enumerate(tqdm(files, desc=desc, disable=None, leave=False)):

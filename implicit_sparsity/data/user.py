@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from implicit_sparsity.data import formats
-from implicit_sparsity.errors import ConfigError, DataFormatError, DatasetNotFoundError
+from implicit_sparsity.errors import ConfigError, DataFormatError, DatasetNotFoundError, first_line
 from implicit_sparsity.io.files import require_regular_file
 
 Batches = list[tuple[torch.Tensor, torch.Tensor | None]]
@@ -68,7 +68,7 @@ def load_user_data(path: str | Path, batch_size: int = 256, size: int | None = N
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
-            first = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+            first = first_line(error, 120)
             raise DataFormatError(f"--data {path}: not a tensor file ({first})") from None
         x, y = (saved.get("x"), saved.get("y")) if isinstance(saved, dict) else (saved, None)
         if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
@@ -94,7 +94,7 @@ def load_user_data(path: str | Path, batch_size: int = 256, size: int | None = N
     try:
         images = np.stack([formats.load_image(f, size, mode) for f in files])
     except Exception as error:
-        first = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        first = first_line(error, 120)
         raise DataFormatError(f"--data {path}: cannot read its images ({first}); give "
                               "--image-size when they differ in size") from None
     x = torch.from_numpy(images).float() / 255.0

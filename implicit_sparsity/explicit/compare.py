@@ -21,14 +21,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from implicit_sparsity.errors import ConfigError
-from implicit_sparsity.explicit.methods import (l1_norm_selection, selectivity_selection,
-                                                slimming_selection)
+from implicit_sparsity.explicit.methods import (
+    VGG16_A_FRACTIONS,
+    l1_norm_selection,
+    selectivity_selection,
+    slimming_selection,
+)
 from implicit_sparsity.io import atomic_write_text
+from implicit_sparsity.io.outputs import save_figure
+from implicit_sparsity.measure.features import trace_features
+from implicit_sparsity.measure.plots import pyplot
 from implicit_sparsity.prune import prune_model
 from implicit_sparsity.prune.cost import NOISE_NOTE, speedup_cell
 from implicit_sparsity.prune.slim_io import save_slim
-from implicit_sparsity.train import TrainConfig, ensure_trained
-from implicit_sparsity.io.outputs import save_figure
+from implicit_sparsity.study.spec import find_spec
+from implicit_sparsity.train import TrainConfig, ensure_trained, load_config_file
 from implicit_sparsity.train.restore import build_model_for, load_trained, load_training_data
 
 METHODS = ("implicit", "slimming", "l1norm")
@@ -241,7 +248,6 @@ class Comparison:
 
 
 def _layer_names(model) -> list[str]:
-    from implicit_sparsity.measure.features import trace_features
 
     return [f.name for f in trace_features(model).features]
 
@@ -255,10 +261,6 @@ def load_comparison(name_or_path: str, quick: bool = False, overrides: dict | No
                     ) -> tuple[dict, TrainConfig, dict]:
     """(spec, base config, keyword arguments of `compare`) from a comparison spec;
     `overrides` (a stand-in data set, a data_dir) apply to the base config last."""
-    from implicit_sparsity.errors import ConfigError
-    from implicit_sparsity.explicit.methods import VGG16_A_FRACTIONS
-    from implicit_sparsity.study.spec import find_spec
-    from implicit_sparsity.train import load_config_file
 
     spec = load_config_file(find_spec(name_or_path))
     unknown = sorted(set(spec) - COMPARISON_KEYS)
@@ -325,7 +327,6 @@ def plot_tradeoff(points: list[OperatingPoint], path: Path, paper: list[dict] | 
                   ) -> Path:
     """Test error (after fine-tuning where a method fine-tunes) against % filters removed,
     one curve per method, with the paper's points (hollow squares) when given."""
-    from implicit_sparsity.measure.plots import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.8))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.measure.activation import activation_statistics
 from implicit_sparsity.measure.features import require_batchnorm, trace_features
 
 #: Network Slimming's sparsity strength for VGG (Liu et al. 2017).
@@ -82,7 +83,6 @@ def l1_norm_selection(model: nn.Module, fractions: dict[str, float]) -> dict[str
 def selectivity_selection(model: nn.Module, corpus, ratio: float) -> dict[str, torch.Tensor]:
     """Masks of the `ratio` of all conv filters that are least universal over `corpus` (the
     training corpus: a re-iterable of batches or a callable returning an iterator)."""
-    from implicit_sparsity.measure.activation import activation_statistics
 
     if not 0.0 <= ratio < 1.0:
         raise ConfigError(f"selectivity ratio must be in [0, 1), got {ratio}")

@@ -8,8 +8,13 @@ import html
 import statistics
 from pathlib import Path
 
+from implicit_sparsity.explicit.compare import plot_tradeoff
 from implicit_sparsity.findings.claims import EARLY_LAYERS, LATE_LAYERS, MIN_EFFECT, NEAR_ZERO
+from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.io.outputs import save_figure
+from implicit_sparsity.io.run_dir import load_bn_history
+from implicit_sparsity.measure.plots import plot_bn_history, pyplot
+from implicit_sparsity.study.simulate import plot_simulation
 
 RULE = (f"A claim \"A > B\" holds when the difference of the means exceeds both the seeds' "
         f"spread (root of the summed variances) and {MIN_EFFECT:g} percentage point; it does "
@@ -23,9 +28,6 @@ RULE = (f"A claim \"A > B\" holds when the difference of the means exceeds both 
 def _figures(out: Path, context) -> list[tuple[str, Path]]:
     """Layer-wise sparsity (Adam vs SGD), the reference's γ / β over epochs, the simulation,
     the implicit / explicit trade-off: those whose data exist."""
-    from implicit_sparsity.io.run_dir import load_bn_history
-    from implicit_sparsity.measure.plots import pyplot, plot_bn_history
-    from implicit_sparsity.study.simulate import plot_simulation
 
     folder = out / "figures"
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,6 @@ def _figures(out: Path, context) -> list[tuple[str, Path]]:
         plot_simulation(context.simulation, path)
         figures.append(("The low-gradient simulation (finding 9)", path))
     if context.comparison:
-        from implicit_sparsity.explicit.compare import plot_tradeoff
 
         path = plot_tradeoff(context.comparison, folder / "tradeoff.png")
         figures.append(("Implicit against explicit pruning (finding 11)", path))
@@ -94,7 +95,6 @@ def write_report(out: Path, scale, outcomes, context, wall_seconds: float) -> di
     for caption, path in figures:
         lines += [f"![{caption}]({path.relative_to(out)})", "", f"*{caption}*", ""]
     markdown = out / "report.md"
-    from implicit_sparsity.io import atomic_write_text
 
     atomic_write_text(markdown, "\n".join(lines) + "\n")
     rows = "".join(

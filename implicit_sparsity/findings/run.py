@@ -18,12 +18,15 @@ from pathlib import Path
 import yaml
 
 from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.explicit.compare import compare
 from implicit_sparsity.findings.claims import FINDINGS, Context
 from implicit_sparsity.findings.plan import REFERENCE, SCALES, findings_spec, roles
 from implicit_sparsity.findings.report import write_report
 from implicit_sparsity.io import FolderLock, atomic_write_text
+from implicit_sparsity.study.simulate import simulate
 from implicit_sparsity.study.spec import normalize_labels
 from implicit_sparsity.study.sweep import EVALUATION, run_sweep
+from implicit_sparsity.train import TrainConfig
 
 MARKER = "findings.yaml"
 
@@ -94,15 +97,12 @@ def claim_scale(out: Path, scale: str) -> None:
 
 
 def _simulation(scale: str):
-    from implicit_sparsity.study.simulate import simulate
 
     steps = 300 if scale == "tiny" else None  # the paper's 10,000 otherwise
     return simulate(steps=steps, progress=False) if steps else simulate(progress=False)
 
 
 def _comparison(scale, out: Path, data_dir: str | None):
-    from implicit_sparsity.explicit.compare import compare
-    from implicit_sparsity.train import TrainConfig
 
     labels = roles(scale)[REFERENCE]
     base = TrainConfig.from_dict({**scale.base, **labels, "seed": scale.seeds[0],

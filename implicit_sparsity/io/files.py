@@ -26,6 +26,7 @@ import torch
 
 from implicit_sparsity.errors import ConfigError, RunStateError, StorageError
 
+
 def _describe(error: OSError) -> str:
     if error.errno == errno.ENOSPC:
         return "no space left on the device"

@@ -267,12 +267,14 @@ def staged_folder(target: str | Path, replace: bool = False):
     except OSError as error:
         raise StorageError(f"cannot write into {target.parent}: {error.strerror or error}"
                            ) from None
+    moved = False
     try:
         yield stage
         _move_into_place(stage, target, replace)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        moved = True
+    finally:  # an error, Ctrl-C or SIGTERM: the stage goes, the target stays as it was
+        if not moved:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _move_into_place(stage: Path, target: Path, replace: bool) -> None:
@@ -304,11 +306,8 @@ def save_figure(fig, path: str | Path, **kwargs) -> Path:
         fig.savefig(tmp, format=kwargs.pop("format", path.suffix.lstrip(".") or "png"), **kwargs)
         os.replace(tmp, path)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise StorageError(f"cannot write {path}: {error.strerror or error}") from None
-    except BaseException:
+    finally:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            os.unlink(tmp)  # gone already when the rename went through
     return path

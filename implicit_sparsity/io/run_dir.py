@@ -23,8 +23,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from implicit_sparsity.io.files import (append_line, atomic_torch_save, atomic_write_text,
-                                        load_tensors)
+from implicit_sparsity.io.files import (
+    append_line,
+    atomic_torch_save,
+    atomic_write_text,
+    load_tensors,
+)
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.errors import ConfigError, first_line
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -58,6 +58,6 @@ def load_yaml_file(path: str | Path, what: str = "config"):
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        reason = getattr(error, "strerror", None) or first_line(error)
         raise ConfigError(f"cannot read {what} {path}: {reason}") from None
     return parse_yaml(text, f"{what} {path}")

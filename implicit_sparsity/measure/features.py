@@ -43,9 +43,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from implicit_sparsity.errors import ImplicitSparsityError, ModelTraceError, NonFiniteError
+from implicit_sparsity.errors import (ImplicitSparsityError, ModelTraceError, NonFiniteError,
+                                     first_line)
 from implicit_sparsity.models.blocks import ConvBNAct
-
 
 #: Which layers make units: the paper's conv filters, or also MLP units (Linear -> act).
 CONV_UNITS = ("conv",)
@@ -215,7 +215,7 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
         graph = tracer.trace(model)
         return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as error:  # fx raises many kinds; all mean the same to a user
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise ModelTraceError(f"cannot trace {type(model).__name__} with torch.fx: "
                               f"{first}") from None
 

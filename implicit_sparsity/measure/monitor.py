@@ -23,8 +23,12 @@ from torch import nn
 from implicit_sparsity import defaults
 from implicit_sparsity.io.files import append_line
 from implicit_sparsity.io.run_dir import save_bn_snapshot
-from implicit_sparsity.measure.features import (CONV_UNITS, NoBatchNormError, has_gamma,
-                                                trace_features)
+from implicit_sparsity.measure.features import (
+    CONV_UNITS,
+    NoBatchNormError,
+    has_gamma,
+    trace_features,
+)
 from implicit_sparsity.measure.report import analyze
 from implicit_sparsity.models import bn_layer_names
 

@@ -14,9 +14,14 @@ from torch import nn
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.measure.activation import activation_statistics
-from implicit_sparsity.measure.features import (CONV_UNITS, TracedModel, count_conv_params,
-                                                require_batchnorm, require_finite,
-                                                trace_features)
+from implicit_sparsity.measure.features import (
+    CONV_UNITS,
+    TracedModel,
+    count_conv_params,
+    require_batchnorm,
+    require_finite,
+    trace_features,
+)
 from implicit_sparsity.measure.scale import inactive_by_gamma
 
 CRITERIA = ("gamma", "activation", "both")

@@ -13,13 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from implicit_sparsity.errors import ConfigError, NonFiniteError
-
-
-def first_line(error: BaseException, limit: int = 160) -> str:
-    """The first line of an error's message (its type's name when it has none)."""
-    text = str(error)
-    return text.splitlines()[0][:limit] if text.strip() else type(error).__name__
+from implicit_sparsity.errors import ConfigError, NonFiniteError, first_line
 
 
 def check_real_tensors(model: nn.Module, name: str) -> None:

@@ -11,14 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from implicit_sparsity.errors import ConfigError, RunStateError
+from implicit_sparsity.errors import ConfigError, RunStateError, first_line
 from implicit_sparsity.io.files import require_regular_file
 from implicit_sparsity.models.check import check_real_tensors
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error)
-    return text.splitlines()[0][:160] if text else type(error).__name__
 
 
 def load_user_model(factory: str, weights: str | Path | None = None,
@@ -34,7 +29,7 @@ def load_user_model(factory: str, weights: str | Path | None = None,
         module = importlib.import_module(module_name)
     except (Exception, SystemExit) as error:  # its import runs the user's code
         raise ConfigError(f"--model {factory}: cannot import {module_name} "
-                          f"({type(error).__name__}: {_first_line(error)})") from None
+                          f"({type(error).__name__}: {first_line(error)})") from None
     build = getattr(module, function_name, None)
     if not callable(build):
         raise ConfigError(f"--model {factory}: {module_name} has no function {function_name}")
@@ -42,7 +37,7 @@ def load_user_model(factory: str, weights: str | Path | None = None,
         model = build(**(arguments or {}))
     except (Exception, SystemExit) as error:  # SystemExit(0) would end us with "success"
         raise ConfigError(f"--model {factory}: calling it failed "
-                          f"({type(error).__name__}: {_first_line(error)})") from None
+                          f"({type(error).__name__}: {first_line(error)})") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model {factory} returned a {type(model).__name__}, not a "
                           "torch.nn.Module")
@@ -52,13 +47,13 @@ def load_user_model(factory: str, weights: str | Path | None = None,
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as error:
             raise RunStateError(f"--weights {weights}: cannot load it "
-                                f"({_first_line(error)})") from None
+                                f"({first_line(error)})") from None
         if isinstance(state, dict) and not any(torch.is_tensor(v) for v in state.values()):
             state = state.get("state_dict") or state.get("model") or state
         try:
             model.load_state_dict(state)
         except Exception as error:
             raise RunStateError(f"--weights {weights} do not fit {factory}: "
-                                f"{_first_line(error)}") from None
+                                f"{first_line(error)}") from None
     check_real_tensors(model, factory)  # before anything moves it to a device
     return model.eval()

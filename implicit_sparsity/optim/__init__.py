@@ -1,9 +1,18 @@
 """Optimizers with the paper's defaults, L2 / WD as the paper defines them, step schedules."""
 
-from implicit_sparsity.optim.optimizers import (OPTIMIZERS, build_optimizer, default_lr,
-                                                param_groups, resolve_hyperparameters)
-from implicit_sparsity.optim.regularization import (L1GammaPenalty, Regularizer,
-                                                    add_l1_gamma_gradient, regularized_step)
+from implicit_sparsity.optim.optimizers import (
+                                                OPTIMIZERS,
+                                                build_optimizer,
+                                                default_lr,
+                                                param_groups,
+                                                resolve_hyperparameters,
+)
+from implicit_sparsity.optim.regularization import (
+                                                L1GammaPenalty,
+                                                Regularizer,
+                                                add_l1_gamma_gradient,
+                                                regularized_step,
+)
 from implicit_sparsity.optim.schedule import StepSchedule, apply_schedule, same_iterations_epochs
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "default_lr", "param_groups",

@@ -17,7 +17,6 @@ Both act on every parameter, BatchNorm gamma and beta included, unless BN is exc
 from __future__ import annotations
 
 import torch
-
 from torch import nn
 
 from implicit_sparsity import defaults

@@ -12,8 +12,12 @@ from torch import nn
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError, ProofError
 from implicit_sparsity.measure.activation import activation_statistics
-from implicit_sparsity.measure.features import (CONV_UNITS, require_batchnorm, require_finite,
-                                                trace_features)
+from implicit_sparsity.measure.features import (
+    CONV_UNITS,
+    require_batchnorm,
+    require_finite,
+    trace_features,
+)
 from implicit_sparsity.measure.scale import inactive_by_gamma
 from implicit_sparsity.prune.cost import describe_latency, latency_table, macs, parameter_counts
 from implicit_sparsity.prune.proof import Equivalence, compare_outputs

@@ -15,6 +15,7 @@ import statistics
 
 import torch
 from torch import nn
+from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -50,7 +51,6 @@ LATENCY_ROUNDS = 5
 
 
 def _timer(model: nn.Module, example: torch.Tensor, threads: int):
-    from torch.utils import benchmark
 
     return benchmark.Timer(stmt="model(x)", globals={"model": model, "x": example},
                            num_threads=threads)

@@ -20,9 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from implicit_sparsity.errors import ProofError, RunStateError
-from implicit_sparsity.io import (atomic_torch_save, atomic_write_bytes, atomic_write_text,
-                                 load_tensors)
+from implicit_sparsity.errors import ProofError, RunStateError, first_line
+from implicit_sparsity.io import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    load_tensors,
+)
 from implicit_sparsity.models import adopt_shapes
 from implicit_sparsity.prune.api import DEFAULT_TOLERANCE, PruneResult
 from implicit_sparsity.train.config import TrainConfig
@@ -89,7 +93,7 @@ def load_slim(path: str | Path, device: str | torch.device = "cpu") -> nn.Module
     try:
         saved = load_tensors(file, map_location=device)
     except (OSError, RuntimeError) as error:
-        raise RunStateError(f"cannot load slim model {file}: {str(error).splitlines()[0]}"
+        raise RunStateError(f"cannot load slim model {file}: {first_line(error)}"
                             ) from None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise RunStateError(f"{file} is not a slim model of implicit-sparsity")

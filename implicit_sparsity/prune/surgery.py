@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from implicit_sparsity.errors import ImplicitSparsityError
+from implicit_sparsity.errors import ImplicitSparsityError, first_line
 from implicit_sparsity.measure.features import Feature, TracedModel
 
 
@@ -142,7 +142,7 @@ class _Outputs:
         try:
             now = self._run()
         except Exception as error:  # e.g. a grouped conv left with the wrong width
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            first = first_line(error)
             return f"the pruned model fails to run ({first[:100]})"
         if not isinstance(now, torch.Tensor) or now.shape != self.reference.shape:
             return "the output's shape changed"
@@ -187,10 +187,6 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
     return surgery.run()
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).splitlines()[0] if str(error) else type(error).__name__)[:80]
-
-
 class _Surgery:
     """One removal of dead channels, feature by feature: what each may lose (its mask, the
     constants that fold), what its coupled producers allow, what keeps a layer non-empty,
@@ -230,7 +226,7 @@ class _Surgery:
             self.graph = self._build_graph()
         except Exception as error:  # torch-pruning cannot analyse it: keep everything
             self._keep_everything(f"torch-pruning cannot analyse this model "
-                                  f"({type(error).__name__}: {_first_line(error)})")
+                                  f"({type(error).__name__}: {first_line(error, 80)})")
         else:
             self.outputs = (_Outputs(self.model, self.example_input, self.tolerance)
                             if self.exact else None)
@@ -332,7 +328,7 @@ class _Surgery:
             group = self._group(feature, candidates)
         except Exception as error:  # torch-pruning's analysis of this structure
             decision.keep([remaining[c] for c in candidates],
-                          f"torch-pruning cannot group its channels ({_first_line(error)})")
+                          f"torch-pruning cannot group its channels ({first_line(error, 80)})")
             return None
         allowed, mapped = set(candidates), True
         for item in group:
@@ -406,7 +402,7 @@ class _Surgery:
             group.prune()
         except Exception as error:  # torch-pruning's index mapping, a shape it cannot fix
             problem = (f"torch-pruning cannot remove it ({type(error).__name__}: "
-                       f"{_first_line(error)})")
+                       f"{first_line(error, 80)})")
         else:
             _regroup_norm(self.model, feature, self.group_size)
             problem = self.outputs.change() if self.outputs is not None else None

@@ -29,8 +29,13 @@ from tqdm import tqdm
 from implicit_sparsity.errors import ProofError
 from implicit_sparsity.measure.features import CONV_UNITS, trace_features
 from implicit_sparsity.prune.api import DEFAULT_TOLERANCE, PruneResult, eval_mode, prune_model
-from implicit_sparsity.prune.cost import (LATENCY_ROUNDS, conv_seconds, interleaved_times,
-                                          latency_row, macs)
+from implicit_sparsity.prune.cost import (
+    LATENCY_ROUNDS,
+    conv_seconds,
+    interleaved_times,
+    latency_row,
+    macs,
+)
 from implicit_sparsity.prune.proof import compare_outputs
 
 #: Widths tried: the exact minimum, and rounded up to these multiples.

@@ -13,10 +13,10 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from implicit_sparsity.io.run_dir import load_bn_history
 from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.io.outputs import save_figure
-from implicit_sparsity.measure.plots import pyplot, plot_bn_history
+from implicit_sparsity.io.run_dir import load_bn_history
+from implicit_sparsity.measure.plots import plot_bn_history, pyplot
 
 
 def _label(record: dict, keys: list[str]) -> str:

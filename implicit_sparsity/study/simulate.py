@@ -23,8 +23,16 @@ from tqdm import tqdm
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.io.outputs import save_figure
-from implicit_sparsity.optim import (OPTIMIZERS, Regularizer, build_optimizer, default_lr,
-                                     param_groups, regularized_step, resolve_hyperparameters)
+from implicit_sparsity.measure.plots import pyplot
+from implicit_sparsity.optim import (
+    OPTIMIZERS,
+    Regularizer,
+    build_optimizer,
+    default_lr,
+    param_groups,
+    regularized_step,
+    resolve_hyperparameters,
+)
 
 
 @dataclass
@@ -91,7 +99,6 @@ def simulate(optimizers=defaults.SIMULATION["optimizers"], regularizers=("l2", "
 
 
 def plot_simulation(result: SimulationResult, path) -> None:
-    from implicit_sparsity.measure.plots import pyplot
 
     plt = pyplot()
     names = list(result.curves)

@@ -34,14 +34,16 @@ from implicit_sparsity.errors import ConfigError, DivergedError, PackingError, R
 from implicit_sparsity.io import FolderLock, atomic_write_text
 from implicit_sparsity.io.run_dir import diverged, is_finished, read_metrics
 from implicit_sparsity.prune.surgery import require_torch_pruning
+from implicit_sparsity.study.evaluation import evaluate_trained_run
 from implicit_sparsity.study.spec import ExperimentSpec, PlannedRun
+from implicit_sparsity.train import TrainConfig, train
+from implicit_sparsity.train.packed import optimizer_identity, pack_key, packable, train_packed
 
 EVALUATION = "evaluation.json"
 
 
 def evaluate_run(run_dir: Path, data_dir: str | None = None) -> dict:
     """The figures the paper's tables report for one finished run."""
-    from implicit_sparsity.study.evaluation import evaluate_trained_run
 
     result = evaluate_trained_run(run_dir, data_dir)
     report, pruned = result.report, result.pruned
@@ -79,8 +81,6 @@ def execute_runs(jobs: list[tuple]) -> list[str]:
 
 def execute_packed(jobs: list[tuple]) -> list[str]:
     """Several compatible runs trained as one packed model, then each evaluated."""
-    from implicit_sparsity.train import TrainConfig
-    from implicit_sparsity.train.packed import train_packed
 
     torch.set_num_threads(jobs[0][2])
     fresh = [job for job in jobs if not is_finished(Path(job[1]))]
@@ -98,8 +98,6 @@ def execute_packed(jobs: list[tuple]) -> list[str]:
 def pack_jobs(jobs: list[tuple], size: int) -> list[list[tuple]]:
     """Group compatible runs (same architecture, data and schedule) into packs of `size`,
     runs of the same optimizer and rate side by side (their pack shares one optimizer step)."""
-    from implicit_sparsity.train import TrainConfig
-    from implicit_sparsity.train.packed import optimizer_identity, pack_key, packable
 
     groups: dict[tuple, list[tuple]] = {}
     identity = {}
@@ -117,7 +115,6 @@ def pack_jobs(jobs: list[tuple], size: int) -> list[list[tuple]]:
 
 def execute_run(config_dict: dict, run_dir: str, threads: int, data_dir: str | None) -> str:
     """Train (or resume) and evaluate one run; the body of a worker process."""
-    from implicit_sparsity.train import TrainConfig, train
 
     torch.set_num_threads(threads)
     run_dir = Path(run_dir)

@@ -25,7 +25,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from implicit_sparsity.errors import ConfigError, RunStateError
+from implicit_sparsity.errors import ConfigError, RunStateError, first_line
+
 #: Eager steps before the capture: lazy initialisation and cuDNN's autotuning happen there.
 WARMUP_STEPS = 3
 #: The graphed step must match the eager step to this relative tolerance (per tensor, relative
@@ -196,7 +197,7 @@ class ForwardBackward:
         try:
             outputs = self._eager(x, y, compiled)
         except Exception as error:  # no compiler, an unsupported operation, ...
-            problem = f"torch.compile failed: {str(error).splitlines()[0][:200]}"
+            problem = f"torch.compile failed: {first_line(error, 200)}"
         else:
             worst = self._difference(outputs, reference)
             if worst <= COMPILE_RTOL:
@@ -231,7 +232,7 @@ class ForwardBackward:
             self.replay = self.backend.capture(step, self.params)
             self.replay()  # this batch's step, from the graph
         except RuntimeError as error:  # an operation a graph cannot hold
-            problem = f"the CUDA graph could not be captured: {str(error).splitlines()[0]}"
+            problem = f"the CUDA graph could not be captured: {first_line(error)}"
         else:
             worst = self._difference(self.static[2:], reference)
             if worst <= CHECK_RTOL:

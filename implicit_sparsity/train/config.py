@@ -14,17 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from implicit_sparsity import defaults
 from implicit_sparsity.data.registry import get_dataset_entry
-from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.errors import ConfigError, first_line
 from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.io.files import require_regular_file
 from implicit_sparsity.io.yaml_text import load_yaml_file
 from implicit_sparsity.models.registry import get_model_entry, parse_width
-from implicit_sparsity.optim.optimizers import (build_optimizer, default_lr,
-                                                resolve_hyperparameters)
+from implicit_sparsity.optim.optimizers import build_optimizer, default_lr, resolve_hyperparameters
 from implicit_sparsity.optim.regularization import check_regularizer
 from implicit_sparsity.optim.schedule import StepSchedule, same_iterations_epochs
 
@@ -241,7 +241,6 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
 def check_optimizer_args(name: str, args: dict | None) -> None:
     """Refuse hyper-parameters that the optimizer itself would refuse, before any data is
     loaded or folder made: build it once on a dummy parameter."""
-    import torch
 
     hyper = resolve_hyperparameters(name, args)
     try:
@@ -249,7 +248,7 @@ def check_optimizer_args(name: str, args: dict | None) -> None:
                         hyper)
     except (TypeError, ValueError, IndexError) as error:
         raise ConfigError(f"optimizer_args {args}: {name} refuses them "
-                          f"({str(error).splitlines()[0] if str(error) else 'bad value'})"
+                          f"({first_line(error)})"
                           ) from None
 
 

@@ -21,21 +21,29 @@ from torch import nn
 from tqdm import tqdm
 
 from implicit_sparsity.data import Augmentation, get_dataset_entry, load_dataset
-from implicit_sparsity.errors import ConfigError, DivergedError, RunStateError
+from implicit_sparsity.errors import ConfigError, DivergedError, RunStateError, first_line
 from implicit_sparsity.io import FolderLock
 from implicit_sparsity.io import run_dir as rd
 from implicit_sparsity.measure.classification import TOP_K, count_wrong
 from implicit_sparsity.measure.scale import gamma_sparsity, total
 from implicit_sparsity.models import adopt_shapes, bn_layer_names, get_model_entry
-from implicit_sparsity.optim import (L1GammaPenalty, Regularizer, StepSchedule, apply_schedule,
-                                     build_optimizer, param_groups, regularized_step)
+from implicit_sparsity.optim import (
+    L1GammaPenalty,
+    Regularizer,
+    StepSchedule,
+    apply_schedule,
+    build_optimizer,
+    param_groups,
+    regularized_step,
+)
 from implicit_sparsity.optim.optimizers import is_batchnorm_param
 from implicit_sparsity.optim.regularization import slimming_gammas
 from implicit_sparsity.train import distributed
 from implicit_sparsity.train.capture import ForwardBackward, should_capture
+from implicit_sparsity.train.config import TrainConfig, load_config_file, result_fields
 from implicit_sparsity.train.device import device_speed_settings
-from implicit_sparsity.train.config import TrainConfig, result_fields
-from implicit_sparsity.train.restore import build_model_for
+from implicit_sparsity.train.recycle import Recycler
+from implicit_sparsity.train.restore import build_model_for, load_trained
 
 #: Called after each finished epoch with (epoch, model, metrics); may raise to stop.
 EpochCallback = Callable[[int, nn.Module, dict], None]
@@ -53,7 +61,6 @@ def ensure_trained(config: TrainConfig, out: str | Path, verbose: bool = True) -
     """Train into `out`, or reuse the finished run there (same config), or resume it."""
     out = Path(out)
     if rd.is_finished(out):
-        from implicit_sparsity.train.restore import load_trained
 
         check_run_dir_config(out, config.resolved())
         trained = load_trained(out)
@@ -100,7 +107,7 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
     try:
         saved = rd.load_checkpoint(Path(path))
     except Exception as error:  # not a file of ours, truncated, or unreadable
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise RunStateError(f"init_from {path}: not a checkpoint or slim model that loads "
                             f"({first[:120]})") from None
     state = (saved.get("state_dict") or saved.get("model")) if isinstance(saved, dict) else None
@@ -110,7 +117,7 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
         adopt_shapes(model, state)
         model.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, AttributeError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise RunStateError(f"init_from {path}: its weights do not fit this model "
                             f"({first[:160]})") from None
 
@@ -194,7 +201,6 @@ def same_config(out: Path, saved: TrainConfig, config: TrainConfig) -> None:
 
 def check_run_dir_config(out: Path, config: TrainConfig) -> None:
     """The run folder's saved config must compute what `config` computes."""
-    from implicit_sparsity.train.config import load_config_file
 
     same_config(out, TrainConfig.from_dict(load_config_file(out / rd.CONFIG)), config)
 
@@ -206,7 +212,7 @@ def load_resume_state(out: Path, device="cpu") -> dict:
         TrainConfig.from_dict(state["config"])
         int(state["epoch"])
     except Exception as error:  # truncated, not a checkpoint of ours, or unreadable
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise RunStateError(f"cannot resume {out}: its {rd.CHECKPOINT} is damaged ({first}); "
                             "move the folder away and train again") from None
     return state
@@ -294,7 +300,6 @@ def make_recycler(config: TrainConfig, model, optimizer, world: int):
     if world > 1:
         raise ConfigError("recycle_every: recycling is per process and would make the "
                           "processes' models differ; train with one process")
-    from implicit_sparsity.train.recycle import Recycler
 
     return Recycler(model, optimizer, every=config.recycle_every, tau=config.recycle_tau,
                     negative_slope=config.negative_slope, beta_init=config.beta_init,

@@ -25,17 +25,35 @@ from tqdm import tqdm
 from implicit_sparsity.data import Augmentation
 from implicit_sparsity.errors import ConfigError, DivergedError, PackingError
 from implicit_sparsity.io import FolderLock
-from implicit_sparsity.optim import (L1GammaPenalty, Regularizer, StepSchedule, apply_schedule,
-                                     build_optimizer, param_groups)
+from implicit_sparsity.models import get_model_entry
+from implicit_sparsity.optim import (
+    L1GammaPenalty,
+    Regularizer,
+    StepSchedule,
+    apply_schedule,
+    build_optimizer,
+    param_groups,
+)
 from implicit_sparsity.optim.regularization import slimming_gammas
 from implicit_sparsity.train.capture import ForwardBackward, should_capture
-from implicit_sparsity.train.device import device_speed_settings
 from implicit_sparsity.train.config import TrainConfig
-from implicit_sparsity.train.loop import (EpochTotals, RunResult, build_for_config,
-                                          check_run_dir, diverged_error, epoch_bar,
-                                          epoch_metrics, epoch_seed, load_initial_weights,
-                                          prepare_run_dir, regularized_params, resolve_device,
-                                          write_epoch, write_summary)
+from implicit_sparsity.train.device import device_speed_settings
+from implicit_sparsity.train.loop import (
+    EpochTotals,
+    RunResult,
+    build_for_config,
+    check_run_dir,
+    diverged_error,
+    epoch_bar,
+    epoch_metrics,
+    epoch_seed,
+    load_initial_weights,
+    prepare_run_dir,
+    regularized_params,
+    resolve_device,
+    write_epoch,
+    write_summary,
+)
 from implicit_sparsity.train.restore import build_model_for
 
 
@@ -209,7 +227,6 @@ def packable(config: TrainConfig) -> bool:
     """vmap's batch rules do not take BatchNorm under bf16 autocast, and stacked weights have
     no NHWC layout; recycling edits one run's weights between steps; models outside the
     paper's CNNs are not packed: such runs train one by one."""
-    from implicit_sparsity.models import get_model_entry
 
     return (config.precision == "fp32" and not config.channels_last
             and not config.recycle_every and get_model_entry(config.model).packable

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from implicit_sparsity.data import get_dataset_entry, load_dataset
-from implicit_sparsity.errors import RunStateError
+from implicit_sparsity.errors import RunStateError, first_line
 from implicit_sparsity.io import run_dir as rd
 from implicit_sparsity.models import adopt_shapes, build_model, get_model_entry
 from implicit_sparsity.train.config import TrainConfig
@@ -58,7 +58,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     try:
         state = rd.load_checkpoint(file, map_location=device)
     except Exception as error:
-        raise RunStateError(f"cannot load checkpoint {file}: {str(error).splitlines()[0]}"
+        raise RunStateError(f"cannot load checkpoint {file}: {first_line(error)}"
                             ) from None
     if isinstance(state, dict) and str(state.get("format", "")).startswith(
             "implicit-sparsity-slim"):
@@ -75,7 +75,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, ValueError, AttributeError) as error:
         raise RunStateError(f"{file}: its weights do not fit the network its config describes "
-                            f"({str(error).splitlines()[0][:120]})") from None
+                            f"({first_line(error, 120)})") from None
     model.to(device).eval()
     return TrainedRun(config, model, state["epoch"], state.get("data_stats", {}),
                       file.parent if file.name == rd.CHECKPOINT else None)
