@@ -10,17 +10,13 @@ import math
 from pathlib import Path
 
 from implicit_sparsity import defaults
-from implicit_sparsity.data.user import load_user_data
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.io.outputs import OutputPlan
 from implicit_sparsity.io.yaml_text import parse_yaml
-from implicit_sparsity.measure.features import CONV_UNITS, UNIT_CHOICES, has_gamma, trace_features
-from implicit_sparsity.models import get_model_entry
-from implicit_sparsity.models.check import check_something_to_measure, check_user_model
-from implicit_sparsity.models.user import load_user_model
 from implicit_sparsity.train.config import TrainConfig
-from implicit_sparsity.train.restore import load_trained, load_training_data
+from implicit_sparsity.train.source import Source, choose_criterion, open_run, open_user_model
+from implicit_sparsity.train.source import units_for as units_of
 
 
 def positive_int(text: str) -> int:
@@ -158,85 +154,27 @@ def add_measurement_flags(parser: argparse.ArgumentParser) -> None:
                              "model of yours)")
 
 
-@dataclasses.dataclass
-class Source:
-    model: object
-    description: str
-    corpus: object          # a callable returning training batches, or None
-    test: list | None       # batches for the proof
-    config: dict | None     # our run's config (None for a user's model)
-    run_dir: Path | None
-    epoch: int | None = None
-
-
-def units_for(args, source: Source) -> tuple[str, ...]:
-    """The unit kinds asked with --units, else those our run's model is measured on (MLP units
-    for the ViT), else conv filters."""
-
-    if args.units is not None:
-        return UNIT_CHOICES[args.units]
-    if source.config is not None:
-        return get_model_entry(source.config["model"]).units
-    return CONV_UNITS
-
-
-def criterion_for(args, source: Source, with_gamma: str) -> str:
-    """--criterion as given, else `with_gamma` for a model with BatchNorm scales and
-    "activation" (said on the terminal) for one without (a Transformer, a GroupNorm net).
-    Says first which convolutions of the model cannot be measured, if any."""
-
-    units = units_for(args, source)
-    traced = trace_features(source.model, units)
-    check_something_to_measure(traced, units, args.model or str(args.path))
-    note = traced.describe_unmeasured()
-    if note:
-        print(note)
-    if args.criterion is not None:
-        return args.criterion
-    if has_gamma(traced.features):
-        return with_gamma
-    print("no BatchNorm scale to measure: by activation")
-    return "activation"
-
-
 def open_source(args, device, need_data: bool, need_test: bool = False) -> Source:
-    """The model (and data) that `analyze` / `prune` work on."""
+    """The model (and data) that `analyze` / `prune` work on, from their flags."""
     if args.model is None and args.path is None:
         raise ConfigError("give a run folder / checkpoint, or --model MODULE:FUNCTION")
     if args.model is not None and args.path is not None:
         raise ConfigError(f"give either a run folder ({args.path}) or --model, not both")
     if args.model is None:
+        return open_run(args.path, device, with_data=need_data or need_test,
+                        data_dir=args.data_dir, batch_size=args.batch_size)
+    return open_user_model(args.model, device, weights=args.weights,
+                           arguments=args.model_args, data=args.data,
+                           check_data=getattr(args, "check_data", None),
+                           need_data=need_data or need_test, batch_size=args.batch_size,
+                           size=args.image_size, mean=args.mean, std=args.std,
+                           channels=args.channels)
 
-        run = load_trained(args.path, device)
-        corpus = test = None
-        c = run.config
-        description = (f"{c.model} (width {c.width}) trained on {c.dataset} with "
-                       f"{c.optimizer} + {c.regularizer} {c.lam:g}, epoch {run.epoch}")
-        if need_data or need_test:
-            data = load_training_data(run, device, args.data_dir)
-            corpus = lambda: data.train_eval_batches(args.batch_size)  # noqa: E731
-            test = list(data.test_batches(args.batch_size))
-            description += f"; {data.num_train} training / {data.num_test} test images"
-        return Source(run.model, description, corpus, test, c.to_dict(), run.run_dir,
-                      run.epoch)
 
-    if (need_data or need_test) and args.data is None:
-        raise ConfigError("--model needs --data (its training images) for this")
-    model = load_user_model(args.model, args.weights, args.model_args).to(device)
-    corpus = test = None
-    description = f"{type(model).__name__} from {args.model}"
-    if args.data is not None:
-        options = dict(batch_size=args.batch_size, size=args.image_size, mean=args.mean,
-                       std=args.std, channels=args.channels)
-        batches = [(x.to(device), None if y is None else y.to(device))
-                   for x, y in load_user_data(args.data, **options)]
-        corpus = lambda: iter(batches)  # noqa: E731
-        test = batches
-        if getattr(args, "check_data", None):
-            test = [(x.to(device), None if y is None else y.to(device))
-                    for x, y in load_user_data(args.check_data, **options)]
-        description += f"; {sum(len(x) for x, _ in batches)} images from {args.data}"
-        check_user_model(model, batches, args.model, args.data)
-        if test is not batches:
-            check_user_model(model, test, args.model, args.check_data)
-    return Source(model, description, corpus, test, None, None)
+def units_for(args, source: Source) -> tuple[str, ...]:
+    return units_of(source, args.units)
+
+
+def criterion_for(args, source: Source, with_gamma: str) -> str:
+    """--criterion as given, else the one the model allows (`train.source.choose_criterion`)."""
+    return choose_criterion(source, units_for(args, source), args.criterion, with_gamma)
