@@ -8,7 +8,8 @@ from pathlib import Path
 from implicit_sparsity.commands.common import add_config_flags, output_plan
 from implicit_sparsity.io.run_dir import is_finished, read_metrics
 from implicit_sparsity.train import TrainConfig, load_config_file, train
-from implicit_sparsity.train.loop import check_run_dir_config, gamma_text
+from implicit_sparsity.train.loop import gamma_text
+from implicit_sparsity.train.run_folder import check_run_dir_config
 
 NAME = "train"
 

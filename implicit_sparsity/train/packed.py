@@ -42,19 +42,18 @@ from implicit_sparsity.train.loop import (
     EpochTotals,
     RunResult,
     build_for_config,
-    check_run_dir,
     diverged_error,
     epoch_bar,
     epoch_metrics,
     epoch_seed,
     load_initial_weights,
-    prepare_run_dir,
     regularized_params,
     resolve_device,
     write_epoch,
     write_summary,
 )
 from implicit_sparsity.train.restore import build_model_for
+from implicit_sparsity.train.run_folder import check_run_dir, prepare_run_dir
 
 
 class PackedModels:
