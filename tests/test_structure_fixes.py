@@ -37,21 +37,20 @@ def test_a_class_subset_of_a_streamed_data_set_keeps_the_first_classes(tmp_path)
 
 
 def test_execute_packed_falls_back_only_when_runs_cannot_be_packed(monkeypatch, tmp_path):
-    import implicit_sparsity.train.packed as packed
-
-    jobs = [({"seed": s}, str(tmp_path / f"r{s}"), 1, None) for s in (0, 1)]
+    threads = torch.get_num_threads()  # execute_packed sets it: leave it as it is
+    jobs = [({"seed": s}, str(tmp_path / f"r{s}"), threads, None) for s in (0, 1)]
     alone = []
     monkeypatch.setattr(sweep, "execute_run", lambda *job: alone.append(job[1]) or job[1])
 
     def cannot_pack(*args, **kwargs):
         raise PackingError("packed runs must resume from the same epoch")
-    monkeypatch.setattr(packed, "train_packed", cannot_pack)
+    monkeypatch.setattr(sweep, "train_packed", cannot_pack)
     assert sweep.execute_packed(jobs) == [job[1] for job in jobs]  # each on its own
     assert alone == [job[1] for job in jobs]
 
     def bad_config(*args, **kwargs):
         raise ConfigError("train_subset 5,000 is more than the 200 images there are")
-    monkeypatch.setattr(packed, "train_packed", bad_config)
+    monkeypatch.setattr(sweep, "train_packed", bad_config)
     with pytest.raises(ConfigError, match="more than the 200"):  # was swallowed
         sweep.execute_packed(jobs)
 
@@ -137,3 +136,33 @@ def test_the_public_api_is_a_short_list_that_resolves():
     assert load_run.__name__ == "load_trained"
     with pytest.raises(AttributeError):
         implicit_sparsity.__getattr__("atomic_write_bytes")  # an internal: not re-exported
+
+
+def test_the_config_fields_are_the_one_source_of_types_and_roles():
+    """Types come from the annotations (the YAML reader and the CLI flags both use them);
+    what a pack shares, what changes no result, what is left out of run keys come from the
+    fields' metadata, and they are the sets earlier sweeps' keys were made with."""
+    import dataclasses
+
+    from implicit_sparsity.cli import build_parser
+    from implicit_sparsity.train.config import (LATER_FIELDS_AT_DEFAULT, PACK_FIELDS,
+                                                RESULT_NEUTRAL_FIELDS, TrainConfig, field_type)
+
+    assert set(RESULT_NEUTRAL_FIELDS) == {"data_dir", "device", "eval_batch_size", "num_workers",
+                                          "step_capture", "cudnn_benchmark"}
+    assert LATER_FIELDS_AT_DEFAULT == {"flush_denormal": False, "class_subset": None,
+                                       "recycle_every": 0, "recycle_tau": 0.025}
+    assert {"model", "width", "batch_size", "epochs", "precision"} <= set(PACK_FIELDS)
+    assert not {"optimizer", "lr", "lam", "seed"} & set(PACK_FIELDS)  # packs may differ here
+    train_flags = {a.dest for a in next(
+        p for p in build_parser()._subparsers._group_actions[0].choices.values()
+        if p.prog.endswith(" train"))._actions}
+    for f in dataclasses.fields(TrainConfig):
+        kind, _ = field_type(f.name)
+        assert kind in (bool, int, float, str, list, dict), f.name
+        assert f.name in train_flags, f.name
+    with pytest.raises(ConfigError, match="regularize_bn: cannot read"):
+        TrainConfig.from_dict({"regularize_bn": [1]})  # bool([1]) was True
+    with pytest.raises(ConfigError, match="lr: cannot read"):
+        TrainConfig.from_dict({"lr": True})
+    assert TrainConfig.from_dict({"epochs": "10 5", "width": 0.25}).epochs == [10, 5]

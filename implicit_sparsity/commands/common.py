@@ -14,7 +14,7 @@ from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.io.outputs import OutputPlan
 from implicit_sparsity.io.yaml_text import parse_yaml
-from implicit_sparsity.train.config import TrainConfig
+from implicit_sparsity.train.config import TrainConfig, field_type
 from implicit_sparsity.train.source import Source, choose_criterion, open_run, open_user_model
 from implicit_sparsity.train.source import units_for as units_of
 
@@ -72,11 +72,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kwargs = {"dest": f.name, "default": argparse.SUPPRESS}
-        if f.type.startswith("bool"):
+        kind, _ = field_type(f.name)
+        if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif f.type.startswith("list"):
+        elif kind is list:
             kwargs["nargs"] = "+"
-        elif f.type.startswith("dict"):
+        elif kind is dict:
             kwargs["type"] = yaml_mapping
             kwargs["metavar"] = "YAML"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,51 +32,76 @@ from implicit_sparsity.optim.schedule import StepSchedule, same_iterations_epoch
 CAPTURE_MODES = ("auto", "off", "cuda-graph", "compile")  # how a training step runs (train.capture)
 
 
+def _field(default=dataclasses.MISSING, *, factory=dataclasses.MISSING, pack: bool = False,
+           neutral: bool = False, later: bool = False):
+    """A TrainConfig field and what the toolkit needs to know of it, in one place:
+    `pack`: runs trained as one packed model must share it; `neutral`: it changes where or
+    how fast a run computes, not what (a captured step is checked against the eager one);
+    `later`: added after run folders existed, left out of a run's key at its default so
+    that earlier sweeps keep their keys."""
+    return field(default=default, default_factory=factory,
+                 metadata={"pack": pack, "neutral": neutral, "later": later})
+
+
 @dataclass
 class TrainConfig:
     # what is trained, on what
-    model: str = "basicnet"
-    width: str = "1"                     # multiplier, or a BasicNet variant like 64-0.5x
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    train_subset: int | None = None      # fixed, seeded subsets for quick runs
-    class_subset: int | None = None      # only the first N classes: a task of graded difficulty
-    test_subset: int | None = None
-    subset_seed: int = 0
+    model: str = _field("basicnet", pack=True)
+    # multiplier, or a BasicNet variant like 64-0.5x
+    width: str = _field("1", pack=True)
+    dataset: str = _field("fashion-mnist", pack=True)
+    data_dir: str | None = _field(None, pack=True, neutral=True)
+    train_subset: int | None = _field(None, pack=True)  # fixed, seeded subsets for quick runs
+    # only the first N classes: a task of graded difficulty
+    class_subset: int | None = _field(None, later=True)
+    test_subset: int | None = _field(None, pack=True)
+    subset_seed: int = _field(0, pack=True)
     # how
-    optimizer: str = "adam"
-    lr: float | None = None              # None: the paper's base rate for the optimizer
-    optimizer_args: dict = field(default_factory=dict)  # e.g. {betas: [0.9, 0.999]}
-    regularizer: str = defaults.DEFAULT_REGULARIZER     # none | l2 | wd
-    lam: float = defaults.DEFAULT_LAMBDA
-    regularize_bn: bool = True           # the paper regularizes BN gamma and beta too
-    gamma_lr_scale: float = 1.0
-    beta_lr_scale: float = 1.0
-    batch_size: int | None = None        # None: the paper's for the data set (40 mostly)
-    epochs: list[int] | None = None      # stage lengths; None: the paper's for the data set
-    lr_decay: float = defaults.LR_DECAY_FACTOR
-    same_iterations_as: int | None = None  # scale epochs to keep this batch size's iterations
-    l1_gamma: float = 0.0                # Network Slimming's L1 penalty on BN gamma
-    init_from: str | None = None         # start from these weights (slim.pt, checkpoint.pt)
-    recycle_every: int = 0               # > 0: recycle dormant units every N steps (ReDo)
-    recycle_tau: float = defaults.RECYCLE_TAU  # ... those whose ReDo score is <= this
-    flush_denormal: bool = False         # CPU: floats below 1.2e-38 count as 0 (train.device)
-    negative_slope: float = 0.0          # > 0: Leaky ReLU
-    beta_init: float = defaults.BETA_INIT
-    flip: bool = True
-    crop_padding: int = 0
-    seed: int = 0
+    optimizer: str = _field("adam")
+    lr: float | None = _field(None)  # None: the paper's base rate for the optimizer
+    optimizer_args: dict = _field(factory=dict)  # e.g. {betas: [0.9, 0.999]}
+    regularizer: str = _field(defaults.DEFAULT_REGULARIZER)  # none | l2 | wd
+    lam: float = _field(defaults.DEFAULT_LAMBDA)
+    regularize_bn: bool = _field(True)  # the paper regularizes BN gamma and beta too
+    gamma_lr_scale: float = _field(1.0)
+    beta_lr_scale: float = _field(1.0)
+    # None: the paper's for the data set (40 mostly)
+    batch_size: int | None = _field(None, pack=True)
+    # stage lengths; None: the paper's for the data set
+    epochs: list[int] | None = _field(None, pack=True)
+    lr_decay: float = _field(defaults.LR_DECAY_FACTOR, pack=True)
+    # scale epochs to keep this batch size's iterations
+    same_iterations_as: int | None = _field(None)
+    l1_gamma: float = _field(0.0)  # Network Slimming's L1 penalty on BN gamma
+    # start from these weights (slim.pt, checkpoint.pt)
+    init_from: str | None = _field(None, pack=True)
+    # > 0: recycle dormant units every N steps (ReDo)
+    recycle_every: int = _field(0, later=True)
+    # ... those whose ReDo score is <= this
+    recycle_tau: float = _field(defaults.RECYCLE_TAU, later=True)
+    # CPU: floats below 1.2e-38 count as 0 (train.device)
+    flush_denormal: bool = _field(False, pack=True, later=True)
+    negative_slope: float = _field(0.0, pack=True)  # > 0: Leaky ReLU
+    beta_init: float = _field(defaults.BETA_INIT)
+    flip: bool = _field(True, pack=True)
+    crop_padding: int = _field(0, pack=True)
+    seed: int = _field(0)
     # where and how fast (results do not depend on these)
-    device: str = "auto"
-    eval_batch_size: int = 500
-    num_workers: int = 4
-    allow_tf32: bool = False             # GPUs: strict fp32 unless TF32 is asked for
-    precision: str = "fp32"              # fp32, or bf16 autocast for training steps only
-    channels_last: bool = False          # NHWC memory layout (faster convs on many GPUs)
-    step_capture: str = "auto"           # auto | off | cuda-graph (see train.capture)
-    cudnn_benchmark: bool = True         # let cuDNN time its algorithms for each shape
+    device: str = _field("auto", pack=True, neutral=True)
+    eval_batch_size: int = _field(500, pack=True, neutral=True)
+    num_workers: int = _field(4, neutral=True)
+    # GPUs: strict fp32 unless TF32 is asked for
+    allow_tf32: bool = _field(False, pack=True)
+    # fp32, or bf16 autocast for training steps only
+    precision: str = _field("fp32", pack=True)
+    # NHWC memory layout (faster convs on many GPUs)
+    channels_last: bool = _field(False, pack=True)
+    # auto | off | cuda-graph (see train.capture)
+    step_capture: str = _field("auto", pack=True, neutral=True)
+    # let cuDNN time its algorithms for each shape
+    cudnn_benchmark: bool = _field(True, pack=True, neutral=True)
     # what is recorded
-    gamma_threshold: float = defaults.GAMMA_THRESHOLD
+    gamma_threshold: float = _field(defaults.GAMMA_THRESHOLD)
 
     # ---------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -178,22 +204,20 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: "
                               f"{', '.join(known)}")
-        return cls(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})
+        return cls(**{k: _coerce(k, v) for k, v in values.items()})
 
     def save_yaml(self, path: Path) -> None:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-#: Fields that change where or how fast a run computes, not what it computes (a captured
-#: step is checked against the eager one; cuDNN's choices differ in rounding, as GPUs do).
-RESULT_NEUTRAL_FIELDS = ("data_dir", "device", "eval_batch_size", "num_workers", "step_capture",
-                         "cudnn_benchmark")
-
-
-#: Fields added after run folders existed, with the value every earlier run had: left out of
-#: a run's key at that value, so that earlier sweeps keep their keys.
-LATER_FIELDS_AT_DEFAULT = {"flush_denormal": False, "class_subset": None, "recycle_every": 0,
-                           "recycle_tau": defaults.RECYCLE_TAU}
+#: Derived from the fields' metadata (`_field`): what a run computes does not depend on
+#: these (RESULT_NEUTRAL_FIELDS); packed runs share these (PACK_FIELDS); these were added
+#: after run folders existed and are left out of a run's key at their default.
+RESULT_NEUTRAL_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                              if f.metadata["neutral"])
+PACK_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["pack"])
+LATER_FIELDS_AT_DEFAULT = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                           if f.metadata["later"]}
 
 
 def result_fields(config: TrainConfig) -> dict[str, Any]:
@@ -206,36 +230,59 @@ def key_fields(config: TrainConfig) -> dict[str, Any]:
             if k not in LATER_FIELDS_AT_DEFAULT or v != LATER_FIELDS_AT_DEFAULT[k]}
 
 
-def _coerce(name: str, annotation: str, value: Any) -> Any:
-    """YAML reads `1e-4` as a string and flags come as strings: convert by the field type."""
+def field_type(name: str) -> tuple[Any, bool]:
+    """A TrainConfig field's type from its annotation: (bool, int, float, str, list or
+    dict; whether None is allowed). The one source the YAML reader and the CLI flags use."""
+    hint = _HINTS[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    return typing.get_origin(hint) or hint, optional
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A value from YAML or a flag as the field's type (YAML reads `1e-4` as a string, flags
+    are strings); one ConfigError line when it is not of that type."""
+    kind, optional = field_type(name)
     if value is None:
-        if "None" in annotation:
+        if optional:
             return None
         raise ConfigError(f"{name} must not be empty")
     try:
-        if annotation.startswith("bool"):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "yes", "1")
-            return bool(value)
-        if annotation.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if annotation.startswith("float"):
-            return float(value)
-        if annotation.startswith("list[int]"):
-            items = value if isinstance(value, (list, tuple)) else str(value).replace(
-                ",", " ").split()
-            return [int(v) for v in items]
-        if annotation.startswith("dict"):
-            if not isinstance(value, dict):
-                raise ValueError(value)
-            return dict(value)
-        return str(value)
+        return _as(kind, value)
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{name}: cannot read {value!r} as {annotation}") from None
+        expected = getattr(kind, "__name__", str(kind)) + (" or empty" if optional else "")
+        raise ConfigError(f"{name}: cannot read {value!r} as {expected}") from None
+
+
+def _as(kind, value):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (str, int)) and str(value).lower() in _TRUE + _FALSE:
+            return str(value).lower() in _TRUE
+        raise ValueError(value)
+    if kind is list:  # [10, 5], or "10 5" / "10,5" from a flag, or one number
+        if isinstance(value, (bool, dict)):
+            raise TypeError(value)
+        items = value if isinstance(value, list) else str(value).replace(",", " ").split()
+        return [_as(int, v) for v in items]
+    if isinstance(value, bool) or isinstance(value, (list, dict)) != (kind is dict):
+        raise TypeError(value)  # a flag where a number goes, a list where text goes, ...
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    if kind is float:
+        return float(value)
+    if kind is dict:
+        return dict(value)
+    return str(value)
 
 
 def check_optimizer_args(name: str, args: dict | None) -> None:

@@ -36,7 +36,7 @@ from implicit_sparsity.optim import (
 )
 from implicit_sparsity.optim.regularization import slimming_gammas
 from implicit_sparsity.train.capture import ForwardBackward, should_capture
-from implicit_sparsity.train.config import TrainConfig
+from implicit_sparsity.train.config import PACK_FIELDS, TrainConfig
 from implicit_sparsity.train.device import device_speed_settings
 from implicit_sparsity.train.loop import (
     EpochTotals,
@@ -198,11 +198,7 @@ class PackedModels:
 #: Config fields that packed runs must share: one architecture, one data stream shape, one
 #: schedule. Seeds, optimizers, learning rates, regularizers, lambdas and Network Slimming's
 #: l1_gamma may differ.
-PACK_FIELDS = ("model", "width", "dataset", "data_dir", "train_subset", "test_subset",
-               "subset_seed", "batch_size", "epochs", "lr_decay", "negative_slope", "flip",
-               "crop_padding", "device", "eval_batch_size", "init_from", "precision",
-               "channels_last", "allow_tf32", "step_capture", "cudnn_benchmark",
-               "flush_denormal")
+#: what packed runs must share: TrainConfig fields marked `pack` (train.config)
 
 
 def contiguous_segments(keys: list) -> list[tuple[int, int]]:
