@@ -166,3 +166,17 @@ def test_the_config_fields_are_the_one_source_of_types_and_roles():
     with pytest.raises(ConfigError, match="lr: cannot read"):
         TrainConfig.from_dict({"lr": True})
     assert TrainConfig.from_dict({"epochs": "10 5", "width": 0.25}).epochs == [10, 5]
+
+
+def test_the_torch_pruning_surface_is_checked_in_one_line():
+    import types
+
+    import torch_pruning
+
+    from implicit_sparsity.errors import ImplicitSparsityError
+    from implicit_sparsity.prune import torch_pruning_api
+
+    torch_pruning_api.check(torch_pruning)  # the installed one has all of it
+    old = types.SimpleNamespace(__version__="0.9", DependencyGraph=object)
+    with pytest.raises(ImplicitSparsityError, match="torch-pruning 0.9 lacks prune_conv_out"):
+        torch_pruning_api.check(old)

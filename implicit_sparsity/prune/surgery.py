@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from implicit_sparsity.errors import ImplicitSparsityError, first_line
+from implicit_sparsity.prune import torch_pruning_api
 from implicit_sparsity.measure.features import Feature, TracedModel
 
 
@@ -40,6 +41,7 @@ def require_torch_pruning():
     except ImportError:
         raise ImplicitSparsityError("pruning needs torch-pruning: pip install torch-pruning"
                                     ) from None
+    torch_pruning_api.check(torch_pruning)
     return torch_pruning
 
 
