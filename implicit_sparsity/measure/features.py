@@ -38,6 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import operator
+
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -111,6 +113,19 @@ class Feature:
     shared_norm: str | None = None
     norm_path: str | None = None
     norm_groups: int = 0  # groups the shared norm normalizes apart: GroupNorm's, 1 for LN
+    #: its channels are multiplied by an input-dependent gate (squeeze-and-excitation) on
+    #: their way to the readers; the gate's modules (a constant channel is not constant
+    #: after it: only a zero one passes unchanged)
+    gate_modules: list[str] = field(default_factory=list)
+    #: depthwise chains: the feature whose channels are this depthwise conv's only input
+    #: (`chain_from`), or the depthwise feature that is this feature's only reader
+    #: (`chain_to`); a zero input channel makes the depthwise channel a constant
+    chain_from: str | None = None
+    chain_to: str | None = None
+
+    @property
+    def gated(self) -> bool:
+        return bool(self.gate_modules)
 
     @property
     def num_features(self) -> int:
@@ -330,6 +345,7 @@ class _Reach:
     coupled: bool = False
     output: bool = False
     border: bool = False
+    gate_modules: list[str] = field(default_factory=list)
 
     def follow(self, gm, node, flattened: bool = False, channels_last: bool = False
                ) -> "_Reach":
@@ -358,7 +374,11 @@ class _Reach:
     def _follow_channels(self, gm, node, user, flattened: bool) -> None:
         module = _module(gm, user)
         reduction, keepdim = _is_spatial_reduction(user)
-        if module is not None and isinstance(module, CONSUMER_MODULES):
+        gate = None if flattened else _gate_of(gm, node, user)
+        if gate is not None:  # x * gate(x): channel c stays channel c, scaled
+            self.gate_modules += [m for m in gate if m not in self.gate_modules]
+            self.follow(gm, user, flattened)
+        elif module is not None and isinstance(module, CONSUMER_MODULES):
             if user.args[0] is not node or (isinstance(module, nn.Conv2d) and flattened):
                 self.coupled = True
             else:
@@ -377,6 +397,64 @@ class _Reach:
             self.output = True
         else:
             self.coupled = True
+
+
+MULTIPLICATIONS = {operator.mul, torch.mul, "mul"}
+GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+#: How far back from a product to look for the squeeze of a gate (SE blocks are 4-8 nodes).
+GATE_SEARCH_NODES = 40
+
+
+def _gate_of(gm, node, user) -> list[str] | None:
+    """The module paths of the gate when `user` is `node * gate(node)` with the gate computed
+    from `node` through a global pooling (squeeze-and-excitation), else None."""
+    if not ((user.op == "call_function" and user.target in MULTIPLICATIONS) or (
+            user.op == "call_method" and user.target == "mul")) or len(user.args) != 2:
+        return None
+    operands = list(user.args)
+    if node not in operands or operands[0] is operands[1]:
+        return None
+    other = operands[1] if operands[0] is node else operands[0]
+    if not isinstance(other, torch.fx.Node):
+        return None
+    seen, todo, pooled, modules = set(), [other], False, []
+    while todo:
+        current = todo.pop()
+        if current is node or current.name in seen:
+            continue
+        seen.add(current.name)
+        if len(seen) > GATE_SEARCH_NODES or current.op in ("placeholder", "get_attr"):
+            return None
+        module = _module(gm, current)
+        if module is not None:
+            modules.append(current.target)
+        reduction, _ = _is_spatial_reduction(current)
+        if reduction or isinstance(module, GLOBAL_POOLS) or (
+                current.op == "call_function" and current.target in (
+                    F.adaptive_avg_pool2d, F.adaptive_max_pool2d)):
+            if current.args and current.args[0] is node:
+                pooled = True
+                continue
+        todo.extend(current.all_input_nodes)
+    return modules if pooled else None
+
+
+def _link_depthwise_chains(features: list[Feature], input_feature: dict[str, str]) -> None:
+    """Mark each depthwise conv feature whose only input is another feature's channels, read
+    by nothing else: that feature's zero channel c makes the depthwise channel c a constant
+    (its BN and activation of the conv's bias), and a dead depthwise channel c leaves the
+    input channel c with no reader; either way the two channels go together."""
+    by_name = {f.name: f for f in features}
+    for f in features:
+        conv = f.conv
+        if f.kind != "conv" or not (1 < conv.groups == conv.in_channels == conv.out_channels):
+            continue
+        source = by_name.get(input_feature.get(f.conv_path, ""))
+        if f.shared_norm or source is None or source.consumers != [f.conv_path] \
+                or source.reaches_output or source.border_sensitive or source.gated \
+                or source.kind != "conv":
+            continue
+        source.chain_to, f.chain_from = f.name, source.name
 
 
 def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> TracedModel:
@@ -428,13 +506,15 @@ def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> Tra
             reaches_output=reach.output, border_sensitive=reach.border,
             bn_has_activation=bn_act, kind="linear" if linear else "conv",
             shared_norm=None if shared is None else type(_module(gm, shared)).__name__,
-            norm_path=None if shared is None else shared.target, norm_groups=norm_groups))
+            norm_path=None if shared is None else shared.target, norm_groups=norm_groups,
+            gate_modules=reach.gate_modules))
     convs = [f for f in features if f.kind == "conv"]
     if convs and all(id(f.conv) in blocks for f in convs):
         order = sorted(convs, key=lambda f: blocks[id(f.conv)])
         for i, f in enumerate(order):
             f.name = f"C{i + 1}"  # the paper's names for our networks
     input_feature = {c: f.name for f in features if not f.coupled for c in f.consumers}
+    _link_depthwise_chains(features, input_feature)
     return TracedModel(gm, features, input_feature, _unmeasured_convs(gm))
 
 

@@ -22,6 +22,7 @@ cannot regroup), is undone and its channels are kept, with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 
@@ -45,6 +46,12 @@ def require_torch_pruning():
     return torch_pruning
 
 
+#: Why channels that reach a channel shuffle stay: their index after it is a permutation
+#: torch-pruning cannot follow, so their group (the other producers and readers) is unknown.
+SHUFFLE_REASON = ("its channels pass a reshape that torch-pruning cannot map (a channel "
+                  "shuffle)")
+
+
 @dataclass
 class LayerDecision:
     """What happened to one conv feature layer."""
@@ -59,6 +66,9 @@ class LayerDecision:
     kept_coupled: list[int] = field(default_factory=list)   # alive in a coupled producer
     kept_last: list[int] = field(default_factory=list)      # kept so the layer is not empty
     kept_unsafe: list[int] = field(default_factory=list)    # removal not exact / not possible
+    #: removed although alive by the criterion: the depthwise layer that is its only reader
+    #: (or its only input) lost that channel, so nothing can see it any more
+    removed_through: list[int] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)   # why, and how many channels
 
     def keep(self, originals, reason: str) -> None:
@@ -73,7 +83,7 @@ class LayerDecision:
                 "removed": len(self.removed), "folded": self.folded,
                 "kept_constant": self.kept_constant, "kept_coupled": self.kept_coupled,
                 "kept_last": self.kept_last, "kept_unsafe": self.kept_unsafe,
-                "reasons": self.reasons}
+                "removed_through": self.removed_through, "reasons": self.reasons}
 
 
 @torch.no_grad()
@@ -84,19 +94,37 @@ def constant_outputs(feature: Feature) -> torch.Tensor:
     if bn is None or not bn.affine:
         return torch.zeros(feature.num_features)
     if feature.bn_has_activation:
-        probe = copy.deepcopy(bn).eval().float().cpu()
+        probe = copy.deepcopy(bn).eval().cpu()
         probe.weight.zero_()
-        return probe(torch.zeros(1, feature.num_features, 1, 1)).reshape(-1)
-    beta = bn.bias.detach().float().cpu().clone()
+        return probe(torch.zeros(1, feature.num_features, 1, 1, dtype=bn.weight.dtype)
+                     ).reshape(-1)
+    beta = bn.bias.detach().cpu().clone()  # its own dtype: a float64 proof stays float64
     if feature.activation is not None:
         return feature.activation(beta.reshape(1, -1, 1, 1)).reshape(-1)
     return beta
 
 
+@torch.no_grad()
+def zero_input_outputs(feature: Feature) -> torch.Tensor:
+    """Per channel, what a depthwise feature outputs when its input channel is zero
+    everywhere (its input feature's channel is dead): act(BN(conv bias)), eval statistics."""
+    conv = feature.conv
+    value = (conv.bias.detach().cpu().clone() if conv.bias is not None
+             else torch.zeros(feature.num_features, dtype=conv.weight.dtype)
+             ).reshape(1, -1, 1, 1)
+    if feature.bn is not None:
+        value = copy.deepcopy(feature.bn).eval().cpu()(value.to(feature.bn.weight.dtype))
+        if feature.bn_has_activation:
+            return value.reshape(-1)
+    if feature.activation is not None:
+        value = feature.activation(value)
+    return value.reshape(-1)
+
+
 def _foldable(feature: Feature, gm: torch.fx.GraphModule) -> bool:
     """Can a constant channel of this feature be folded exactly into its readers?"""
     if feature.coupled or feature.border_sensitive or feature.reaches_output \
-            or feature.shared_norm or not feature.consumers:
+            or feature.shared_norm or feature.gated or not feature.consumers:
         return False
     for path in feature.consumers:
         module = gm.get_submodule(path)
@@ -203,6 +231,11 @@ class _Surgery:
         features = traced.features
         self.decisions = {f.name: LayerDecision(f.name, f.num_features) for f in features}
         self.by_conv = {id(f.conv): f for f in features}
+        self.by_name = {f.name: f for f in features}
+        self.paths = {id(m): n for n, m in model.named_modules()}
+        #: depthwise features: what each channel outputs once its input channel is zero
+        self.chain_constants = {f.name: zero_input_outputs(f) for f in features
+                                if f.chain_from}
         self.group_size = {f.name: f.num_features // f.norm_groups for f in features
                            if f.norm_groups}
         # original index of each current output channel, per feature
@@ -220,9 +253,15 @@ class _Surgery:
                           if h not in norms}
         self.graph = None
         self.outputs = None
+        self.unmapped: set = set()  # reshape nodes torch-pruning could not map
 
     # --- the whole model ---------------------------------------------------------------
     def run(self) -> list[LayerDecision]:
+        # torch-pruning recomputes its index maps at every group: keep them tolerant throughout
+        with _tolerant_reshape_mapping(self.unmapped):
+            return self._run()
+
+    def _run(self) -> list[LayerDecision]:
         features = self.traced.features
         try:
             self.graph = self._build_graph()
@@ -239,6 +278,7 @@ class _Surgery:
         return [self.decisions[f.name] for f in features]
 
     def _build_graph(self):
+        self.unmapped.clear()
         return self.tp.DependencyGraph().build_dependency(
             self.model, example_inputs=self.example_input, verbose=False)
 
@@ -260,7 +300,8 @@ class _Surgery:
         allowed = self._allowed_by_coupling(feature, candidates)
         if allowed is None:
             return
-        chosen = self._never_empty(feature, sorted(allowed))
+        allowed = self._even_groups(feature, allowed)
+        chosen = self._never_empty(feature, sorted(allowed)) if allowed else []
         if chosen:
             self._remove_chosen(feature, chosen, folds)
 
@@ -293,22 +334,49 @@ class _Surgery:
     def _removable_constant(self, feature: Feature, original: int) -> bool:
         return not self.exact or float(self.constants[feature.name][original]) == 0.0
 
-    def _candidates(self, feature: Feature, mask: torch.Tensor) -> tuple[list[int], list[int]]:
-        """Current indices of the channels that may go, and those of them whose constant
-        output must be folded into the readers first; a constant that cannot be is kept."""
-        foldable = _foldable(feature, self.traced.graph_module)
+    def _candidates(self, feature: Feature, mask: torch.Tensor
+                    ) -> tuple[list[int], list[tuple[int, Feature, float]]]:
+        """Current indices of the channels that may go, and the constants to fold first
+        (current index, the feature whose readers take it, value); a constant that cannot
+        be folded is kept. A zero channel read only by a depthwise conv (`chain_to`) makes
+        that conv's channel a constant, folded into the depthwise feature's readers."""
+        gm = self.traced.graph_module
+        foldable = _foldable(feature, gm)
+        partner = self._chain_partner(feature)
         candidates, folds = [], []
         for current, original in enumerate(self.remaining[feature.name]):
             if not mask[original]:
                 continue
-            if self._removable_constant(feature, original):
+            zero = self._removable_constant(feature, original)
+            if zero and partner is not None:
+                value = float(self.chain_constants[partner.name][
+                    self.remaining[partner.name][current]])
+                if value == 0.0:
+                    candidates.append(current)
+                elif _foldable(partner, gm):
+                    candidates.append(current)
+                    folds.append((current, partner, value))
+                else:
+                    self.decisions[feature.name].keep(
+                        [original], f"its depthwise reader {partner.name} then outputs a "
+                        "non-zero constant that cannot be folded into its readers")
+            elif zero:
                 candidates.append(current)
             elif foldable:
                 candidates.append(current)
-                folds.append(current)
+                folds.append((current, feature, float(self.constants[feature.name][original])))
             else:
                 self.decisions[feature.name].kept_constant.append(original)
         return candidates, folds
+
+    def _chain_partner(self, feature: Feature) -> Feature | None:
+        """The depthwise feature reading only this one, when the removal is exact and their
+        channels still line up one to one."""
+        partner = self.by_name.get(feature.chain_to) if self.exact else None
+        if partner is None or len(self.remaining[partner.name]) != len(
+                self.remaining[feature.name]):
+            return None
+        return partner
 
     def _group(self, feature: Feature, channels: list[int]):
         handler = (self.tp.prune_linear_out_channels if feature.kind == "linear"
@@ -329,15 +397,27 @@ class _Surgery:
         try:
             group = self._group(feature, candidates)
         except Exception as error:  # torch-pruning's analysis of this structure
-            decision.keep([remaining[c] for c in candidates],
-                          f"torch-pruning cannot group its channels ({first_line(error, 80)})")
+            reason = (SHUFFLE_REASON if self.unmapped and feature.coupled else
+                      f"torch-pruning cannot group its channels ({first_line(error, 80)})")
+            decision.keep([remaining[c] for c in candidates], reason)
+            return None
+        if any(item.dep.target in self.unmapped for item in group):
+            decision.keep([remaining[c] for c in candidates], SHUFFLE_REASON)
             return None
         allowed, mapped = set(candidates), True
+        chained = {feature.chain_to, feature.chain_from} - {None}
+        gates = set(feature.gate_modules)
+        if feature.chain_to:
+            gates |= set(self.by_name[feature.chain_to].gate_modules)
         for item in group:
             module = item.dep.target.module
             if item.dep.handler not in self.producers or module is feature.conv:
                 continue
+            if self.paths.get(id(module)) in gates:
+                continue  # a gate's factor for a zero channel: nothing left to scale
             other = self.by_conv.get(id(module)) if item.dep.handler in self.conv_out else None
+            if other is not None and other.name in chained:
+                continue  # its depthwise partner: the channel's value is decided above
             for idx, root in zip(item.idxs, item.root_idxs):
                 if other is not None and not 0 <= idx < len(self.remaining[other.name]):
                     mapped = False  # torch-pruning's index map does not fit (a shuffle?)
@@ -350,6 +430,44 @@ class _Surgery:
                           "torch-pruning's channel index map does not fit this structure "
                           "(a channel shuffle or split)")
             return None
+        return allowed
+
+    def _even_groups(self, feature: Feature, allowed: set[int]) -> set[int]:
+        """`allowed` less what a grouped conv in the group cannot lose: every group of its
+        channels (its outputs, or its inputs when it reads them) must keep as many as the
+        others, so each group loses the fewest that any group can, the weakest first (the
+        dead channels kept are exact as they are, like the latency rounding's)."""
+        remaining = self.remaining[feature.name]
+        score = self.strength.get(feature.name) if self.strength else None
+        for _ in range(8):  # each grouped conv narrows it; a few passes settle it
+            if not allowed:
+                return allowed
+            changed = False
+            for item in self._group(feature, sorted(allowed)):
+                module = item.dep.target.module
+                size = _grouped_span(module, item.dep.handler, self.tp)
+                if size is None:
+                    continue
+                by_group: dict[int, list[int]] = {}
+                for idx, root in zip(item.idxs, item.root_idxs):
+                    if root in allowed:
+                        by_group.setdefault(idx // size, []).append(root)
+                groups = module.groups
+                fewest = min(len(by_group.get(g, [])) for g in range(groups))
+                keep = []
+                for roots in by_group.values():
+                    roots.sort(key=lambda c: float(score[remaining[c]]) if score is not None
+                               else c)  # weakest first
+                    keep += roots[fewest:]
+                if keep:
+                    changed = True
+                    allowed -= set(keep)
+                    self.decisions[feature.name].keep(
+                        [remaining[c] for c in keep],
+                        f"kept so that the {groups} groups of the grouped conv "
+                        f"{self.paths.get(id(module), '?')} lose as many ({fewest} each)")
+            if not changed:
+                return allowed
         return allowed
 
     def _never_empty(self, feature: Feature, chosen: list[int]) -> list[int]:
@@ -370,14 +488,16 @@ class _Surgery:
                 self.decisions[feature.name].kept_last.append(remaining[c])
         return chosen
 
-    def _remove_chosen(self, feature: Feature, chosen: list[int], folds: list[int]) -> None:
+    def _remove_chosen(self, feature: Feature, chosen: list[int],
+                       folds: list[tuple[int, Feature, float]]) -> None:
         decision = self.decisions[feature.name]
         originals = {c: self.remaining[feature.name][c] for c in chosen}
         problem = self._attempt(feature, chosen, folds)
-        if problem is not None and any(c in chosen for c in folds):
+        folded = {c for c, _, _ in folds}
+        if problem is not None and any(c in chosen for c in folded):
             # the folds may be what is not exact: try the channels that output zero alone
-            zero = [c for c in chosen if c not in folds]
-            decision.keep([originals[c] for c in chosen if c in folds],
+            zero = [c for c in chosen if c not in folded]
+            decision.keep([originals[c] for c in chosen if c in folded],
                           f"folding its constant is not exact ({problem})")
             problem = self._attempt(feature, zero, []) if zero else None
             if problem is not None:
@@ -386,22 +506,22 @@ class _Surgery:
             decision.keep(list(originals.values()), problem)
 
     # --- the transaction ---------------------------------------------------------------
-    def _attempt(self, feature: Feature, chosen: list[int], folds: list[int]) -> str | None:
+    def _attempt(self, feature: Feature, chosen: list[int],
+                 folds: list[tuple[int, Feature, float]]) -> str | None:
         """Remove `chosen` (current indices) of `feature` with their group, folding the
         constants of `folds`; undo and say why when that is not exact."""
         group = self._group(feature, chosen)
+        folds = [fold for fold in folds if fold[0] in chosen]
         touched = [item.dep.target.module for item in group]
-        touched += [self.model.get_submodule(p) for p in feature.consumers] if folds else []
+        touched += [self.model.get_submodule(p) for _, target, _ in folds
+                    for p in target.consumers]
         transaction = _Transaction(touched) if self.exact else None
         before = {name: list(r) for name, r in self.remaining.items()}
-        for current in folds:
-            if current in chosen:
-                original = self.remaining[feature.name][current]
-                _fold_constant(self.model, feature, current, feature.num_features,
-                               float(self.constants[feature.name][original]))
+        for current, target, value in folds:
+            _fold_constant(self.model, target, current, target.num_features, value)
         removed = self._record_removal(group)
         try:
-            group.prune()
+            _prune_group(group)
         except Exception as error:  # torch-pruning's index mapping, a shape it cannot fix
             problem = (f"torch-pruning cannot remove it ({type(error).__name__}: "
                        f"{first_line(error, 80)})")
@@ -411,9 +531,11 @@ class _Surgery:
         if problem is None:
             for name, gone in removed.items():
                 self.decisions[name].removed += gone
+                mask = self.dead.get(name)
+                self.decisions[name].removed_through += [
+                    o for o in gone if mask is None or not bool(mask[o])]
                 if name == feature.name:
-                    self.decisions[name].folded += [before[name][c] for c in folds
-                                                    if c in chosen]
+                    self.decisions[name].folded += [before[name][c] for c, _, _ in folds]
             return None
         if transaction is None:
             raise ImplicitSparsityError(f"{feature.name}: {problem}")
@@ -436,6 +558,85 @@ class _Surgery:
                 self.remaining[name] = [r for i, r in enumerate(self.remaining[name])
                                         if i not in gone]
         return removed
+
+
+@contextlib.contextmanager
+def _tolerant_reshape_mapping(unmapped: set):
+    """While the dependency graph is built, a reshape whose channel index map torch-pruning
+    cannot work out (a channel shuffle: it divides by zero) is recorded in `unmapped`
+    instead of failing the whole model; every group through it is then kept, and the rest
+    of the model (a shuffle unit's inner layers, say) can still lose its dead channels."""
+    try:
+        from torch_pruning.dependency import index_mapping
+        original = index_mapping.update_reshape_index_mapping
+    except (ImportError, AttributeError):  # another layout: build as torch-pruning does
+        yield
+        return
+
+    def tolerant(graph, node):
+        try:
+            original(graph, node)
+        except ArithmeticError:
+            unmapped.add(node)
+
+    index_mapping.update_reshape_index_mapping = tolerant
+    try:
+        yield
+    finally:
+        index_mapping.update_reshape_index_mapping = original
+
+
+def _grouped_span(module: nn.Module, handler, tp) -> int | None:
+    """Channels per group when `handler` narrows a grouped (not depthwise) conv's outputs or
+    inputs, else None."""
+    if not isinstance(module, nn.Conv2d) or module.groups == 1 or (
+            module.groups == module.in_channels == module.out_channels):
+        return None
+    if handler == tp.prune_conv_in_channels:
+        return module.in_channels // module.groups
+    if handler == tp.prune_conv_out_channels:
+        return module.out_channels // module.groups
+    return None
+
+
+def _prune_group(group) -> None:
+    """Carry out a torch-pruning group. A grouped conv reading the channels loses, in each
+    of its groups, the input columns of that group's removed channels (torch-pruning would
+    cut the same columns from every group); the rest is torch-pruning's own."""
+    tp = require_torch_pruning()
+    readers = [item for item in group if isinstance(item.dep.target.module, nn.Conv2d)
+               and item.dep.handler == tp.prune_conv_in_channels
+               and _grouped_span(item.dep.target.module, item.dep.handler, tp)]
+    if not readers:
+        group.prune()
+        return
+    for item in group:
+        if not isinstance(item.dep.target.module, nn.Module):
+            raise ImplicitSparsityError("a grouped conv reads channels that also feed a bare "
+                                        "parameter: not removed")
+    for item in group:
+        if any(item is reader for reader in readers):
+            _prune_grouped_inputs(item.dep.target.module, [int(i) for i in item.idxs])
+        else:
+            item.dep(item.idxs)
+
+
+@torch.no_grad()
+def _prune_grouped_inputs(conv: nn.Conv2d, idxs: list[int]) -> None:
+    """Remove input channels `idxs` of a grouped conv: each group's own columns (as many in
+    every group, or the conv would not run)."""
+    span_in = conv.in_channels // conv.groups
+    span_out = conv.out_channels // conv.groups
+    gone = set(idxs)
+    keep = [[p for p in range(span_in) if g * span_in + p not in gone]
+            for g in range(conv.groups)]
+    if len({len(k) for k in keep}) != 1:
+        raise ImplicitSparsityError(f"uneven removal from the groups of {conv}")
+    weight = conv.weight.detach()
+    blocks = [weight[g * span_out:(g + 1) * span_out][:, keep[g]] for g in range(conv.groups)]
+    conv.weight = nn.Parameter(torch.cat(blocks, 0).contiguous(),
+                               requires_grad=conv.weight.requires_grad)
+    conv.in_channels = conv.groups * len(keep[0])
 
 
 def _with_its_group(feature: Feature, current: int, chosen: list[int], originals: list[int],

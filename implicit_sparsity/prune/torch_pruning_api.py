@@ -4,8 +4,11 @@ checked against; `check` refuses, in one line, an installed version that lacks a
 
 Used by `prune.surgery`: the dependency graph (`DependencyGraph().build_dependency`,
 `get_pruning_group`), a group's items (`item.dep.target.module`, `item.dep.handler`,
-`item.idxs`, `item.root_idxs`) and `group.prune()`, and the handlers below, by identity:
-which handler an item has says whether it narrows a producer (conv, linear) or a norm.
+`item.idxs`, `item.root_idxs`), `group.prune()` or, where a grouped conv reads the
+channels, each item's dependency called on its indices (`item.dep(item.idxs)`, with the
+grouped conv's input columns cut by the surgery itself), and the handlers below, by
+identity: which handler an item has says whether it narrows a producer (conv, linear) or a
+norm, or a conv's input.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from implicit_sparsity.errors import ImplicitSparsityError
 #: The torch-pruning release these names were checked against (CI installs it).
 CHECKED_VERSION = "1.6.1"
 #: Module-level names used.
-NAMES = ("DependencyGraph", "prune_conv_out_channels", "prune_depthwise_conv_out_channels",
+NAMES = ("DependencyGraph", "prune_conv_out_channels", "prune_conv_in_channels",
+         "prune_depthwise_conv_out_channels",
          "prune_linear_out_channels", "prune_batchnorm_out_channels",
          "prune_layernorm_out_channels", "prune_groupnorm_out_channels",
          "prune_instancenorm_out_channels", "prune_prelu_out_channels")

@@ -52,7 +52,7 @@ def recyclable(features: list[Feature], model: nn.Module) -> list[Feature]:
     modules = dict(model.named_modules())
     found = []
     for f in features:
-        if f.coupled or f.reaches_output or not f.has_activation or not f.consumers:
+        if f.coupled or f.gated or f.reaches_output or not f.has_activation or not f.consumers:
             continue
         if f.shared_norm:  # new incoming weights would move its group's statistics
             continue
