@@ -101,3 +101,10 @@ MAX_WIDTH_MULTIPLIER = 4.0
 MAX_C1_FILTERS = 4096
 #: Total training epochs of one run.
 MAX_EPOCHS = 100_000
+#: The removal's analysis (torch-pruning's dependency groups and the per-group proof) of one
+#: model may take this long (seconds) and grow the process by this share of the memory
+#: available when it starts, then it is refused in one line (a transformer's patch
+#: embedding made torch-pruning run for minutes and grow past 14 GB); `prune
+#: --analysis-seconds` lifts the first.
+ANALYSIS_SECONDS = 300.0
+ANALYSIS_MEMORY_SHARE = 0.5

@@ -51,3 +51,8 @@ def first_line(error: BaseException, limit: int = 160) -> str:
     when the message is empty): what a one-line refusal quotes of a foreign error."""
     text = str(error).strip()
     return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
+class AnalysisBudgetError(ImplicitSparsityError):
+    """The removal's analysis of a model ran past its time or memory budget: refused before
+    the machine hangs or swaps; nothing was removed."""

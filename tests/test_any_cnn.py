@@ -127,3 +127,70 @@ def test_shuffle_units_lose_their_branch_channels_and_say_why_the_rest_stay():
     # as in torchvision's ShuffleNet, cannot: then the reason says so
     assert last.removed == [] and last.kept_coupled + last.kept_unsafe == [1]
     assert set(last.reasons) <= {SHUFFLE_REASON}
+
+
+def test_an_analysis_past_its_time_budget_is_refused_in_one_line(monkeypatch):
+    import time
+
+    import pytest
+
+    from implicit_sparsity.errors import AnalysisBudgetError
+    from implicit_sparsity.prune import surgery
+
+    model = warm_up(MobileNetLike(), torch.Generator().manual_seed(0))
+    _plant(model.blocks[1].expand[1], (0, 5), -1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(surgery._Surgery, "_build_graph", lambda self: time.sleep(30))
+    x = torch.randn(4, 3, 16, 16)
+    started = time.monotonic()
+    with pytest.raises(AnalysisBudgetError) as error:
+        prune_model(model, x, check_data=[x], analysis_seconds=0.5)
+    assert time.monotonic() - started < 10
+    message = str(error.value)
+    assert "\n" not in message and "ran past 0.5 s" in message
+    assert "dependency graph" in message and "--analysis-seconds" in message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_analysis_past_its_memory_budget_is_refused(monkeypatch):
+    import pytest
+
+    from implicit_sparsity.errors import AnalysisBudgetError
+    from implicit_sparsity.prune import budget
+
+    if budget.resident_bytes() is None:
+        pytest.skip("no /proc here to read the memory from")
+    monkeypatch.setattr(budget, "available_bytes", lambda: 64 * 2**20)  # 32 MiB allowed
+    held = []
+    with pytest.raises(AnalysisBudgetError, match="grew by more than 0.0 GiB .50% of the "
+                       "memory available. at layer X"):
+        with budget.analysis_budget(lambda: "layer X", seconds=60):
+            for _ in range(200):  # up to 800 MiB, refused long before
+                held.append(torch.ones(2**20, dtype=torch.float32))
+                import time
+                time.sleep(0.01)
+    del held
+
+
+def test_a_trace_that_fails_where_the_model_runs_is_refused_in_one_line():
+    """timm's LeViT caches attention biases by device in eval mode, and its fx trace fails
+    with an UnboundLocalError: the refusal names the trace, not a foreign traceback."""
+    import pytest
+
+    from implicit_sparsity.errors import ModelTraceError
+    from implicit_sparsity.measure import activation_statistics
+
+    model = warm_up(GroupedNet(), torch.Generator().manual_seed(0))
+    x = torch.randn(4, 3, 16, 16)
+    traced = trace_features(model)
+
+    def broken(*args):
+        raise UnboundLocalError("cannot access local variable 'getitem_6'")
+
+    traced.graph_module.forward = broken
+    with pytest.raises(ModelTraceError, match="trace of GroupedNet fails where the model "
+                       "runs .UnboundLocalError") as error:
+        activation_statistics(model, [x], traced=traced)
+    assert "\n" not in str(error.value) and "--criterion gamma" in str(error.value)
+    with pytest.raises(RuntimeError):  # the model's own error is its own
+        activation_statistics(model, [torch.randn(4, 5, 16, 16)])

@@ -46,6 +46,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
+    return value
+
+
 def share(text: str) -> float:
     """A share of filters to remove: in [0, 1)."""
     value = finite_float(text)

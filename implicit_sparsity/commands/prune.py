@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from implicit_sparsity import defaults
 from implicit_sparsity.commands.common import (
     add_measurement_flags,
     add_model_source_flags,
@@ -20,6 +21,7 @@ from implicit_sparsity.commands.common import (
     non_negative_float,
     open_source,
     output_plan,
+    positive_float,
     positive_int,
     units_for,
 )
@@ -47,6 +49,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                              "prediction may change)")
     parser.add_argument("--force", action="store_true",
                         help="write even if predictions changed (the report says so)")
+    parser.add_argument("--analysis-seconds", type=positive_float,
+                        default=defaults.ANALYSIS_SECONDS,
+                        help="refuse, in one line, a model whose removal analysis takes "
+                             "longer (or grows by half the memory available)")
     parser.add_argument("--fold-bn", action="store_true",
                         help="fold BatchNorm into the convolutions for deployment")
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -83,7 +89,7 @@ def run(args) -> int:
                      gamma_threshold=args.gamma_threshold,
                      activation_threshold=args.activation_threshold,
                      units=units_for(args, source), threads=args.threads,
-                     tolerance=args.tolerance)
+                     tolerance=args.tolerance, analysis_seconds=args.analysis_seconds)
     result = prune_model(source.model, example, fold_bn=args.fold_bn,
                          latency_batches=() if args.no_latency else (1, 64),
                          force=True,  # the table first; check_before_writing then refuses

@@ -12,6 +12,9 @@ host synchronisation per batch, memory independent of the corpus size.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -19,7 +22,7 @@ import torch
 from torch import nn
 
 from implicit_sparsity import defaults
-from implicit_sparsity.errors import NonFiniteError
+from implicit_sparsity.errors import ModelTraceError, NonFiniteError, first_line
 from implicit_sparsity.measure.features import CONV_UNITS, TracedModel, trace_features
 
 
@@ -108,6 +111,21 @@ def _instrument(traced: TracedModel, device, mean_abs: bool = False) -> dict[str
     return recorders
 
 
+def _explain_trace_failure(model: nn.Module, x: torch.Tensor, error: Exception) -> None:
+    """When the traced copy fails on an input the model itself runs, the trace is at fault
+    (Python that depends on state or data, which torch.fx froze at one branch): say so in
+    one line. An error of the model's own is left as it is."""
+    try:
+        model.eval()(x)
+    except Exception:
+        return
+    raise ModelTraceError(
+        f"the torch.fx trace of {type(model).__name__} fails where the model runs "
+        f"({type(error).__name__}: {first_line(error, 100)}): its forward takes a path the "
+        "trace cannot follow, so no activation can be recorded; use --criterion gamma"
+        ) from None
+
+
 @torch.no_grad()
 def activation_statistics(model: nn.Module, batches: Iterable, *, universality: bool = True,
                           universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD,
@@ -135,7 +153,16 @@ def activation_statistics(model: nn.Module, batches: Iterable, *, universality: 
         with torch.autocast(device.type, enabled=False):
             for batch in source:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                gm(x.to(device, dtype=dtype, non_blocking=True))
+                x = x.to(device, dtype=dtype, non_blocking=True)
+                noise = io.StringIO()  # fx prints its generated code when it fails
+                try:
+                    with contextlib.redirect_stderr(noise):
+                        gm(x)
+                except Exception as error:
+                    _explain_trace_failure(model, x, error)
+                    sys.stderr.write(noise.getvalue())
+                    raise
+                sys.stderr.write(noise.getvalue())  # what the model itself printed
 
     try:
         run_pass()

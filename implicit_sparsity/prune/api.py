@@ -173,7 +173,8 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
                 selection: dict[str, torch.Tensor] | None = None,
                 tolerance: float = DEFAULT_TOLERANCE, force: bool = False,
                 units: tuple[str, ...] = CONV_UNITS,
-                round_to: int | dict[str, int] = 1) -> PruneResult:
+                round_to: int | dict[str, int] = 1,
+                analysis_seconds: float = defaults.ANALYSIS_SECONDS) -> PruneResult:
     """Remove the dead filters of a copy of `model`; `model` itself is left as it was (its
     weights and the train / eval mode of every module).
 
@@ -187,6 +188,8 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
     `units=ALL_UNITS`: MLP units (Linear -> activation) too, besides conv filters.
     `round_to`: keep enough dead units that each layer's width is a multiple of it, or of
     its entry per layer name (the latency-tuned model of `prune.tune`; 1: the exact minimum).
+    `analysis_seconds`: the removal's analysis is refused (AnalysisBudgetError, one line
+    naming the layer) past this many seconds or half the memory available.
 
     Exact or refused: when dead filters are removed and `check_data` is given, a slim model
     whose outputs differ beyond `tolerance` (relative to max |logit|), change a prediction or
@@ -196,7 +199,7 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, *, criterion: str
         return _prune_in_eval(model, example_input, criterion, corpus, check_data,
                               gamma_threshold, activation_threshold, fold_bn, latency_batches,
                               threads, min_run_time, selection, tolerance, force, units,
-                              round_to)
+                              round_to, analysis_seconds)
 
 
 @contextlib.contextmanager
@@ -214,7 +217,8 @@ def eval_mode(model: nn.Module):
 
 def _prune_in_eval(model, example_input, criterion, corpus, check_data, gamma_threshold,
                    activation_threshold, fold_bn, latency_batches, threads, min_run_time,
-                   selection, tolerance, force, units, round_to) -> PruneResult:
+                   selection, tolerance, force, units, round_to,
+                   analysis_seconds) -> PruneResult:
     if selection is not None:
         dead, strength, criterion = selection, None, "selection"
     else:
@@ -226,7 +230,8 @@ def _prune_in_eval(model, example_input, criterion, corpus, check_data, gamma_th
             removable = remove_dead_filters(
                 trial, trace_features(trial, units), dead, example_input, strength,
                 zero_when_dead=criterion == "activation",
-                tolerance=min(tolerance, DEFAULT_STEP_TOLERANCE))
+                tolerance=min(tolerance, DEFAULT_STEP_TOLERANCE),
+                analysis_seconds=analysis_seconds)
             dead = {d.name: torch.isin(torch.arange(len(dead[d.name])),
                                        torch.tensor(d.removed, dtype=torch.long))
                     for d in removable if d.name in dead}
@@ -239,7 +244,8 @@ def _prune_in_eval(model, example_input, criterion, corpus, check_data, gamma_th
     decisions = remove_dead_filters(slim, traced, dead, example_input, strength,
                                     exact=selection is None,
                                     zero_when_dead=criterion == "activation",
-                                    tolerance=min(tolerance, DEFAULT_STEP_TOLERANCE))
+                                    tolerance=min(tolerance, DEFAULT_STEP_TOLERANCE),
+                                    analysis_seconds=analysis_seconds)
     folded = fold_batchnorm(slim, traced) if fold_bn else 0
     macs_after = macs(slim, example)
     equivalence = compare_outputs(model, slim, check_data) if check_data is not None else None

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from implicit_sparsity import defaults
 from implicit_sparsity.errors import ImplicitSparsityError, first_line
 from implicit_sparsity.prune import torch_pruning_api
+from implicit_sparsity.prune.budget import analysis_budget
 from implicit_sparsity.measure.features import Feature, TracedModel
 
 
@@ -201,7 +203,9 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
                         example_input: torch.Tensor,
                         strength: dict[str, torch.Tensor] | None = None,
                         exact: bool = True, zero_when_dead: bool = False,
-                        tolerance: float = 1e-5) -> list[LayerDecision]:
+                        tolerance: float = 1e-5,
+                        analysis_seconds: float = defaults.ANALYSIS_SECONDS
+                        ) -> list[LayerDecision]:
     """Prune `model` in place. `dead[name]` marks each feature's dead channels (original
     indices); `strength[name]` (e.g. |gamma|) picks which dead filter a layer keeps when all
     are dead. `traced` must come from the same model (its modules are edited in place).
@@ -210,11 +214,16 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
     against `tolerance` (relative to max |output|) and undone when it changes the outputs.
 
     `exact=False` removes every marked filter as it is, live or constant (the explicit
-    methods' pruning, to be followed by fine-tuning): nothing is folded, kept or checked."""
+    methods' pruning, to be followed by fine-tuning): nothing is folded, kept or checked.
+
+    The analysis is bounded (`prune.budget`): past `analysis_seconds`, or grown by half the
+    memory available, it raises AnalysisBudgetError naming the layer (`model` is then
+    partly edited: pass a copy, as `prune_model` does)."""
     model.eval()
     surgery = _Surgery(model, traced, dead, example_input, strength, exact, zero_when_dead,
                        tolerance)
-    return surgery.run()
+    with analysis_budget(surgery.where, analysis_seconds):
+        return surgery.run()
 
 
 class _Surgery:
@@ -254,12 +263,16 @@ class _Surgery:
         self.graph = None
         self.outputs = None
         self.unmapped: set = set()  # reshape nodes torch-pruning could not map
+        self.current = "the dependency graph of the whole model"
 
     # --- the whole model ---------------------------------------------------------------
     def run(self) -> list[LayerDecision]:
         # torch-pruning recomputes its index maps at every group: keep them tolerant throughout
         with _tolerant_reshape_mapping(self.unmapped):
             return self._run()
+
+    def where(self) -> str:
+        return self.current
 
     def _run(self) -> list[LayerDecision]:
         features = self.traced.features
@@ -291,6 +304,7 @@ class _Surgery:
 
     # --- one feature -------------------------------------------------------------------
     def _remove_from(self, feature: Feature) -> None:
+        self.current = f"layer {feature.name}"
         mask = self._mask(feature)
         if mask is None:
             return
