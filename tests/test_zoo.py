@@ -25,7 +25,7 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 #: A refusal is not a result: over its PATTERNS_PER_MODEL patterns each replica must remove at
 #: least this many planted filters (half of what was removed on 2026-12-01), and refuse at
 #: most MAX_REFUSED patterns. 0 for ConvNeXt's LayerNorm, which the rules never remove under.
-MIN_REMOVED = {"inverted-residual-se": 180, "grouped-conv": 10, "channel-shuffle": 88,
+MIN_REMOVED = {"inverted-residual-se": 730, "grouped-conv": 54, "channel-shuffle": 116,
                "densenet-preact": 77, "convnext-layernorm": 0, "conv-classifier": 106,
                "bn-act-module": 38, "identity-slot-clamp-softplus": 113, "linear-in-add": 107,
                "padded-avgpool": 110, "bn-without-affine": 106, "resnet": 489, "vgg": 199}

@@ -412,7 +412,9 @@ class _Surgery:
             group = self._group(feature, candidates)
         except Exception as error:  # torch-pruning's analysis of this structure
             reason = (SHUFFLE_REASON if self.unmapped and feature.coupled else
-                      f"torch-pruning cannot group its channels ({first_line(error, 80)})")
+                      f"torch-pruning cannot group its channels ({first_line(error, 80)})"
+                      + ("; the model has a channel shuffle it cannot map" if self.unmapped
+                         else ""))
             decision.keep([remaining[c] for c in candidates], reason)
             return None
         if any(item.dep.target in self.unmapped for item in group):
