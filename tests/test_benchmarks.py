@@ -68,3 +68,11 @@ def test_prune_speed_benchmark_prints_its_ratios_and_why():
                          r"\d+\.\d\dx \(target >= [\d.]+: (met|NOT met)\)", out), out
     assert len(re.findall(r"^features\.\d+\.conv +\d", out, re.M)) == 7
     assert re.search(r"at equal efficiency .* = \d+\.\d\d of the MAC reduction", out)
+
+
+def test_any_cnn_benchmark_prints_a_row_per_criterion_and_takes_what_the_rules_allow():
+    out = run("any_cnn.py", "--models", "mobilenet_v2")
+    rows = re.findall(r"\| depthwise chain \| tv mobilenet_v2 \| (gamma|activation) \| (\d+) \| "
+                      r"(\d+) \| (\d+) \((\d+)%\) \|.*\| yes \|", out)
+    assert [r[0] for r in rows] == ["gamma", "activation"], out
+    assert all(int(r[2]) > 0 and int(r[4]) >= 90 for r in rows)
