@@ -38,6 +38,17 @@ TORCHVISION = import_torchvision()
 
 
 @pytest.fixture(autouse=True)
+def same_threads_for_every_test():
+    """A test (or the code under it: `prune --threads`, latency timing) that changes torch's
+    thread count must not change the next one's float sums: bitwise resume tests compare
+    against runs made with the suite's 2 threads."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def image_cache_in_tmp(tmp_path_factory, monkeypatch):
     """Decoded-image caches go to a temporary folder, never to the user's ~/.cache."""
     monkeypatch.setenv("IMPLICIT_SPARSITY_CACHE", str(tmp_path_factory.mktemp("image-cache")))

@@ -42,6 +42,12 @@ class Equivalence:
         return {**asdict(self), "relative_diff": self.relative_diff}
 
 
+def _widened(logits: torch.Tensor) -> torch.Tensor:
+    """float32 for half / bfloat16 / float32 outputs; float64 ones are compared in float64,
+    where an exact removal differs by rounding only (1e-16, not float32's 1e-7)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 @torch.no_grad()
 def compare_outputs(before: nn.Module, after: nn.Module, batches) -> Equivalence:
     """Run both models (eval mode) over `batches` of inputs or (inputs, labels)."""
@@ -52,7 +58,7 @@ def compare_outputs(before: nn.Module, after: nn.Module, batches) -> Equivalence
     labelled = False
     for batch in (batches() if callable(batches) else batches):
         x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-        a, b = before(x).float(), after(x).float()
+        a, b = _widened(before(x)), _widened(after(x))  # float64 stays float64
         finite = torch.isfinite(a).flatten(1).all(1) & torch.isfinite(b).flatten(1).all(1)
         nonfinite += int((~finite).sum())
         if finite.any():
