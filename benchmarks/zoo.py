@@ -95,7 +95,7 @@ def main() -> None:
         mac = f"{result.macs['before']:,}->{result.macs['after']:,}"
         kept = sum(len(l.kept_unsafe) for l in result.layers)
         verdict = (f"exact ({result.equivalence.relative_diff:.0e})"
-                   + (f", {kept} kept as not exact" if kept else ""))
+                   + (f", {kept} dead kept (by a rule, with its reason)" if kept else ""))
         print(f"{name:30s} {100 * (1 - after / before):7.1f}% {params:>17s} {mac:>22s} "
               f"{cells[0]:>24s} {cells[1]:>24s}  {verdict}")
 
