@@ -194,3 +194,59 @@ def test_a_trace_that_fails_where_the_model_runs_is_refused_in_one_line():
     assert "\n" not in str(error.value) and "--criterion gamma" in str(error.value)
     with pytest.raises(RuntimeError):  # the model's own error is its own
         activation_statistics(model, [torch.randn(4, 5, 16, 16)])
+
+
+def test_a_grouped_conv_loses_whole_groups_whose_inputs_are_all_dead():
+    model = warm_up(GroupedNet(), torch.Generator().manual_seed(3)).double()
+    block = model.block  # a: 1x1 -> 16; b: 3x3, 4 groups of 4; c: 1x1
+    _plant(block.a[1], (4, 5, 6, 7, 0), -1.0)  # all of group 1, and one channel of group 0
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 3, 16, 16, generator=generator, dtype=torch.float64)
+    result = prune_model(model, x, criterion="gamma", check_data=[x], tolerance=EXACT)
+    assert result.verified(EXACT), result.equivalence.describe()
+    layers = {d.name: d for d in result.layers}
+    a, b = layers["block.a.0"], layers["block.b.0"]
+    assert sorted(a.removed) == [4, 5, 6, 7] and a.kept_unsafe == [0]
+    assert sorted(b.removed) == sorted(b.removed_through) == [4, 5, 6, 7]
+    slim = result.model.block.b[0]
+    assert (slim.groups, slim.in_channels, slim.out_channels) == (3, 12, 12)
+    assert result.model.block.c[0].in_channels == 12
+
+
+class _TinyViT(nn.Module):
+    """A patch embedding (conv 4x4, stride 4), a class token, a position embedding and one
+    residual MLP block over the tokens: the layout that made torch-pruning's groups grow."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 4, 4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.position = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1) + self.position
+        tokens = tokens + self.mlp(self.norm(tokens))
+        return self.head(tokens[:, 0])
+
+
+def test_a_patch_embeddings_channels_are_kept_as_tokens_without_a_group_search(monkeypatch):
+    from implicit_sparsity.prune import surgery
+
+    model = _TinyViT().eval()
+    with torch.no_grad():
+        model.embed.weight[:3] = 0.0
+        model.embed.bias[:3] = 0.0  # three filters that output zero everywhere
+    assert trace_features(model).features[0].tokens
+    searched = []
+    original = surgery._Surgery._group
+    monkeypatch.setattr(surgery._Surgery, "_group",
+                        lambda self, f, c: searched.append(f.name) or original(self, f, c))
+    x = torch.randn(4, 3, 16, 16)
+    result = prune_model(model, x, criterion="activation", corpus=[x], check_data=[x])
+    embed = result.layers[0]
+    assert embed.removed == [] and sorted(embed.kept_unsafe) == [0, 1, 2]
+    assert list(embed.reasons) == [surgery.TOKENS_REASON] and "embed" not in searched

@@ -122,6 +122,9 @@ class Feature:
     #: (`chain_to`); a zero input channel makes the depthwise channel a constant
     chain_from: str | None = None
     chain_to: str | None = None
+    #: its channels are moved to the last axis (a permute / transpose): a transformer's patch
+    #: embedding, ConvNeXt's tokens; coupled to whatever works on the tokens
+    tokens: bool = False
 
     @property
     def gated(self) -> bool:
@@ -346,6 +349,7 @@ class _Reach:
     output: bool = False
     border: bool = False
     gate_modules: list[str] = field(default_factory=list)
+    tokens: bool = False
 
     def follow(self, gm, node, flattened: bool = False, channels_last: bool = False
                ) -> "_Reach":
@@ -396,7 +400,18 @@ class _Reach:
         elif user.op == "output":
             self.output = True
         else:
+            self.tokens = self.tokens or _is_permutation(user)
             self.coupled = True
+
+
+PERMUTATIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.movedim}
+
+
+def _is_permutation(node) -> bool:
+    """A permute / transpose of the value: its channels leave dimension 1."""
+    return (node.op == "call_method" and node.target in (
+        "permute", "transpose", "swapaxes", "movedim")) or (
+        node.op == "call_function" and node.target in PERMUTATIONS)
 
 
 MULTIPLICATIONS = {operator.mul, torch.mul, "mul"}
@@ -507,7 +522,7 @@ def trace_features(model: nn.Module, units: tuple[str, ...] = CONV_UNITS) -> Tra
             bn_has_activation=bn_act, kind="linear" if linear else "conv",
             shared_norm=None if shared is None else type(_module(gm, shared)).__name__,
             norm_path=None if shared is None else shared.target, norm_groups=norm_groups,
-            gate_modules=reach.gate_modules))
+            gate_modules=reach.gate_modules, tokens=reach.tokens))
     convs = [f for f in features if f.kind == "conv"]
     if convs and all(id(f.conv) in blocks for f in convs):
         order = sorted(convs, key=lambda f: blocks[id(f.conv)])

@@ -48,10 +48,20 @@ def require_torch_pruning():
     return torch_pruning
 
 
+#: Why a conv's channels that become tokens stay, without asking torch-pruning (whose
+#: groups through a transformer's reshapes grow for minutes and by gigabytes): every block
+#: of the token stream writes them (Linear projections, not dead conv features) and
+#: normalizes them together (LayerNorm).
+TOKENS_REASON = ("its channels become tokens (a permute / transpose: a patch embedding), "
+                 "written by every block of the stream")
 #: Why channels that reach a channel shuffle stay: their index after it is a permutation
 #: torch-pruning cannot follow, so their group (the other producers and readers) is unknown.
 SHUFFLE_REASON = ("its channels pass a reshape that torch-pruning cannot map (a channel "
                   "shuffle)")
+#: In such a model a coupled layer is kept without a group search: its group may pass the
+#: shuffle, where torch-pruning's index maps multiply into millions of indices.
+SHUFFLE_COUPLED_REASON = ("coupled (an add or concatenation) in a model with a reshape "
+                          "torch-pruning cannot map (a channel shuffle)")
 
 
 @dataclass
@@ -263,12 +273,13 @@ class _Surgery:
         self.graph = None
         self.outputs = None
         self.unmapped: set = set()  # reshape nodes torch-pruning could not map
+        self.widths_changed = 0  # counts the removals: torch-pruning's index maps follow
         self.current = "the dependency graph of the whole model"
 
     # --- the whole model ---------------------------------------------------------------
     def run(self) -> list[LayerDecision]:
         # torch-pruning recomputes its index maps at every group: keep them tolerant throughout
-        with _tolerant_reshape_mapping(self.unmapped):
+        with _tolerant_reshape_mapping(self.unmapped), _index_maps_once_per_change(self):
             return self._run()
 
     def where(self) -> str:
@@ -314,6 +325,9 @@ class _Surgery:
         allowed = self._allowed_by_coupling(feature, candidates)
         if allowed is None:
             return
+        if self._drop_whole_groups(feature, allowed):
+            self._remove_from(feature)  # the rest, with the indices that are left
+            return
         allowed = self._even_groups(feature, allowed)
         chosen = self._never_empty(feature, sorted(allowed)) if allowed else []
         if chosen:
@@ -331,6 +345,9 @@ class _Surgery:
         if self.exact and feature.reaches_output:
             decision.keep(torch.nonzero(mask).flatten().tolist(),
                           "its channels are the model's output")
+            return None
+        if self.exact and feature.tokens:
+            decision.keep(torch.nonzero(mask).flatten().tolist(), TOKENS_REASON)
             return None
         if not feature.shared_norm:
             return mask
@@ -408,6 +425,9 @@ class _Surgery:
         torch-pruning cannot group or map them (all kept, with the reason)."""
         decision = self.decisions[feature.name]
         remaining = self.remaining[feature.name]
+        if self.unmapped and feature.coupled:
+            decision.keep([remaining[c] for c in candidates], SHUFFLE_COUPLED_REASON)
+            return None
         try:
             group = self._group(feature, candidates)
         except Exception as error:  # torch-pruning's analysis of this structure
@@ -447,6 +467,87 @@ class _Surgery:
                           "(a channel shuffle or split)")
             return None
         return allowed
+
+    def _drop_whole_groups(self, feature: Feature, allowed: set[int]) -> bool:
+        """Where every input channel of some groups of a grouped conv reading this feature
+        is zero, those groups go whole: the channels, the grouped conv's filters of the
+        groups (which then output act(BN(bias)), folded into their readers) and the group
+        count. One transaction, proven like any other; True when something was removed."""
+        if not self.exact or not allowed:
+            return False
+        for item in self._group(feature, sorted(allowed)):
+            reader = item.dep.target.module
+            if item.dep.handler != self.tp.prune_conv_in_channels or \
+                    _grouped_span(reader, item.dep.handler, self.tp) is None:
+                continue
+            grouped = self.by_conv.get(id(reader))
+            if grouped is None or not _foldable(grouped, self.traced.graph_module) or \
+                    grouped.chain_from or len(self.remaining[grouped.name]) != \
+                    reader.out_channels:
+                continue
+            span = reader.in_channels // reader.groups
+            members: dict[int, list[int]] = {}
+            for idx, root in zip(item.idxs, item.root_idxs):
+                if root in allowed:
+                    members.setdefault(idx // span, []).append(root)
+            whole = sorted(g for g, roots in members.items() if len(roots) == span)
+            if whole and len(whole) < reader.groups:
+                roots = [r for g in whole for r in members[g]]
+                problem = self._attempt_whole_groups(feature, grouped, whole, roots)
+                if problem is None:
+                    return True
+                self.decisions[feature.name].keep(
+                    [self.remaining[feature.name][r] for r in roots],
+                    f"removing whole groups of {grouped.name} is not exact ({problem})")
+                return False
+        return False
+
+    def _attempt_whole_groups(self, feature: Feature, grouped: Feature, whole: list[int],
+                              roots: list[int]) -> str | None:
+        conv = grouped.conv
+        span_out = conv.out_channels // conv.groups
+        outputs = [g * span_out + p for g in whole for p in range(span_out)]
+        inputs = self._group(feature, roots)
+        filters = self.graph.get_pruning_group(conv, self.tp.prune_conv_out_channels, outputs)
+        touched = [i.dep.target.module for i in list(inputs) + list(filters)]
+        touched += [self.model.get_submodule(p) for p in grouped.consumers]
+        transaction = _Transaction(touched)
+        before = {name: list(r) for name, r in self.remaining.items()}
+        constants = zero_input_outputs(grouped)
+        folded = []
+        for current in outputs:  # these filters now see only zeros: their constant onward
+            value = float(constants[before[grouped.name][current]])
+            if value != 0.0:
+                _fold_constant(self.model, grouped, current, grouped.num_features, value)
+                folded.append(before[grouped.name][current])
+        removed = self._record_removal(filters)
+        removed.update(self._record_removal(inputs))
+        self.widths_changed += 1
+        try:
+            filters.prune()  # its rows, its BatchNorm entries, its readers' columns
+            for item in inputs:
+                if item.dep.target.module is conv:  # the groups' inputs: the rows are gone
+                    conv.in_channels -= len(roots)
+                    conv.groups -= len(whole)
+                else:
+                    item.dep(item.idxs)
+        except Exception as error:  # torch-pruning's index mapping, a shape it cannot fix
+            problem = f"torch-pruning cannot remove it ({type(error).__name__})"
+        else:
+            problem = self.outputs.change()
+        if problem is None:
+            for name, gone in removed.items():
+                self.decisions[name].removed += gone
+                mask = self.dead.get(name)
+                self.decisions[name].removed_through += [
+                    o for o in gone if mask is None or not bool(mask[o])]
+            self.decisions[grouped.name].folded += folded
+            return None
+        transaction.undo()
+        self.remaining.clear()
+        self.remaining.update(before)
+        self.graph = self._build_graph()
+        return problem
 
     def _even_groups(self, feature: Feature, allowed: set[int]) -> set[int]:
         """`allowed` less what a grouped conv in the group cannot lose: every group of its
@@ -536,6 +637,7 @@ class _Surgery:
         for current, target, value in folds:
             _fold_constant(self.model, target, current, target.num_features, value)
         removed = self._record_removal(group)
+        self.widths_changed += 1
         try:
             _prune_group(group)
         except Exception as error:  # torch-pruning's index mapping, a shape it cannot fix
@@ -600,6 +702,30 @@ def _tolerant_reshape_mapping(unmapped: set):
         yield
     finally:
         index_mapping.update_reshape_index_mapping = original
+
+
+@contextlib.contextmanager
+def _index_maps_once_per_change(surgery: "_Surgery"):
+    """torch-pruning recomputes every index map of the whole graph at each group it builds;
+    they depend only on the layers' widths, so during the surgery they are recomputed once
+    per removal (and for each new graph) instead: the same maps, far fewer passes."""
+    try:
+        from torch_pruning.dependency import graph as graph_module
+        original = graph_module.index_mapping.update_index_mapping
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def once(graph):
+        if getattr(graph, "_implicit_sparsity_widths", None) != surgery.widths_changed:
+            original(graph)
+            graph._implicit_sparsity_widths = surgery.widths_changed
+
+    graph_module.index_mapping.update_index_mapping = once
+    try:
+        yield
+    finally:
+        graph_module.index_mapping.update_index_mapping = original
 
 
 def _grouped_span(module: nn.Module, handler, tp) -> int | None:
