@@ -536,18 +536,26 @@ class _Surgery:
         else:
             problem = self.outputs.change()
         if problem is None:
-            for name, gone in removed.items():
-                self.decisions[name].removed += gone
-                mask = self.dead.get(name)
-                self.decisions[name].removed_through += [
-                    o for o in gone if mask is None or not bool(mask[o])]
+            self._record_success(removed)
             self.decisions[grouped.name].folded += folded
             return None
+        self._roll_back(transaction, before)
+        return problem
+
+    def _record_success(self, removed: dict[str, list[int]]) -> None:
+        """Each narrowed feature's decision gains what it lost (original indices); what was
+        alive by its own criterion went with a partner (`removed_through`)."""
+        for name, gone in removed.items():
+            self.decisions[name].removed += gone
+            mask = self.dead.get(name)
+            self.decisions[name].removed_through += [
+                o for o in gone if mask is None or not bool(mask[o])]
+
+    def _roll_back(self, transaction: _Transaction, before: dict[str, list[int]]) -> None:
         transaction.undo()
         self.remaining.clear()
         self.remaining.update(before)
-        self.graph = self._build_graph()
-        return problem
+        self.graph = self._build_graph()  # its index maps may have moved with the undo
 
     def _even_groups(self, feature: Feature, allowed: set[int]) -> set[int]:
         """`allowed` less what a grouped conv in the group cannot lose: every group of its
@@ -647,20 +655,13 @@ class _Surgery:
             _regroup_norm(self.model, feature, self.group_size)
             problem = self.outputs.change() if self.outputs is not None else None
         if problem is None:
-            for name, gone in removed.items():
-                self.decisions[name].removed += gone
-                mask = self.dead.get(name)
-                self.decisions[name].removed_through += [
-                    o for o in gone if mask is None or not bool(mask[o])]
-                if name == feature.name:
-                    self.decisions[name].folded += [before[name][c] for c, _, _ in folds]
+            self._record_success(removed)
+            self.decisions[feature.name].folded += [before[feature.name][c]
+                                                    for c, _, _ in folds]
             return None
         if transaction is None:
             raise ImplicitSparsityError(f"{feature.name}: {problem}")
-        transaction.undo()
-        self.remaining.clear()
-        self.remaining.update(before)
-        self.graph = self._build_graph()  # its index maps may have moved with the undo
+        self._roll_back(transaction, before)
         return problem
 
     def _record_removal(self, group) -> dict[str, list[int]]:

@@ -9,6 +9,13 @@ channels, each item's dependency called on its indices (`item.dep(item.idxs)`, w
 grouped conv's input columns cut by the surgery itself), and the handlers below, by
 identity: which handler an item has says whether it narrows a producer (conv, linear) or a
 norm, or a conv's input.
+
+Two internals are wrapped while the surgery runs, and skipped when absent (the surgery then
+works as torch-pruning does, only slower or refusing a shuffle):
+`torch_pruning.dependency.index_mapping.update_reshape_index_mapping` (a reshape it cannot
+map is recorded instead of failing the model) and
+`torch_pruning.dependency.graph.index_mapping.update_index_mapping` (recomputed once per
+removal instead of at every group).
 """
 
 from __future__ import annotations
