@@ -9,10 +9,13 @@ SiLU) and 2 channels gamma 0, beta +1 (a constant)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from implicit_sparsity.measure import trace_features
+from implicit_sparsity.prune import PruneResult, prune_model
 from implicit_sparsity.prune.surgery import _foldable, constant_outputs, zero_input_outputs
 
 ZERO, CONSTANT = 3, 2
@@ -78,3 +81,35 @@ def removable_by_rules(model: nn.Module, planted: dict[str, list[int]], criterio
             elif zero or _foldable(feature, gm):
                 found.add((name, c))
     return found
+
+
+@dataclass
+class PlantedRun:
+    planted: dict[str, list[int]]
+    removable: set[tuple[str, int]]   # what the rules say can go
+    removed: set[tuple[str, int]]     # what went (planted or not)
+    result: PruneResult
+
+    @property
+    def taken(self) -> int:
+        """How many of the removable planted channels went."""
+        return len(self.removable & self.removed)
+
+    @property
+    def planted_pairs(self) -> set[tuple[str, int]]:
+        return {(name, c) for name, channels in self.planted.items() for c in channels}
+
+
+def prune_planted(model: nn.Module, generator: torch.Generator, criterion: str,
+                  shape: tuple[int, ...], tolerance: float) -> PlantedRun:
+    """Plant the pattern in `model` (BatchNorm statistics already its own, eval mode), then
+    prune by `criterion` with one random batch of `shape` (the model's dtype) as corpus and
+    check batch."""
+    planted = plant_few(model, generator)
+    removable = removable_by_rules(model, planted, criterion)
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(*shape, generator=generator, dtype=dtype)
+    result = prune_model(model, x, criterion=criterion, corpus=[x], check_data=[x],
+                         tolerance=tolerance)
+    removed = {(d.name, c) for d in result.layers for c in d.removed}
+    return PlantedRun(planted, removable, removed, result)

@@ -254,20 +254,15 @@ def test_the_replicas_lose_what_the_rules_say_by_either_criterion(replica, crite
     replicas, in float64, over a few seeds. (The grouped replica's planted channels all meet
     its grouped conv or its residual add, which depend on other channels: its rules are
     tested by hand above.)"""
-    from planted import plant_few, removable_by_rules
+    from planted import prune_planted
 
     removable_total = taken_total = 0
     for seed in range(4):
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         model = warm_up(replica(), generator).double()
-        planted = plant_few(model, generator)
-        removable = removable_by_rules(model, planted, criterion)
-        x = torch.randn(16, 3, 16, 16, generator=generator, dtype=torch.float64)
-        result = prune_model(model, x, criterion=criterion, corpus=[x], check_data=[x],
-                             tolerance=EXACT)
-        assert result.verified(EXACT), result.equivalence.describe()
-        removed = {(d.name, c) for d in result.layers for c in d.removed}
-        removable_total += len(removable)
-        taken_total += len(removable & removed)
+        run = prune_planted(model, generator, criterion, (16, 3, 16, 16), EXACT)
+        assert run.result.verified(EXACT), run.result.equivalence.describe()
+        removable_total += len(run.removable)
+        taken_total += run.taken
     assert removable_total > 0 and taken_total >= 0.9 * removable_total

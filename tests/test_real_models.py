@@ -121,7 +121,7 @@ EXACT_FLOAT64 = 1e-12
 @pytest.mark.parametrize("criterion", ["gamma", "activation"])
 @pytest.mark.parametrize("name", FEW_PLANTED_MODELS)
 def test_the_rules_remove_what_they_say_on_real_families(name, criterion):
-    from planted import plant_few, removable_by_rules
+    from planted import prune_planted
 
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -130,18 +130,13 @@ def test_the_rules_remove_what_they_say_on_real_families(name, criterion):
     with torch.no_grad():
         model(torch.randn(8, 3, 64, 64, generator=generator, dtype=torch.float64))
     model.eval()
-    planted = plant_few(model, generator)
-    removable = removable_by_rules(model, planted, criterion)
-    x = torch.randn(8, 3, 64, 64, generator=generator, dtype=torch.float64)
-    result = prune_model(model, x, criterion=criterion, corpus=[x], check_data=[x],
-                         tolerance=EXACT_FLOAT64)
-    assert result.verified(EXACT_FLOAT64), result.equivalence.describe()
-    removed = {(d.name, c) for d in result.layers for c in d.removed}
-    taken = len(removable & removed)
-    print(f"{name} by {criterion}: {sum(map(len, planted.values()))} planted, "
-          f"{len(removable)} removable by the rules, {taken} removed "
-          f"({len(removed)} channels in all)")
-    assert taken >= MIN_SHARE_OF_REMOVABLE * len(removable)
+    run = prune_planted(model, generator, criterion, (8, 3, 64, 64), EXACT_FLOAT64)
+    assert run.result.verified(EXACT_FLOAT64), run.result.equivalence.describe()
+    removable = run.removable
+    print(f"{name} by {criterion}: {len(run.planted_pairs)} planted, "
+          f"{len(removable)} removable by the rules, {run.taken} removed "
+          f"({len(run.removed)} channels in all)")
+    assert run.taken >= MIN_SHARE_OF_REMOVABLE * len(removable)
     # resnext's planted channels all meet grouped convs or adds; after SiLU (efficientnet)
     # beta -5 is a small negative constant, not dead by activation
     if name != "resnext50_32x4d" and (criterion, name) != ("activation", "efficientnet_b0"):
