@@ -26,6 +26,10 @@ SENSITIVITY_TAU = (0.0, 0.025, 0.05, 0.1)
 #: training (train.recycle): 0.025 is a value of ReDo's released configurations (0 to 0.1).
 DORMANCY_TAU = 0.025
 RECYCLE_TAU = DORMANCY_TAU
+#: Harvesting dead filters while training (train.harvest, not the paper's): a removal is
+#: proven on this many unaugmented training images (the first ones, in order): their
+#: train-mode output must be exactly zero, the outputs unchanged in both modes.
+HARVEST_CHECK_SAMPLES = 256
 #: Tables 4, 5, 8 and 9 also report the top-5 error: a sample counts as wrong when its label
 #: is not among the TOP_K highest logits.
 TOP_K = 5

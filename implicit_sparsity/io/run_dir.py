@@ -90,13 +90,25 @@ def append_metrics(run_dir: Path, metrics: dict) -> None:
     append_line(Path(run_dir) / METRICS, json.dumps(metrics))
 
 
-def save_bn_snapshot(layers: dict[str, nn.Module], run_dir: Path, epoch: int) -> None:
+def save_bn_snapshot(layers: dict[str, nn.Module], run_dir: Path, epoch: int,
+                     channels: dict[str, tuple[int, list[int]]] | None = None) -> None:
     """Save gamma and beta of each named BatchNorm layer (see `models.bn_layer_names`);
-    nothing, and no folder, for a model without BatchNorm."""
+    nothing, and no folder, for a model without BatchNorm. `channels[name]`: (original
+    width, original index of each channel the layer has now) of a layer that lost channels
+    while training (train.harvest): saved at the original width, the lost channels NaN."""
     if not layers:
         return
-    snapshot = {name: {"gamma": m.weight.detach().float().cpu().clone(),
-                       "beta": m.bias.detach().float().cpu().clone()}
+
+    def full(name: str, values: torch.Tensor) -> torch.Tensor:
+        values = values.detach().float().cpu().clone()
+        if not channels or name not in channels:
+            return values
+        width, kept = channels[name]
+        padded = torch.full((width,), float("nan"))
+        padded[torch.as_tensor(kept, dtype=torch.long)] = values
+        return padded
+
+    snapshot = {name: {"gamma": full(name, m.weight), "beta": full(name, m.bias)}
                 for name, m in layers.items()}
     folder = Path(run_dir) / BN_HISTORY
     folder.mkdir(exist_ok=True)

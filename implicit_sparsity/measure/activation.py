@@ -130,13 +130,16 @@ def _explain_trace_failure(model: nn.Module, x: torch.Tensor, error: Exception) 
 def activation_statistics(model: nn.Module, batches: Iterable, *, universality: bool = True,
                           universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD,
                           mean_abs: bool = False, units: tuple[str, ...] = CONV_UNITS,
-                          traced: TracedModel | None = None) -> ActivationStats:
+                          traced: TracedModel | None = None,
+                          train_mode: bool = False) -> ActivationStats:
     """One pass over `batches` (inputs, or (inputs, labels) pairs) for the maxima, and a
     second one for universality when asked. `batches` must be re-iterable for the second
     pass (a list, or an object whose __iter__ starts over); a callable returning a fresh
     iterator also works. The model is evaluated in eval mode, in float32 (float64 for a
     float64 model). `traced`: a trace of `model` made for this call (`trace_features`, to
-    save tracing again); recorders are spliced into its graph, so it serves once."""
+    save tracing again); recorders are spliced into its graph, so it serves once.
+    `train_mode`: BatchNorm normalizes each batch with its own statistics, as in a training
+    step (dropout stays off); the running statistics are left as they were."""
     if traced is None:
         traced = trace_features(model, units)  # recorders go into this trace's graph only
     first = next(model.parameters(), None)
@@ -147,6 +150,12 @@ def activation_statistics(model: nn.Module, batches: Iterable, *, universality: 
     gm = traced.graph_module
     was_training = model.training
     gm.eval()
+    saved_buffers = None
+    if train_mode:
+        saved_buffers = [(b, b.clone()) for b in gm.buffers()]
+        for module in gm.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train()
 
     def run_pass():
         source = batches() if callable(batches) else batches
@@ -184,4 +193,6 @@ def activation_statistics(model: nn.Module, batches: Iterable, *, universality: 
         return ActivationStats({name: r.max.cpu() for name, r in recorders.items()}, uni,
                                samples, means)
     finally:
+        for buffer, value in saved_buffers or ():
+            buffer.copy_(value)
         model.train(was_training)

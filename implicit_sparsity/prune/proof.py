@@ -48,31 +48,55 @@ def _widened(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.dtype == torch.float64 else logits.float()
 
 
+class _Tally:
+    """Sums, batch by batch, what an `Equivalence` reports."""
+
+    def __init__(self):
+        self.samples = self.changed = self.nonfinite = 0
+        self.wrong = [0, 0]
+        self.top5 = [0, 0]
+        self.max_diff = self.max_logit = 0.0
+        self.labelled = False
+
+    def add(self, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor | None) -> None:
+        a, b = _widened(a), _widened(b)  # float64 stays float64
+        finite = torch.isfinite(a).flatten(1).all(1) & torch.isfinite(b).flatten(1).all(1)
+        self.nonfinite += int((~finite).sum())
+        if finite.any():
+            self.max_diff = max(self.max_diff, (a[finite] - b[finite]).abs().max().item())
+            self.max_logit = max(self.max_logit, a[finite].abs().max().item())
+        self.changed += int((a.argmax(1) != b.argmax(1)).sum())
+        if y is not None:
+            self.labelled = True
+            for i, logits in enumerate((a, b)):
+                self.wrong[i] += int(count_wrong(logits, y))
+                self.top5[i] += int(count_wrong(logits, y, TOP_K))
+        self.samples += len(a)
+
+    def result(self) -> Equivalence:
+        def error(wrong):
+            return 100.0 * wrong / self.samples if self.labelled and self.samples else None
+        return Equivalence(self.samples, self.max_diff, self.max_logit, self.changed,
+                           error(self.wrong[0]), error(self.wrong[1]), error(self.top5[0]),
+                           error(self.top5[1]), self.nonfinite)
+
+
+def compare_logits(before: torch.Tensor, after: torch.Tensor,
+                   labels: torch.Tensor | None = None) -> Equivalence:
+    """The proof from outputs already computed (a model edited in place, its outputs taken
+    before and after)."""
+    tally = _Tally()
+    tally.add(before, after, labels)
+    return tally.result()
+
+
 @torch.no_grad()
 def compare_outputs(before: nn.Module, after: nn.Module, batches) -> Equivalence:
     """Run both models (eval mode) over `batches` of inputs or (inputs, labels)."""
     before.eval()
     after.eval()
-    samples = changed = wrong_before = wrong_after = top5_before = top5_after = nonfinite = 0
-    max_diff = max_logit = 0.0
-    labelled = False
+    tally = _Tally()
     for batch in (batches() if callable(batches) else batches):
         x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-        a, b = _widened(before(x)), _widened(after(x))  # float64 stays float64
-        finite = torch.isfinite(a).flatten(1).all(1) & torch.isfinite(b).flatten(1).all(1)
-        nonfinite += int((~finite).sum())
-        if finite.any():
-            max_diff = max(max_diff, (a[finite] - b[finite]).abs().max().item())
-            max_logit = max(max_logit, a[finite].abs().max().item())
-        changed += int((a.argmax(1) != b.argmax(1)).sum())
-        if y is not None:
-            labelled = True
-            wrong_before += int(count_wrong(a, y))
-            wrong_after += int(count_wrong(b, y))
-            top5_before += int(count_wrong(a, y, TOP_K))
-            top5_after += int(count_wrong(b, y, TOP_K))
-        samples += len(x)
-    def error(wrong):
-        return 100.0 * wrong / samples if labelled and samples else None
-    return Equivalence(samples, max_diff, max_logit, changed, error(wrong_before),
-                       error(wrong_after), error(top5_before), error(top5_after), nonfinite)
+        tally.add(before(x), after(x), y)
+    return tally.result()

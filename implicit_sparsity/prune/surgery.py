@@ -33,6 +33,7 @@ from implicit_sparsity import defaults
 from implicit_sparsity.errors import ImplicitSparsityError, first_line
 from implicit_sparsity.prune import torch_pruning_api
 from implicit_sparsity.prune.budget import analysis_budget
+from implicit_sparsity.prune.origins import note_selection
 from implicit_sparsity.measure.features import Feature, TracedModel
 
 
@@ -54,6 +55,9 @@ def require_torch_pruning():
 #: normalizes them together (LayerNorm).
 TOKENS_REASON = ("its channels become tokens (a permute / transpose: a patch embedding), "
                  "written by every block of the stream")
+#: Why a channel with a constant, non-zero output stays when nothing may be folded (a harvest
+#: while training: the constant would go on training as a bias, not as this channel's beta).
+NOT_FOLDED_REASON = "a non-zero constant output, not folded while training"
 #: Why channels that reach a channel shuffle stay: their index after it is a permutation
 #: torch-pruning cannot follow, so their group (the other producers and readers) is unknown.
 SHUFFLE_REASON = ("its channels pass a reshape that torch-pruning cannot map (a channel "
@@ -214,8 +218,8 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
                         strength: dict[str, torch.Tensor] | None = None,
                         exact: bool = True, zero_when_dead: bool = False,
                         tolerance: float = 1e-5,
-                        analysis_seconds: float = defaults.ANALYSIS_SECONDS
-                        ) -> list[LayerDecision]:
+                        analysis_seconds: float = defaults.ANALYSIS_SECONDS,
+                        fold: bool = True) -> list[LayerDecision]:
     """Prune `model` in place. `dead[name]` marks each feature's dead channels (original
     indices); `strength[name]` (e.g. |gamma|) picks which dead filter a layer keeps when all
     are dead. `traced` must come from the same model (its modules are edited in place).
@@ -225,13 +229,15 @@ def remove_dead_filters(model: nn.Module, traced: TracedModel, dead: dict[str, t
 
     `exact=False` removes every marked filter as it is, live or constant (the explicit
     methods' pruning, to be followed by fine-tuning): nothing is folded, kept or checked.
+    `fold=False` removes only channels that output zero: a constant is kept, not folded into
+    its readers' bias (a harvest while training, where the constant would go on training).
 
     The analysis is bounded (`prune.budget`): past `analysis_seconds`, or grown by half the
     memory available, it raises AnalysisBudgetError naming the layer (`model` is then
     partly edited: pass a copy, as `prune_model` does)."""
     model.eval()
     surgery = _Surgery(model, traced, dead, example_input, strength, exact, zero_when_dead,
-                       tolerance)
+                       tolerance, fold)
     with analysis_budget(surgery.where, analysis_seconds):
         return surgery.run()
 
@@ -242,8 +248,9 @@ class _Surgery:
     then the removal as a transaction checked against the original outputs."""
 
     def __init__(self, model, traced, dead, example_input, strength, exact, zero_when_dead,
-                 tolerance):
+                 tolerance, fold=True):
         self.tp = require_torch_pruning()
+        self.fold = fold
         self.model, self.traced, self.dead = model, traced, dead
         self.example_input, self.strength, self.exact = example_input, strength, exact
         self.tolerance = tolerance
@@ -384,6 +391,8 @@ class _Surgery:
                     self.remaining[partner.name][current]])
                 if value == 0.0:
                     candidates.append(current)
+                elif not self.fold:
+                    self.decisions[feature.name].keep([original], NOT_FOLDED_REASON)
                 elif _foldable(partner, gm):
                     candidates.append(current)
                     folds.append((current, partner, value))
@@ -393,6 +402,8 @@ class _Surgery:
                         "non-zero constant that cannot be folded into its readers")
             elif zero:
                 candidates.append(current)
+            elif not self.fold:
+                self.decisions[feature.name].keep([original], NOT_FOLDED_REASON)
             elif foldable:
                 candidates.append(current)
                 folds.append((current, feature, float(self.constants[feature.name][original])))
@@ -514,6 +525,9 @@ class _Surgery:
         transaction = _Transaction(touched)
         before = {name: list(r) for name, r in self.remaining.items()}
         constants = zero_input_outputs(grouped)
+        if not self.fold and any(float(constants[before[grouped.name][c]]) != 0.0
+                                 for c in outputs):
+            return NOT_FOLDED_REASON
         folded = []
         for current in outputs:  # these filters now see only zeros: their constant onward
             value = float(constants[before[grouped.name][current]])
@@ -775,10 +789,14 @@ def _prune_grouped_inputs(conv: nn.Conv2d, idxs: list[int]) -> None:
             for g in range(conv.groups)]
     if len({len(k) for k in keep}) != 1:
         raise ImplicitSparsityError(f"uneven removal from the groups of {conv}")
+    def columns(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tensor[g * span_out:(g + 1) * span_out][:, keep[g]]
+                          for g in range(conv.groups)], 0).contiguous()
+
     weight = conv.weight.detach()
-    blocks = [weight[g * span_out:(g + 1) * span_out][:, keep[g]] for g in range(conv.groups)]
-    conv.weight = nn.Parameter(torch.cat(blocks, 0).contiguous(),
-                               requires_grad=conv.weight.requires_grad)
+    source = torch.arange(weight.numel()).reshape(weight.shape)
+    conv.weight = nn.Parameter(columns(weight), requires_grad=conv.weight.requires_grad)
+    note_selection(conv, "weight", columns(source))
     conv.in_channels = conv.groups * len(keep[0])
 
 

@@ -30,6 +30,7 @@ from implicit_sparsity.optim.regularization import check_regularizer
 from implicit_sparsity.optim.schedule import StepSchedule, same_iterations_epochs
 
 CAPTURE_MODES = ("auto", "off", "cuda-graph", "compile")  # how a training step runs (train.capture)
+HARVEST_CRITERIA = ("gamma", "activation")  # what makes a filter dead for train.harvest
 
 
 def _field(default=dataclasses.MISSING, *, factory=dataclasses.MISSING, pack: bool = False,
@@ -79,6 +80,10 @@ class TrainConfig:
     recycle_every: int = _field(0, later=True)
     # ... those whose ReDo score is <= this
     recycle_tau: float = _field(defaults.RECYCLE_TAU, later=True)
+    # > 0: remove the dead filters from the model being trained every N epochs (train.harvest)
+    harvest_every: int = _field(0, later=True)
+    # ... dead by |gamma| < gamma_threshold, or by no activation over the training corpus
+    harvest_criterion: str = _field("gamma", later=True)
     # CPU: floats below 1.2e-38 count as 0 (train.device)
     flush_denormal: bool = _field(False, pack=True, later=True)
     negative_slope: float = _field(0.0, pack=True)  # > 0: Leaky ReLU
@@ -170,6 +175,15 @@ class TrainConfig:
                               f"{self.recycle_every}")
         if not (math.isfinite(self.recycle_tau) and 0.0 <= self.recycle_tau < 1.0):
             raise ConfigError(f"recycle_tau must be in [0, 1), got {self.recycle_tau}")
+        if self.harvest_every < 0:
+            raise ConfigError(f"harvest_every must be >= 0 epochs (0: off), got "
+                              f"{self.harvest_every}")
+        if self.harvest_criterion not in HARVEST_CRITERIA:
+            raise ConfigError(f"harvest_criterion must be one of {', '.join(HARVEST_CRITERIA)}, "
+                              f"got {self.harvest_criterion!r}")
+        if self.harvest_every and self.recycle_every:
+            raise ConfigError("harvest_every and recycle_every: a run either removes its dead "
+                              "filters or recycles them, not both")
 
     def resolved(self) -> "TrainConfig":
         """A validated copy with every paper default made explicit."""

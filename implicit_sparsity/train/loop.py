@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from implicit_sparsity import defaults
 from implicit_sparsity.data import Augmentation, get_dataset_entry, load_dataset
-from implicit_sparsity.errors import ConfigError, DivergedError, RunStateError, first_line
+from implicit_sparsity.errors import (
+    ConfigError,
+    DivergedError,
+    ImplicitSparsityError,
+    RunStateError,
+    first_line,
+)
 from implicit_sparsity.io import FolderLock
 from implicit_sparsity.io import run_dir as rd
 from implicit_sparsity.measure.classification import TOP_K, count_wrong
@@ -41,7 +49,10 @@ from implicit_sparsity.optim.regularization import slimming_gammas
 from implicit_sparsity.train import distributed
 from implicit_sparsity.train.capture import ForwardBackward, should_capture
 from implicit_sparsity.train.config import TrainConfig
+from implicit_sparsity.prune.api import eval_mode
+from implicit_sparsity.prune.cost import macs
 from implicit_sparsity.train.device import device_speed_settings
+from implicit_sparsity.train.harvest import Harvester, adopt_harvested, check_batch_of
 from implicit_sparsity.train.recycle import Recycler
 from implicit_sparsity.train.restore import build_model_for, load_trained
 from implicit_sparsity.train.run_folder import check_run_dir, check_run_dir_config, prepare_run_dir
@@ -178,16 +189,22 @@ def gamma_text(metrics: dict) -> str:
 
 
 def write_epoch(out: Path, model: nn.Module, optimizer_state: dict, config: TrainConfig, data,
-                epoch: int, metrics: dict, history: list[dict]) -> None:
+                epoch: int, metrics: dict, history: list[dict],
+                harvest: dict | None = None) -> None:
     """An epoch's files: gamma / beta snapshot, the checkpoint (atomic, holding every epoch's
     metrics: the run's single source of truth), then the metrics line. A kill between the
-    two leaves a checkpoint that rewrites metrics.jsonl on resume."""
+    two leaves a checkpoint that rewrites metrics.jsonl on resume. `harvest`: the state of
+    a run that harvests while training (its architecture; gamma / beta recorded at the
+    original width, harvested channels as NaN)."""
     history.append(metrics)
-    rd.save_bn_snapshot(bn_layer_names(model), out, epoch)
+    channels = ({name: (harvest["widths"][name], kept)
+                 for name, kept in harvest["channels"].items()} if harvest else None)
+    rd.save_bn_snapshot(bn_layer_names(model), out, epoch, channels)
     rd.atomic_torch_save({"format": 1, "epoch": epoch, "model": model.state_dict(),
                           "optimizer": optimizer_state, "config": config.to_dict(),
                           "data_stats": {"mean": data.mean, "std": data.std},
-                          "metrics": history}, out / rd.CHECKPOINT)
+                          "metrics": history, **({"harvest": harvest} if harvest else {})},
+                         out / rd.CHECKPOINT)
     rd.append_metrics(out, metrics)
 
 
@@ -216,6 +233,83 @@ def diverged_error(out: Path, epoch: int, step: int | None, steps: int) -> Diver
     where = f"step {step} of {steps}" if step else "a step of another process"
     return DivergedError(f"run {out} diverged: non-finite loss at epoch {epoch}, {where}; "
                          f"marked in {rd.DIVERGED} (not resumed), last good checkpoint kept")
+
+
+def make_harvester(config: TrainConfig, model, data, world: int, state: dict | None, say):
+    """The harvester of a run that asks for one (train.harvest), or None; where it cannot
+    apply (the tracer refuses the model, no BatchNorm to read |gamma| from) it says so in one
+    line and the run trains unharvested."""
+    if not config.harvest_every:
+        return None
+    if world > 1:
+        raise ConfigError("harvest_every: a harvest would have to be decided on one process "
+                          "and carried out on all; train with one process (or harvest after "
+                          "training with prune)")
+    check = check_batch_of(data.train_eval_batches(defaults.HARVEST_CHECK_SAMPLES))
+    try:
+        harvester = Harvester(
+            model, check, criterion=config.harvest_criterion,
+            gamma_threshold=config.gamma_threshold,
+            corpus=(lambda: data.train_eval_batches(config.eval_batch_size))
+            if config.harvest_criterion == "activation" else None)
+    except ImplicitSparsityError as error:
+        say(f"harvest_every: {first_line(error, 160)}; training unharvested")
+        return None
+    if state is not None:
+        harvester.load_state_dict(state)
+    return harvester
+
+
+def model_size(model: nn.Module, example: torch.Tensor) -> dict:
+    """Parameters and MACs per sample of the model as it is now."""
+    with eval_mode(model):
+        counted = macs(model, example[:1].to(next(model.parameters()).device))["total"]
+    return {"model_params": sum(p.numel() for p in model.parameters()), "model_macs": counted}
+
+
+def harvest_metrics(metrics: dict, harvester: Harvester, model: nn.Module) -> None:
+    """Add to an epoch's metrics what a harvesting run records of the model it trained."""
+    removed = harvester.removed
+    metrics["filters_alive"] = {name: len(kept) for name, kept in harvester.channels.items()}
+    metrics.update(model_size(model, harvester.check_batch))
+    inactive = {name: count + removed.get(name, 0)
+                for name, count in metrics["inactive_gamma"].items()}
+    features = {name: harvester.widths.get(name, count)
+                for name, count in metrics["features"].items()}
+    metrics["inactive_gamma"], metrics["features"] = inactive, features
+    metrics["sparsity_gamma"] = {name: 100.0 * inactive[name] / features[name]
+                                 for name in inactive}
+    if inactive:
+        metrics["sparsity_gamma_total"] = (100.0 * sum(inactive.values())
+                                           / sum(features.values()))
+
+
+def harvest_summary(metrics: list[dict]) -> dict:
+    """A harvesting run's summary: what went, the final model's size against the full
+    width, and the training time saved, measured: the median training time of the epochs
+    trained at full width against each later epoch's (less the harvests' own time)."""
+    if not any("filters_alive" in m for m in metrics):
+        return {}
+    harvests = [m["harvest"] for m in metrics if "harvest" in m]
+    first = metrics[0]
+    widest = max(sum(m["filters_alive"].values()) for m in metrics)
+    at_full = [m for m in metrics if sum(m["filters_alive"].values()) == widest]
+    narrower = [m for m in metrics if sum(m["filters_alive"].values()) < widest]
+    full_seconds = statistics.median(m["train_seconds"] for m in at_full)
+    harvest_seconds = sum(r["seconds"] for r in harvests)
+    last = next((r for r in reversed(harvests) if "model_params" in r), None)
+    return {"harvest": {
+        "harvests": len(harvests), "refused": sum(1 for r in harvests if r["refused"]),
+        "filters_removed": sum(r["total_removed"] for r in harvests),
+        "params": {"full_width": first["model_params"],
+                   "final": last["model_params"] if last else first["model_params"]},
+        "macs": {"full_width": first["model_macs"],
+                 "final": last["model_macs"] if last else first["model_macs"]},
+        "full_width_epoch_seconds": full_seconds,
+        "epochs_at_full_width": len(at_full),
+        "harvest_seconds": harvest_seconds,
+        "train_seconds_saved": (sum(full_seconds - m["train_seconds"] for m in narrower)
+                                - harvest_seconds)}}
 
 
 def make_recycler(config: TrainConfig, model, optimizer, world: int):
@@ -267,7 +361,8 @@ def _train(config: TrainConfig, out: Path, cluster: distributed.Cluster, device:
                 callback(epoch, run.model, metrics)
     all_metrics = run.history if cluster.main else rd.read_metrics(out)
     if cluster.main:
-        write_summary(out, all_metrics, schedule.total_epochs, started, processes=cluster.world)
+        write_summary(out, all_metrics, schedule.total_epochs, started, processes=cluster.world,
+                      **harvest_summary(all_metrics))
     distributed.barrier(cluster)
     return RunResult(out, config, run.model, all_metrics)
 
@@ -316,15 +411,15 @@ class SingleRun:
         device_speed_settings(config, device)
         state = check_run_dir(out, config, device)
         self.data, self.model = build_for_config(config, device)  # a missing data set: here
+        if state is not None and state.get("harvest"):  # the architecture harvested so far
+            adopt_harvested(self.model, state["model"], state["harvest"])
+            self.model.to(device)
         capture, self.step_status = should_capture(config.step_capture, device, self.model,
                                                    cluster.world)
         distributed.barrier(cluster)  # every process has checked the folder before rank 0 writes
         groups = param_groups(self.model, config.lr, config.gamma_lr_scale, config.beta_lr_scale)
         self.optimizer = build_optimizer(config.optimizer, groups, config.optimizer_args)
-        self.regularizers = (
-            L1GammaPenalty(config.l1_gamma, slimming_gammas(self.model)),  # Slimming only
-            Regularizer(config.regularizer, config.lam,
-                        regularized_params(self.model, config.regularize_bn)))
+        self._build_regularizers()
         self.aug = Augmentation(flip=config.flip, crop_padding=config.crop_padding)
         self.start_epoch = 0
         if state is not None:
@@ -333,10 +428,29 @@ class SingleRun:
             self.start_epoch = state["epoch"]
         self.history = prepare_run_dir(out, config, self.model, state) if cluster.main else []
         self.recycler = make_recycler(config, self.model, self.optimizer, cluster.world)
+        self.say = tqdm.write if verbose and cluster.main else (lambda *_: None)
+        self.harvester = make_harvester(config, self.model, self.data, cluster.world,
+                                        state.get("harvest") if state else None, self.say)
+        self._build_step(capture)
+        self.steps = self.data.steps_per_epoch(config.batch_size, cluster.world)
+        self.say(self._describe(state is not None))
+
+    def _build_regularizers(self) -> None:
+        """The regularizers hold the model's parameters: built again after a harvest."""
+        config = self.config
+        self.regularizers = (
+            L1GammaPenalty(config.l1_gamma, slimming_gammas(self.model)),  # Slimming only
+            Regularizer(config.regularizer, config.lam,
+                        regularized_params(self.model, config.regularize_bn)))
+
+    def _build_step(self, capture: bool) -> None:
+        """What a training step calls (DDP's wrapper when distributed) and its captured form;
+        built again after a harvest, for the new shapes."""
+        config, device = self.config, self.device
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.net = self.model  # what the training steps call: DDP's wrapper when distributed
-        if cluster.world > 1:
+        self.net = self.model
+        if self.cluster.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.forward_backward = ForwardBackward(
@@ -344,9 +458,6 @@ class SingleRun:
             capture=capture, reason=self.step_status,
             insist=config.step_capture in ("cuda-graph", "compile"),
             compile=config.step_capture == "compile")
-        self.say = tqdm.write if verbose and cluster.main else (lambda *_: None)
-        self.steps = self.data.steps_per_epoch(config.batch_size, cluster.world)
-        self.say(self._describe(state is not None))
 
     def _compute(self, x, y):
         # bf16 only inside the step; evaluation and every measurement stay in fp32
@@ -386,14 +497,37 @@ class SingleRun:
         metrics["training_step"] = self.forward_backward.status
         if self.recycler is not None:
             metrics["recycled"] = self.recycler.log.total - recycled_before
+        if self.harvester is not None:
+            self._harvest(epoch, metrics)
         if self.forward_backward.status != self.step_status:  # decided during this epoch
             self.step_status = self.forward_backward.status
             self.say(f"training step: {self.step_status}")
         if cluster.main:
             write_epoch(self.out, self.model, self.optimizer.state_dict(), config, self.data,
-                        epoch, metrics, self.history)
+                        epoch, metrics, self.history,
+                        self.harvester.state_dict(self.model) if self.harvester else None)
         distributed.barrier(cluster)
         return metrics
+
+    def _harvest(self, epoch: int, metrics: dict) -> None:
+        """The epoch's record of the model it trained (filters per layer, parameters, MACs;
+        sparsity counted at the original width, harvested filters as dead), then, every
+        `harvest_every` epochs, the harvest, and the step rebuilt for the new shapes."""
+        harvester = self.harvester
+        harvest_metrics(metrics, harvester, self.model)
+        if epoch % self.config.harvest_every:
+            return
+        record = harvester.harvest(self.model, self.optimizer, epoch)
+        metrics["harvest"] = record.to_dict()
+        if record.refused:
+            self.say(f"epoch {epoch}: harvest refused ({record.refused}); training goes on "
+                     "with the filters as they are")
+        if record.total_removed:
+            self._build_regularizers()
+            capture, self.step_status = should_capture(self.config.step_capture, self.device,
+                                                       self.model, self.cluster.world)
+            self._build_step(capture)
+            metrics["harvest"].update(model_size(self.model, harvester.check_batch))
 
     def _steps(self, epoch: int, factor: float) -> EpochTotals:
         config = self.config

@@ -221,10 +221,12 @@ def optimizer_identity(config: TrainConfig) -> tuple:
 def packable(config: TrainConfig) -> bool:
     """vmap's batch rules do not take BatchNorm under bf16 autocast, and stacked weights have
     no NHWC layout; recycling edits one run's weights between steps; models outside the
-    paper's CNNs are not packed: such runs train one by one."""
+    paper's CNNs are not packed; a harvest gives each run its own shapes: such runs train
+    one by one."""
 
     return (config.precision == "fp32" and not config.channels_last
-            and not config.recycle_every and get_model_entry(config.model).packable
+            and not config.recycle_every and not config.harvest_every
+            and get_model_entry(config.model).packable
             and config.step_capture != "compile")
 
 
@@ -252,6 +254,11 @@ def _resumable_together(configs: list[TrainConfig], outs: list[Path], device
                         ) -> tuple[list[dict | None], int]:
     """Each run's checkpoint (or None) and the epoch they all resume from; PackingError when
     they cannot train as one packed model."""
+    harvesting = [i for i, c in enumerate(configs) if c.harvest_every]
+    if harvesting:
+        raise PackingError(f"run {harvesting[0] + 1} harvests while training (harvest_every): "
+                           "its shapes would part from the others'; runs that harvest train "
+                           "one by one")
     if len({pack_key(c) for c in configs}) != 1:
         raise PackingError("these runs cannot be packed: they differ in "
                            + ", ".join(f for i, f in enumerate(PACK_FIELDS)

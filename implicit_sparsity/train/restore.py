@@ -71,6 +71,10 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     config = TrainConfig.from_dict(state["config"])
     model = build_model_for(config)
     try:
+        if state.get("harvest"):  # harvested while training: its architecture now
+            from implicit_sparsity.train.harvest import adopt_harvested
+
+            adopt_harvested(model, state["model"], state["harvest"])
         adopt_shapes(model, state["model"])  # a fine-tuned slim model has smaller layers
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, ValueError, AttributeError) as error:
