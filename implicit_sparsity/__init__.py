@@ -11,6 +11,7 @@ module but may change between versions.
                                        itself: `from implicit_sparsity.train import train`,
                                        since `implicit_sparsity.train` is its subpackage)
     analyze, SparsityMonitor           measure sparsity (after training, or every epoch)
+    Harvester                          remove dead filters from a model while it trains
     prune_model, save_slim, load_slim  remove dead filters with a proof, save / load them
     tune_slim                          the latency-tuned slim model
     load_spec, run_sweep, run_findings experiment specs, sweeps, the paper's findings
@@ -30,6 +31,7 @@ _PUBLIC = {
     "load_run": "implicit_sparsity.train.restore",
     "analyze": "implicit_sparsity.measure.report",
     "SparsityMonitor": "implicit_sparsity.measure.monitor",
+    "Harvester": "implicit_sparsity.train.harvest",
     "prune_model": "implicit_sparsity.prune.api",
     "save_slim": "implicit_sparsity.prune.slim_io",
     "load_slim": "implicit_sparsity.prune.slim_io",

@@ -30,6 +30,9 @@ RECYCLE_TAU = DORMANCY_TAU
 #: proven on this many unaugmented training images (the first ones, in order): their
 #: train-mode output must be exactly zero, the outputs unchanged in both modes.
 HARVEST_CHECK_SAMPLES = 256
+#: ... and each of the surgery's steps on the first this many of them (a forward pass per
+#: layer that loses filters: the whole harvest's proof is on all of them, in both modes).
+HARVEST_STEP_SAMPLES = 32
 #: Tables 4, 5, 8 and 9 also report the top-5 error: a sample counts as wrong when its label
 #: is not among the TOP_K highest logits.
 TOP_K = 5

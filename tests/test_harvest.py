@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from implicit_sparsity.cli import main
 from implicit_sparsity.errors import ConfigError, PackingError
 from implicit_sparsity.io.run_dir import CHECKPOINT
 from implicit_sparsity.models import build_model
@@ -25,7 +26,8 @@ from implicit_sparsity.train import (TrainConfig, load_bn_history, load_checkpoi
 from implicit_sparsity.train.harvest import Harvester
 from implicit_sparsity.train.loop import make_harvester
 from implicit_sparsity.train.packed import train_packed
-from implicit_sparsity.train.restore import load_trained
+from implicit_sparsity.study.sweep import evaluate_run
+from implicit_sparsity.train.restore import build_model_for, load_trained
 
 #: Planted dead channels (gamma 0, beta -1: ReLU(0 * x + beta) is exactly zero in both
 #: modes) of BasicNet's feature layers, by BatchNorm path.
@@ -159,8 +161,6 @@ def test_harvesting_by_activation_removes_the_channels_silent_on_the_corpus():
 # --- in the training loop -------------------------------------------------------------------
 def planted_start(config: TrainConfig, path) -> str:
     """A fresh model of `config` with dead channels planted, as a checkpoint to start from."""
-    from implicit_sparsity.train.restore import build_model_for
-
     torch.manual_seed(config.seed)
     model = build_model_for(config.resolved())
     plant(model)
@@ -205,6 +205,19 @@ def test_a_harvesting_run_trains_the_narrower_model_and_records_it(fashion_dir, 
     assert summary["filters_removed"] == planted and summary["epochs_at_full_width"] == 1
     assert summary["params"]["final"] < summary["params"]["full_width"]
     assert summary["train_seconds_saved"] is not None
+
+    evaluation = evaluate_run(out)  # a sweep's figures count the harvested filters as dead
+    assert evaluation["filters_harvested"] == planted
+    assert evaluation["layers"]["C4"]["features"] == 16
+    assert evaluation["sparsity_gamma"] >= 100 * planted / 116
+    full_width_conv = sum(m.weight.numel() for m in build_model_for(
+        harvest_config(fashion_dir, tmp_path).resolved()).modules() if isinstance(m, nn.Conv2d))
+    assert evaluation["params_pruned"] >= 100 * (1 - sum(
+        m.weight.numel() for m in result.model.modules() if isinstance(m, nn.Conv2d))
+        / full_width_conv) - 1e-9
+    report = tmp_path / "analysis.json"  # so does `analyze RUN`
+    assert main(["analyze", str(out), "--criterion", "gamma", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["total"]["gamma"]["features"] == 116
 
     trained = load_trained(out)  # analyze / prune read the harvested architecture
     example = torch.randn(8, 1, 28, 28)
@@ -289,3 +302,30 @@ def test_where_harvesting_cannot_apply_it_says_so(fashion_dir, tmp_path):
     no_bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
     assert make_harvester(config.resolved(), no_bn, Data(), 1, None, said.append) is None
     assert len(said) == 1 and "training unharvested" in said[0] and "BatchNorm" in said[0]
+
+
+def test_your_own_loop_harvests_with_the_monitor_recording_the_original_widths(tmp_path):
+    """A user's loop: a torch optimizer, the harvest every epoch, the monitor beside it."""
+    from implicit_sparsity import Harvester, SparsityMonitor
+
+    model = basicnet(dtype=torch.float32)
+    planted = plant(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    images = torch.randn(64, 1, 28, 28)
+    labels = torch.randint(0, 10, (64,))
+    harvester = Harvester(model, images[:32])
+    monitor = SparsityMonitor(tmp_path / "log", harvester=harvester, tensorboard=False)
+    for epoch in (1, 2):
+        for i in range(0, 64, 16):
+            optimizer.zero_grad()
+            F.cross_entropy(model(images[i:i + 16]), labels[i:i + 16]).backward()
+            optimizer.step()
+        record = harvester.harvest(model, optimizer, epoch)
+        assert record.refused is None
+        monitor(epoch, model)
+    assert sum(len(r["removed"].get("C4", [])) for r in harvester.records) == 3
+    assert sum(r["total_removed"] for r in harvester.records) == planted
+    assert model.features[5].conv.weight.shape[0] == 29  # width 0.125: C4 has 32 filters
+    assert optimizer.state[model.features[5].conv.weight]["exp_avg"].shape == (29, 16, 3, 3)
+    gamma = load_bn_history(tmp_path / "log")["C4"]["gamma"]
+    assert gamma.shape == (2, 32) and torch.isnan(gamma[:, [0, 5, 6]]).all()

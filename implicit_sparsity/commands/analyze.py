@@ -57,6 +57,14 @@ def run(args) -> int:
                      gamma_threshold=args.gamma_threshold,
                      activation_threshold=args.activation_threshold,
                      universality=not args.no_universality, units=units_for(args, source))
+    if source.harvest:  # the filters it harvested while training count as dead
+        from implicit_sparsity.study.evaluation import count_harvested
+        from implicit_sparsity.train import TrainConfig
+        from implicit_sparsity.train.restore import build_model_for
+
+        count_harvested(report, source.harvest,
+                        build_model_for(TrainConfig.from_dict(source.config)),
+                        units_for(args, source))
     print(report.table())
 
     table = None

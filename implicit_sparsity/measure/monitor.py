@@ -39,17 +39,20 @@ class SparsityMonitor:
                  activation_threshold: float = defaults.ACTIVATION_THRESHOLD,
                  dormancy_tau: float = defaults.DORMANCY_TAU,
                  units: tuple[str, ...] = CONV_UNITS, max_batches: int | None = None,
-                 tensorboard: bool | None = None):
+                 tensorboard: bool | None = None, harvester=None):
         """`data`: the training corpus for sparsity by activation and ReDo dormancy (a
         re-iterable of batches or a callable returning an iterator); None measures |gamma|
         only. `units=ALL_UNITS`: MLP units too. `max_batches`: measure activations on the
         first batches only, for a cheaper call (an estimate; see measure.report.analyze).
-        `tensorboard`: None uses it when installed, True requires it, False never uses it."""
+        `tensorboard`: None uses it when installed, True requires it, False never uses it.
+        `harvester`: the `train.harvest.Harvester` of a loop that removes dead filters while
+        it trains; gamma / beta are then saved at the original widths (removed ones NaN)."""
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.data, self.every = data, every
         self.gamma_threshold, self.activation_threshold = gamma_threshold, activation_threshold
         self.dormancy_tau, self.units, self.max_batches = dormancy_tau, units, max_batches
+        self.harvester = harvester
         self.writer = None
         if tensorboard is not False:
             try:
@@ -91,7 +94,8 @@ class SparsityMonitor:
             if criterion != "dormant":
                 record[f"params_pruned_{criterion}"] = report.percent_params_pruned(criterion)
         append_line(self.log_dir / "sparsity.jsonl", json.dumps(record))
-        save_bn_snapshot(bn_layer_names(model), self.log_dir, epoch)
+        save_bn_snapshot(bn_layer_names(model), self.log_dir, epoch,
+                         self.harvester.snapshot_channels() if self.harvester else None)
         if self.writer is not None:
             self._tensorboard(epoch, model, record)
         self.records.append(record)

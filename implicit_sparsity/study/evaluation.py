@@ -5,12 +5,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from implicit_sparsity import defaults
-from implicit_sparsity.measure.features import has_gamma, trace_features
+from implicit_sparsity.measure.features import count_conv_params, has_gamma, trace_features
 from implicit_sparsity.measure.report import SparsityReport, analyze
 from implicit_sparsity.models import get_model_entry
 from implicit_sparsity.prune import PruneResult, prune_model
-from implicit_sparsity.train.restore import TrainedRun, load_trained, load_training_data
+from implicit_sparsity.train.restore import (
+    TrainedRun,
+    build_model_for,
+    load_trained,
+    load_training_data,
+)
+
+
+def count_harvested(report: SparsityReport, harvest: dict, full_width: nn.Module,
+                    units: tuple[str, ...]) -> None:
+    """Make the report of a run that harvested while training count at its original
+    widths: the filters harvested are dead by every criterion, and the share of conv
+    parameters pruned is that of the full-width network (`full_width`, freshly built)."""
+    for layer in report.layers:
+        if layer.name not in harvest["widths"]:
+            continue
+        removed = harvest["widths"][layer.name] - len(harvest["channels"][layer.name])
+        layer.features += removed
+        for name in ("inactive_gamma", "inactive_activation", "inactive_dormant", "agree"):
+            if getattr(layer, name) is not None:
+                setattr(layer, name, getattr(layer, name) + removed)
+        if layer.universality is not None:  # a harvested filter fires on no sample
+            layer.universality = list(layer.universality) + [0.0] * removed
+    traced = trace_features(full_width, units)
+    report.conv_params = count_conv_params(traced.features, traced.input_feature,
+                                           modules=dict(full_width.named_modules()))[0]
 
 
 @dataclass
@@ -41,6 +68,8 @@ def evaluate_trained_run(run_dir: str | Path, data_dir: str | None = None, *,
     corpus = lambda: data.train_eval_batches(500)  # noqa: E731
     report = analyze(trained.model, corpus, criterion="both" if with_gamma else "activation",
                      units=units, dormancy_tau=defaults.DORMANCY_TAU)
+    if trained.harvest:
+        count_harvested(report, trained.harvest, build_model_for(trained.config), units)
     example = next(iter(data.test_batches(64)))[0]
     criterion = "gamma" if with_gamma else "activation"
     pruned = prune_model(trained.model, example, criterion=criterion,

@@ -18,7 +18,8 @@ from implicit_sparsity.study.spec import check_spec_values, normalize_labels
 from implicit_sparsity.study.sweep import EVALUATION, read_index
 
 VALUE_NAMES = {**{f"layers.C{i}.sparsity_gamma": f"C{i} % by γ" for i in range(1, 20)},
-               "units_recycled": "units recycled", "sparsity_activation": "% sparsity by act.",
+               "units_recycled": "units recycled", "filters_harvested": "filters harvested",
+               "sparsity_activation": "% sparsity by act.",
                "sparsity_gamma": "% sparsity by γ", "sparsity_dormant": "% dormant (ReDo)",
                "test_error": "test err", "pruned_test_error": "pruned test err",
                "test_error_top5": "top-5 err", "pruned_test_error_top5": "pruned top-5 err",

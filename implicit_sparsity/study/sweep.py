@@ -63,6 +63,11 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None) -> dict:
         # ReDo recycling while training (train.recycle): units recycled over the run
         "units_recycled": (sum(m.get("recycled", 0) for m in metrics)
                            if any("recycled" in m for m in metrics) else None),
+        # harvesting while training (train.harvest): filters removed over the run (counted
+        # as dead, at the original widths, in every figure above)
+        "filters_harvested": (sum(m["harvest"]["total_removed"] for m in metrics
+                                  if "harvest" in m)
+                              if any("harvest" in m for m in metrics) else None),
         "layers": {l.name: {"features": l.features,
                             "sparsity_gamma": l.percent(l.inactive_gamma),
                             "sparsity_activation": l.percent(l.inactive_activation),

@@ -188,6 +188,11 @@ class Harvester:
         self.channels = {k: list(v) for k, v in state["channels"].items()}
         self.records = list(state["records"])
 
+    def snapshot_channels(self) -> dict[str, tuple[int, list[int]]]:
+        """Per layer, (original width, original index of each channel now): what a gamma /
+        beta snapshot needs to record the layer at its original width (`save_bn_snapshot`)."""
+        return {name: (self.widths[name], list(kept)) for name, kept in self.channels.items()}
+
     @property
     def removed(self) -> dict[str, int]:
         """Filters harvested so far, per layer."""
@@ -213,20 +218,32 @@ class Harvester:
         self.records.append(record.to_dict())
         return record
 
-    def _harvest(self, model, optimizer, record: HarvestRecord) -> None:
-        first = next(model.parameters())
-        x = self.check_batch.to(first.device, first.dtype)
-        traced = trace_features(model, self.units)
+    def removable(self, model: nn.Module) -> tuple[dict, dict, dict, int]:
+        """What a harvest now would try to remove, without removing it: per layer, the
+        channels dead by the criterion whose train-mode output is exactly zero on the check
+        batch (current indices); their strength (|gamma| or activation); per layer, the
+        channels that output exactly zero; and how many dead ones do not."""
+        x = self._check_input(model)
         dead, strength = dead_masks(model, self.criterion, self.corpus, self.gamma_threshold,
                                     self.activation_threshold, self.units)
         zero = {name: m == 0 for name, m in activation_statistics(
             model, [x], universality=False, units=self.units, train_mode=True
         ).max_activation.items()}
-        record.dead = int(sum(int(m.sum()) for m in dead.values()))
         moving = int(sum(int((m & ~zero[n]).sum()) for n, m in dead.items() if n in zero))
+        dead = {name: mask & zero[name] for name, mask in dead.items() if name in zero}
+        return dead, strength, zero, moving
+
+    def _check_input(self, model: nn.Module) -> torch.Tensor:
+        first = next(model.parameters())
+        return self.check_batch.to(first.device, first.dtype)
+
+    def _harvest(self, model, optimizer, record: HarvestRecord) -> None:
+        x = self._check_input(model)
+        traced = trace_features(model, self.units)
+        dead, strength, zero, moving = self.removable(model)
+        record.dead = int(sum(int(m.sum()) for m in dead.values())) + moving
         if moving:
             record.reasons[NOT_ZERO_IN_TRAINING] = moving
-        dead = {name: mask & zero[name] for name, mask in dead.items() if name in zero}
         if not any(bool(m.any()) for m in dead.values()):
             return
         reference = eval_logits(model, x), train_mode_logits(model, x)
@@ -235,8 +252,9 @@ class Harvester:
         snapshot = _ModelSnapshot(model)
         try:
             with recorded_origins(model):
-                decisions = remove_dead_filters(
-                    model, traced, dead, x, strength, zero_when_dead=False,
+                decisions = remove_dead_filters(  # each step checked on a slice: cheaper
+                    model, traced, dead, x[:defaults.HARVEST_STEP_SAMPLES], strength,
+                    zero_when_dead=False,
                     tolerance=min(self.tolerance, DEFAULT_STEP_TOLERANCE),
                     analysis_seconds=self.analysis_seconds, fold=False)
             origins = take_origins(model)

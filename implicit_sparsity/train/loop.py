@@ -190,15 +190,14 @@ def gamma_text(metrics: dict) -> str:
 
 def write_epoch(out: Path, model: nn.Module, optimizer_state: dict, config: TrainConfig, data,
                 epoch: int, metrics: dict, history: list[dict],
-                harvest: dict | None = None) -> None:
+                harvest: dict | None = None,
+                channels: dict[str, tuple[int, list[int]]] | None = None) -> None:
     """An epoch's files: gamma / beta snapshot, the checkpoint (atomic, holding every epoch's
     metrics: the run's single source of truth), then the metrics line. A kill between the
     two leaves a checkpoint that rewrites metrics.jsonl on resume. `harvest`: the state of
-    a run that harvests while training (its architecture; gamma / beta recorded at the
-    original width, harvested channels as NaN)."""
+    a run that harvests while training (its architecture), `channels` its layers' original
+    indices (gamma / beta recorded at the original width, harvested channels as NaN)."""
     history.append(metrics)
-    channels = ({name: (harvest["widths"][name], kept)
-                 for name, kept in harvest["channels"].items()} if harvest else None)
     rd.save_bn_snapshot(bn_layer_names(model), out, epoch, channels)
     rd.atomic_torch_save({"format": 1, "epoch": epoch, "model": model.state_dict(),
                           "optimizer": optimizer_state, "config": config.to_dict(),
@@ -505,7 +504,8 @@ class SingleRun:
         if cluster.main:
             write_epoch(self.out, self.model, self.optimizer.state_dict(), config, self.data,
                         epoch, metrics, self.history,
-                        self.harvester.state_dict(self.model) if self.harvester else None)
+                        self.harvester.state_dict(self.model) if self.harvester else None,
+                        self.harvester.snapshot_channels() if self.harvester else None)
         distributed.barrier(cluster)
         return metrics
 

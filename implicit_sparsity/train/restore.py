@@ -22,6 +22,9 @@ class TrainedRun:
     epoch: int
     data_stats: dict
     run_dir: Path | None
+    #: a run that harvested while training (train.harvest): its layers' original widths and
+    #: the original index of each channel left
+    harvest: dict | None = None
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -82,7 +85,8 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
                             f"({first_line(error, 120)})") from None
     model.to(device).eval()
     return TrainedRun(config, model, state["epoch"], state.get("data_stats", {}),
-                      file.parent if file.name == rd.CHECKPOINT else None)
+                      file.parent if file.name == rd.CHECKPOINT else None,
+                      state.get("harvest"))
 
 
 def load_training_data(run: TrainedRun, device, data_dir: str | None = None):

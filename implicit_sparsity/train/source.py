@@ -30,6 +30,7 @@ class Source:
     run_dir: Path | None
     epoch: int | None = None
     name: str = ""           # how errors name it (the path or the factory)
+    harvest: dict | None = None  # a run that harvested while training: what it removed
 
 
 def open_run(path: str | Path, device: torch.device, *, with_data: bool,
@@ -40,6 +41,11 @@ def open_run(path: str | Path, device: torch.device, *, with_data: bool,
     c = run.config
     description = (f"{c.model} (width {c.width}) trained on {c.dataset} with "
                    f"{c.optimizer} + {c.regularizer} {c.lam:g}, epoch {run.epoch}")
+    if run.harvest:
+        removed = sum(w - len(run.harvest["channels"][n]) for n, w in
+                      run.harvest["widths"].items())
+        description += (f"; {removed} dead filters harvested while training (counted as "
+                        "dead, at the original widths)")
     if with_data:
         data = load_training_data(run, device, data_dir)
 
@@ -48,7 +54,7 @@ def open_run(path: str | Path, device: torch.device, *, with_data: bool,
         test = list(data.test_batches(batch_size))
         description += f"; {data.num_train} training / {data.num_test} test images"
     return Source(run.model, description, corpus, test, c.to_dict(), run.run_dir, run.epoch,
-                  str(path))
+                  str(path), run.harvest)
 
 
 def open_user_model(factory: str, device: torch.device, *, weights: str | None = None,
