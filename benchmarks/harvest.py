@@ -45,7 +45,7 @@ ROWS = {
 }
 COMMON = dict(dataset="fashion-mnist", optimizer="adam", regularizer="l2", lam=2e-3,
               batch_size=40)
-QUICK = dict(width="0.0625", train_subset=400, test_subset=200, epochs=[2, 1],
+QUICK = dict(width="0.0625", train_subset=100, test_subset=50, epochs=[2, 1],
              class_subset=None)
 TARGETS = {"wall_ratio": 1.2, "error_points": 0.3, "dead_points": 2.0}
 

@@ -76,3 +76,12 @@ def test_any_cnn_benchmark_prints_a_row_per_criterion_and_takes_what_the_rules_a
                       r"(\d+) \| (\d+) \((\d+)%\) \|.*\| yes \|", out)
     assert [r[0] for r in rows] == ["gamma", "activation"], out
     assert all(int(r[2]) > 0 and int(r[4]) >= 90 for r in rows)
+
+
+def test_harvest_benchmark_prints_both_arms_and_the_targets(fashion_dir):
+    out = run("harvest.py", "--quick", "--rows", "basicnet", "--seeds", "0",
+              "--data-dir", str(fashion_dir))
+    assert re.search(r"basicnet seed 0 harvested : [\d.]+ s, test error", out)
+    assert re.search(r"basicnet seed 0 full width: [\d.]+ s, .* filters ever removable", out)
+    assert re.search(r"basicnet +\d+\.\d\dx .* -> ", out)
+    assert re.search(r"targets: wall ratio \d+\.\d\d >= 1\.2 (met|NOT met)", out)

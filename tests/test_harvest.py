@@ -329,3 +329,20 @@ def test_your_own_loop_harvests_with_the_monitor_recording_the_original_widths(t
     assert optimizer.state[model.features[5].conv.weight]["exp_avg"].shape == (29, 16, 3, 3)
     gamma = load_bn_history(tmp_path / "log")["C4"]["gamma"]
     assert gamma.shape == (2, 32) and torch.isnan(gamma[:, [0, 5, 6]]).all()
+
+
+def test_a_spec_can_ask_for_it_and_its_harvesting_runs_are_not_packed(tmp_path, fashion_dir):
+    from implicit_sparsity.study.spec import load_spec
+    from implicit_sparsity.train.packed import packable
+
+    path = tmp_path / "harvest.yaml"
+    path.write_text(
+        "name: harvest\ntitle: harvest or not\n"
+        f"base: {{model: basicnet, dataset: fashion-mnist, data_dir: {fashion_dir}, "
+        "width: '0.0625', epochs: [2], batch_size: 40}\n"
+        "variants:\n  - {harvest_every: 1}\n  - {harvest_every: 0}\nseeds: [0]\n"
+        "table: {rows: [harvest_every], columns: [], values: [test_error, filters_harvested]}\n")
+    runs = load_spec(path).expand()
+    assert [r.config.harvest_every for r in runs] == [1, 0]
+    assert runs[0].key != runs[1].key
+    assert not packable(runs[0].config) and packable(runs[1].config)
