@@ -13,8 +13,8 @@ FLOORS = (
     ("io",),
     ("data", "models", "optim"),
     ("measure",),
+    ("prune",),  # below train: a run harvests its dead filters while it trains
     ("train",),
-    ("prune",),
     ("study",),
     ("explicit", "demo"),
     ("findings",),

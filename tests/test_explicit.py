@@ -9,7 +9,7 @@ from implicit_sparsity.explicit import VGG16_A_FRACTIONS, l1_norm_selection, sli
 from implicit_sparsity.models import build_model, feature_layers
 from implicit_sparsity.optim import add_l1_gamma_gradient
 from implicit_sparsity.prune import prune_model
-from implicit_sparsity.prune.slim_io import save_slim
+from implicit_sparsity.train.slim_io import save_slim
 from implicit_sparsity.train import TrainConfig, train
 
 

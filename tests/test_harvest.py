@@ -310,7 +310,9 @@ def test_your_own_loop_harvests_with_the_monitor_recording_the_original_widths(t
 
     model = basicnet(dtype=torch.float32)
     planted = plant(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    temperature = nn.Parameter(torch.ones(()))  # the optimizer's, not the model's
+    optimizer = torch.optim.AdamW(list(model.parameters()) + [temperature], lr=1e-3,
+                                  weight_decay=0.05)
     images = torch.randn(64, 1, 28, 28)
     labels = torch.randint(0, 10, (64,))
     harvester = Harvester(model, images[:32])
@@ -318,7 +320,8 @@ def test_your_own_loop_harvests_with_the_monitor_recording_the_original_widths(t
     for epoch in (1, 2):
         for i in range(0, 64, 16):
             optimizer.zero_grad()
-            F.cross_entropy(model(images[i:i + 16]), labels[i:i + 16]).backward()
+            F.cross_entropy(model(images[i:i + 16]) / temperature,
+                            labels[i:i + 16]).backward()
             optimizer.step()
         record = harvester.harvest(model, optimizer, epoch)
         assert record.refused is None
@@ -327,6 +330,8 @@ def test_your_own_loop_harvests_with_the_monitor_recording_the_original_widths(t
     assert sum(r["total_removed"] for r in harvester.records) == planted
     assert model.features[5].conv.weight.shape[0] == 29  # width 0.125: C4 has 32 filters
     assert optimizer.state[model.features[5].conv.weight]["exp_avg"].shape == (29, 16, 3, 3)
+    assert optimizer.param_groups[0]["params"][-1] is temperature
+    assert optimizer.state[temperature]["step"] == 8
     gamma = load_bn_history(tmp_path / "log")["C4"]["gamma"]
     assert gamma.shape == (2, 32) and torch.isnan(gamma[:, [0, 5, 6]]).all()
 

@@ -296,7 +296,7 @@ def test_overwrite_replaces_a_plain_file_and_a_slim_folder_whole(ws, tmp_path, c
 
 def _fail_in_the_middle(monkeypatch, how):
     """Make the write of the slim model's TorchScript file (the third of four) fail."""
-    import implicit_sparsity.prune.slim_io as slim_io
+    import implicit_sparsity.train.slim_io as slim_io
 
     real = slim_io.atomic_write_bytes
 

@@ -12,7 +12,7 @@ from implicit_sparsity.errors import ProofError
 from implicit_sparsity.measure import trace_features
 from implicit_sparsity.models import build_model, feature_layers
 from implicit_sparsity.prune import prune_model
-from implicit_sparsity.prune.slim_io import (EquivalenceError, check_before_writing, load_slim,
+from implicit_sparsity.train.slim_io import (EquivalenceError, check_before_writing, load_slim,
                                              save_slim)
 from resnets import ResNet18Style
 

@@ -151,7 +151,8 @@ def test_the_config_fields_are_the_one_source_of_types_and_roles():
     assert set(RESULT_NEUTRAL_FIELDS) == {"data_dir", "device", "eval_batch_size", "num_workers",
                                           "step_capture", "cudnn_benchmark"}
     assert LATER_FIELDS_AT_DEFAULT == {"flush_denormal": False, "class_subset": None,
-                                       "recycle_every": 0, "recycle_tau": 0.025}
+                                       "recycle_every": 0, "recycle_tau": 0.025,
+                                       "harvest_every": 0, "harvest_criterion": "gamma"}
     assert {"model", "width", "batch_size", "epochs", "precision"} <= set(PACK_FIELDS)
     assert not {"optimizer", "lr", "lam", "seed"} & set(PACK_FIELDS)  # packs may differ here
     train_flags = {a.dest for a in next(

@@ -28,7 +28,7 @@ from implicit_sparsity.commands.common import (
 from implicit_sparsity.io.outputs import staged_folder
 from implicit_sparsity.prune import prune_model
 from implicit_sparsity.prune.cost import latency_table
-from implicit_sparsity.prune.slim_io import check_before_writing, load_slim, save_slim
+from implicit_sparsity.train.slim_io import check_before_writing, load_slim, save_slim
 from implicit_sparsity.prune.tune import tune_slim
 from implicit_sparsity.train.loop import resolve_device
 

@@ -33,7 +33,7 @@ from implicit_sparsity.measure.features import trace_features
 from implicit_sparsity.measure.plots import pyplot
 from implicit_sparsity.prune import prune_model
 from implicit_sparsity.prune.cost import NOISE_NOTE, speedup_cell
-from implicit_sparsity.prune.slim_io import save_slim
+from implicit_sparsity.train.slim_io import save_slim
 from implicit_sparsity.study.spec import find_spec
 from implicit_sparsity.train import TrainConfig, ensure_trained, load_config_file
 from implicit_sparsity.train.restore import build_model_for, load_trained, load_training_data

@@ -119,8 +119,12 @@ def follow_surgery(optimizer: torch.optim.Optimizer, model: nn.Module,
     for group in optimizer.param_groups:
         for param in group["params"]:
             name = names_before.get(id(param))
-            if name is None or name not in now:
-                raise HarvestRefused("the optimizer holds a parameter the model no longer has")
+            if name is None:  # not the model's (a parameter of the loss, say): as it is
+                plan.append((param, param, None))
+                continue
+            if name not in now:
+                raise HarvestRefused(f"the model no longer has {name}, which the optimizer "
+                                     "holds")
             new, origin = now[name], origins.get(name)
             if origin is None and new.shape != shapes_before[name]:
                 raise HarvestRefused(f"{name} changed shape without a record of its elements")
@@ -132,8 +136,9 @@ def follow_surgery(optimizer: torch.optim.Optimizer, model: nn.Module,
         state = optimizer.state.get(param)
         if not state:
             continue
-        new_state[new] = {key: _gathered(value, shapes_before[names_before[id(param)]], new,
-                                         origin) for key, value in state.items()}
+        shape = shapes_before.get(names_before.get(id(param)), param.shape)
+        new_state[new] = {key: _gathered(value, shape, new, origin)
+                          for key, value in state.items()}
     replaced = iter(new for _, new, _ in plan)
     for group in optimizer.param_groups:
         group["params"] = [next(replaced) for _ in group["params"]]

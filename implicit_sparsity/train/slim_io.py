@@ -1,4 +1,5 @@
-"""Saving a slim model so that it loads back without pickled code.
+"""Saving a slim model so that it loads back without pickled code (here, beside the run
+it came from: `load_slim` rebuilds the network from the run's config).
 
     slim.pt               tensors and plain data (weights_only=True): the run's config and
                           the slim state dict; `load_slim` rebuilds the network from the config
