@@ -1,10 +1,12 @@
 """`implicit-sparsity analyze`: per-layer sparsity by |gamma| and by activation, universality
 and % of conv parameters freed, of a run folder or checkpoint, or of a user's own model
-(`--model module:function --weights state.pt --data images/`)."""
+(`--model module:function --weights state.pt --data images/`); of a weights file alone
+(`analyze state.pt`), sparsity by |gamma| only (measure.weights_only)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from implicit_sparsity.commands.common import (
     add_measurement_flags,
@@ -16,10 +18,13 @@ from implicit_sparsity.commands.common import (
     output_plan,
     units_for,
 )
+from implicit_sparsity.errors import ConfigError, ImplicitSparsityError
 from implicit_sparsity.io.run_dir import load_bn_history
 from implicit_sparsity.measure.plots import plot_bn_history, plot_layer_sparsity, plot_universality
 from implicit_sparsity.measure.report import analyze
 from implicit_sparsity.measure.sensitivity import sensitivity, sensitivity_json, sensitivity_table
+from implicit_sparsity.measure.weights_only import weights_only_report
+from implicit_sparsity.models.user import read_weights, tensors_of
 from implicit_sparsity.train.loop import resolve_device
 
 NAME = "analyze"
@@ -48,6 +53,9 @@ def run(args) -> int:
 
     plan = output_plan(args)
     json_path = plan.file(args.json, "--json")
+    weights = weights_file(args)
+    if weights is not None:
+        return analyze_weights_only(args, weights, json_path)
     plots = plan.figures(args.plots, "--plots")
     device = resolve_device(args.device)
     source = open_source(args, device, need_data=args.criterion != "gamma")
@@ -90,4 +98,45 @@ def run(args) -> int:
                                            title=source.description))
         for path in written:
             print(f"wrote {path}")
+    return 0
+
+
+def weights_file(args) -> dict | None:
+    """The tensors of `analyze FILE` when FILE is a weights file that is not ours (a state
+    dict, a checkpoint holding one, `.safetensors`) and no --model is given; else None."""
+    if args.model is not None or args.path is None or not Path(args.path).is_file():
+        return None
+    try:
+        saved = read_weights(args.path, "analyze")  # weights_only: never code from a file
+    except ImplicitSparsityError:
+        return None  # unreadable: the run / checkpoint path below says why in its words
+    if isinstance(saved, dict) and ({"config", "model", "epoch"} <= set(saved)
+                                    or str(saved.get("format", "")).startswith(
+                                        "implicit-sparsity")):
+        return None  # a checkpoint or slim model of ours: measured as one
+    return tensors_of(saved, args.path)
+
+
+def analyze_weights_only(args, state: dict, json_path) -> int:
+    """Sparsity by |gamma| from the tensors alone (measure.weights_only)."""
+    refused = [flag for flag, given in (("--criterion activation / both", args.criterion
+                                         not in (None, "gamma")),
+                                        ("--plots", args.plots), ("--sensitivity",
+                                                                  args.sensitivity),
+                                        ("--data", args.data)) if given]
+    if refused:
+        raise ConfigError(f"{args.path} holds weights only: {refused[0]} needs the model "
+                          "(--model MODULE:FUNCTION --weights FILE)")
+    report = weights_only_report(state, args.gamma_threshold)
+    if not report.layers:
+        raise ConfigError(f"{args.path}: no BatchNorm layer among its {report.tensors} tensors "
+                          "(weight, bias, running_mean, running_var of one length), so no "
+                          "sparsity by |gamma|; give the model and data for sparsity by "
+                          "activation")
+    print(f"{args.path}: {report.tensors} tensors, {len(report.layers)} BatchNorm layers "
+          f"(weights only)")
+    print(report.table())
+    if json_path:
+        dump_json(json_path, {"source": str(args.path), **report.to_dict()})
+        print(f"wrote {json_path}")
     return 0

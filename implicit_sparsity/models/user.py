@@ -92,21 +92,21 @@ def registry_builder(registry: str, name: str, arguments: dict):
     return lambda weights=None, **kw: models.get_model(name, weights=None, **kw)
 
 
-def read_weights(path: str | Path) -> dict:
+def read_weights(path: str | Path, flag: str = "--weights") -> dict:
     """A file's tensors: `.safetensors`, or a torch.save file loaded with weights_only (a
-    pickle that holds code or objects is refused)."""
-    require_regular_file(path, "--weights")
+    pickle that holds code or objects is refused). `flag`: how errors name the file."""
+    require_regular_file(path, flag)
     path = Path(path)
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise ConfigError(f"--weights {path}: reading .safetensors needs safetensors "
+            raise ConfigError(f"{flag} {path}: reading .safetensors needs safetensors "
                               "(pip install safetensors)") from None
         try:
             return load_file(str(path))
         except Exception as error:  # the safetensors reader's errors
-            raise RunStateError(f"--weights {path}: not a safetensors file "
+            raise RunStateError(f"{flag} {path}: not a safetensors file "
                                 f"({first_line(error)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -114,7 +114,22 @@ def read_weights(path: str | Path) -> dict:
         why = ("it holds pickled code or objects, which are never loaded"
                if "weights_only" in str(error) or "Unsupported global" in str(error)
                else first_line(error))
-        raise RunStateError(f"--weights {path}: cannot load it ({why})") from None
+        raise RunStateError(f"{flag} {path}: cannot load it ({why})") from None
+
+
+def tensors_of(saved, path) -> dict:
+    """The state dict a weights file holds, without a model to match it: the dict itself,
+    or the first one under a checkpoint key (STATE_KEYS)."""
+    if not isinstance(saved, dict):
+        raise RunStateError(f"{path} holds a {type(saved).__name__}, not a state dict")
+    if any(torch.is_tensor(v) for v in saved.values()):
+        return saved
+    found = next((saved[k] for k in STATE_KEYS if isinstance(saved.get(k), dict)), None)
+    if found is None:
+        keys = ", ".join(map(str, saved))[:80]
+        raise RunStateError(f"{path}: no tensors, and none under {', '.join(STATE_KEYS)} "
+                            f"(keys: {keys})")
+    return found
 
 
 def state_dict_of(saved, model: nn.Module, path) -> dict:
