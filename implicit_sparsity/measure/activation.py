@@ -126,6 +126,23 @@ def _explain_trace_failure(model: nn.Module, x: torch.Tensor, error: Exception) 
         ) from None
 
 
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module):
+    """Within the block, every BatchNorm of `model` normalizes each batch with the batch's
+    own statistics, as in a training step (the other modules keep their mode: dropout off
+    in eval mode); the running statistics are put back afterwards."""
+    saved = [(buffer, buffer.clone()) for buffer in model.buffers()]
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train()
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
 @torch.no_grad()
 def activation_statistics(model: nn.Module, batches: Iterable, *, universality: bool = True,
                           universality_threshold: float = defaults.UNIVERSALITY_THRESHOLD,
@@ -138,28 +155,21 @@ def activation_statistics(model: nn.Module, batches: Iterable, *, universality: 
     iterator also works. The model is evaluated in eval mode, in float32 (float64 for a
     float64 model). `traced`: a trace of `model` made for this call (`trace_features`, to
     save tracing again); recorders are spliced into its graph, so it serves once.
-    `train_mode`: BatchNorm normalizes each batch with its own statistics, as in a training
-    step (dropout stays off); the running statistics are left as they were."""
+    `train_mode`: BatchNorm on each batch's own statistics (`batch_statistics`)."""
     if traced is None:
         traced = trace_features(model, units)  # recorders go into this trace's graph only
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
-    dtype = torch.float64 if first is not None and first.dtype == torch.float64 else (
-        torch.float32)  # float32, or float64 for a float64 model
+    wide = first is not None and first.dtype == torch.float64  # a float64 model stays so
+    dtype = torch.float64 if wide else torch.float32
     recorders = _instrument(traced, device, mean_abs)
     gm = traced.graph_module
     was_training = model.training
-    gm.eval()
-    saved_buffers = None
-    if train_mode:
-        saved_buffers = [(b, b.clone()) for b in gm.buffers()]
-        for module in gm.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.train()
-
+    gm.eval()  # BatchNorm on batch statistics in run_pass with train_mode
     def run_pass():
         source = batches() if callable(batches) else batches
-        with torch.autocast(device.type, enabled=False):
+        mode = batch_statistics(gm) if train_mode else contextlib.nullcontext()
+        with torch.autocast(device.type, enabled=False), mode:
             for batch in source:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 x = x.to(device, dtype=dtype, non_blocking=True)
@@ -193,6 +203,4 @@ def activation_statistics(model: nn.Module, batches: Iterable, *, universality: 
         return ActivationStats({name: r.max.cpu() for name, r in recorders.items()}, uni,
                                samples, means)
     finally:
-        for buffer, value in saved_buffers or ():
-            buffer.copy_(value)
         model.train(was_training)

@@ -31,7 +31,7 @@ from torch import nn
 
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ImplicitSparsityError, first_line
-from implicit_sparsity.measure.activation import activation_statistics
+from implicit_sparsity.measure.activation import activation_statistics, batch_statistics
 from implicit_sparsity.measure.features import CONV_UNITS, require_batchnorm, trace_features
 from implicit_sparsity.models import adopt_shapes
 from implicit_sparsity.prune.api import DEFAULT_STEP_TOLERANCE, DEFAULT_TOLERANCE, dead_masks, \
@@ -75,15 +75,8 @@ class HarvestRecord:
 def train_mode_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's outputs with BatchNorm in training mode (dropout off), its running
     statistics left as they were."""
-    saved = [(b, b.clone()) for b in model.buffers()]
-    with torch.no_grad(), eval_mode(model):
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.train()
-        out = model(x)
-    for buffer, value in saved:
-        buffer.copy_(value)
-    return out
+    with torch.no_grad(), eval_mode(model), batch_statistics(model):
+        return model(x)
 
 
 def eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
