@@ -94,3 +94,16 @@ def test_what_a_weights_file_cannot_answer_is_refused_in_one_line(tmp_path, caps
     assert main(["analyze", str(evil)]) == 2
     captured = capsys.readouterr()
     assert "pickled code ran" not in captured.out and "error" in captured.err.lower()
+
+
+def test_a_checkpoint_with_ema_weights_names_them_and_uses_the_plain_ones(tmp_path):
+    model = planted_resnet()
+    state = model.state_dict()
+    ema = {k: (torch.ones_like(v) if k.endswith(".weight") and v.dim() == 1 else v)
+           for k, v in state.items()}  # no channel dead in the average
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"state_dict": state, "model_ema": ema, "epoch": 9}, path)
+    out = tmp_path / "report.json"
+    with pytest.warns(UserWarning, match="EMA weights under 'model_ema'.*'state_dict'"):
+        assert main(["analyze", str(path), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["total"]["inactive"] == 12  # the plain weights'

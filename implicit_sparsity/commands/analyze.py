@@ -114,7 +114,7 @@ def weights_file(args) -> dict | None:
                                     or str(saved.get("format", "")).startswith(
                                         "implicit-sparsity")):
         return None  # a checkpoint or slim model of ours: measured as one
-    return tensors_of(saved, args.path)
+    return tensors_of(saved, args.path, "analyze")
 
 
 def analyze_weights_only(args, state: dict, json_path) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,6 +23,9 @@ from implicit_sparsity.models.check import check_real_tensors
 REGISTRIES = ("torchvision", "timm")
 #: Keys under which checkpoints keep a state dict, in the order they are tried.
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
+#: Keys under which checkpoints keep an exponential moving average of the weights (timm's
+#: `state_dict_ema`, others' `model_ema` / `ema`): named when found, never chosen silently.
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema", "ema_model")
 #: Prefixes training frameworks put before a model's own keys (Lightning's `model.`, DDP's
 #: `module.`), stripped where the keys then match the model.
 PREFIXES = ("model.", "module.", "net.", "_orig_mod.")
@@ -117,35 +121,31 @@ def read_weights(path: str | Path, flag: str = "--weights") -> dict:
         raise RunStateError(f"{flag} {path}: cannot load it ({why})") from None
 
 
-def tensors_of(saved, path) -> dict:
+def tensors_of(saved, path, flag: str = "--weights") -> dict:
     """The state dict a weights file holds, without a model to match it: the dict itself,
-    or the first one under a checkpoint key (STATE_KEYS)."""
+    or the first one under a checkpoint key (STATE_KEYS). Weights kept beside it as an
+    exponential moving average (EMA_KEYS) are named in a warning: the plain ones are used."""
     if not isinstance(saved, dict):
-        raise RunStateError(f"{path} holds a {type(saved).__name__}, not a state dict")
+        raise RunStateError(f"{flag} {path} holds a {type(saved).__name__}, not a state dict")
     if any(torch.is_tensor(v) for v in saved.values()):
         return saved
-    found = next((saved[k] for k in STATE_KEYS if isinstance(saved.get(k), dict)), None)
-    if found is None:
+    key = next((k for k in STATE_KEYS if isinstance(saved.get(k), dict)), None)
+    if key is None:
         keys = ", ".join(map(str, saved))[:80]
-        raise RunStateError(f"{path}: no tensors, and none under {', '.join(STATE_KEYS)} "
-                            f"(keys: {keys})")
-    return found
+        raise RunStateError(f"{flag} {path}: no tensors, and none under "
+                            f"{', '.join(STATE_KEYS)} (keys: {keys})")
+    ema = [k for k in EMA_KEYS if isinstance(saved.get(k), dict)]
+    if ema:
+        warnings.warn(f"{path} also holds EMA weights under {ema[0]!r}; the weights under "
+                      f"{key!r} are the ones used", stacklevel=2)
+    return saved[key]
 
 
 def state_dict_of(saved, model: nn.Module, path) -> dict:
     """The model's state dict inside what a file holds: the dict itself, one under a
     checkpoint key (STATE_KEYS), with a framework's key prefix (PREFIXES) stripped where the
     keys then match the model."""
-    if not isinstance(saved, dict):
-        raise RunStateError(f"--weights {path} holds a {type(saved).__name__}, not a state dict")
-    state = saved
-    if not any(torch.is_tensor(v) for v in saved.values()):
-        found = next((saved[k] for k in STATE_KEYS if isinstance(saved.get(k), dict)), None)
-        if found is None:
-            keys = ", ".join(map(str, saved))[:80]
-            raise RunStateError(f"--weights {path}: no tensors, and none under "
-                                f"{', '.join(STATE_KEYS)} (keys: {keys})")
-        state = found
+    state = tensors_of(saved, path)
     wanted = set(model.state_dict())
     for prefix in PREFIXES:
         if not set(state) & wanted and all(str(k).startswith(prefix) for k in state):
