@@ -12,6 +12,8 @@ module but may change between versions.
                                        since `implicit_sparsity.train` is its subpackage)
     analyze, SparsityMonitor           measure sparsity (after training, or every epoch)
     Harvester                          remove dead filters from a model while it trains
+    lightning_callback,                the monitor, harvesting and pruning for PyTorch
+    huggingface_callback               Lightning's and transformers' Trainer
     prune_model, save_slim, load_slim  remove dead filters with a proof, save / load them
     tune_slim                          the latency-tuned slim model
     load_spec, run_sweep, run_findings experiment specs, sweeps, the paper's findings
@@ -32,6 +34,8 @@ _PUBLIC = {
     "analyze": "implicit_sparsity.measure.report",
     "SparsityMonitor": "implicit_sparsity.measure.monitor",
     "Harvester": "implicit_sparsity.train.harvest",
+    "lightning_callback": "implicit_sparsity.train.callbacks",
+    "huggingface_callback": "implicit_sparsity.train.callbacks",
     "prune_model": "implicit_sparsity.prune.api",
     "save_slim": "implicit_sparsity.train.slim_io",
     "load_slim": "implicit_sparsity.train.slim_io",

@@ -220,49 +220,6 @@ def test_analyze_command(fashion_dir, tmp_path, capsys):
     assert "no checkpoint at" in capsys.readouterr().err
 
 
-def test_lightning_callback_needs_lightning_or_says_so(tmp_path):
-    from implicit_sparsity.measure import SparsityMonitor
-    from implicit_sparsity.measure.monitor import lightning_callback
-
-    monitor = SparsityMonitor(tmp_path, tensorboard=False)
-    try:
-        import lightning  # noqa: F401
-    except ImportError:
-        try:
-            import pytorch_lightning  # noqa: F401
-        except ImportError:
-            with pytest.raises(ImportError, match="pip install lightning"):
-                lightning_callback(monitor)
-            return
-    import lightning.pytorch as pl
-
-    class Module(pl.LightningModule):  # a real Trainer, two epochs of four tiny batches
-        def __init__(self):
-            super().__init__()
-            self.net = tiny_basicnet().train()
-
-        def forward(self, x):
-            return self.net(x)
-
-        def training_step(self, batch, _):
-            x, y = batch
-            return nn.functional.cross_entropy(self.net(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(16, 1, 28, 28, generator=g),
-                                          torch.randint(0, 10, (16,), generator=g))
-    trainer = pl.Trainer(max_epochs=2, callbacks=[lightning_callback(monitor)],
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu",
-                         default_root_dir=tmp_path)
-    trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=4))
-    lines = (tmp_path / "sparsity.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-
-
 def test_redo_dormancy_and_the_sensitivity_table_by_hand():
     """Three units with constant outputs 1, 3 and 0 after ReLU: mean |h| (1, 3, 0), layer
     mean 4/3, ReDo scores (0.75, 2.25, 0); |gamma| (1, 1e-3.5, 2e-2)."""

@@ -107,3 +107,24 @@ def test_a_checkpoint_with_ema_weights_names_them_and_uses_the_plain_ones(tmp_pa
     with pytest.warns(UserWarning, match="EMA weights under 'model_ema'.*'state_dict'"):
         assert main(["analyze", str(path), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["total"]["inactive"] == 12  # the plain weights'
+
+
+def test_the_weights_alone_agree_with_the_full_analysis_per_layer_on_a_timm_model():
+    from conftest import TORCHVISION  # noqa: F401  (timm imports torchvision)
+    timm = pytest.importorskip("timm")
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18d", num_classes=10).eval()
+    with torch.no_grad():
+        for i, bn in enumerate(m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.weight[: 1 + i % 3] = 0.0  # 1-3 channels per layer below the threshold
+    report = weights_only_report(model.state_dict())
+    full = analyze(model, None, criterion="gamma")
+    by_bn = {l.name: l.inactive for l in report.layers}
+    assert len(by_bn) == len(full.layers)  # one BatchNorm per conv feature
+    bn_of_conv = {l.conv: l.name for l in report.layers if l.conv is not None}
+    compared = [layer for layer in full.layers if layer.name in bn_of_conv]
+    assert len(compared) >= len(full.layers) - 2  # timm's names pair all but a few
+    for layer in compared:
+        assert by_bn[bn_of_conv[layer.name]] == layer.inactive_gamma, layer.name
+    assert sum(by_bn.values()) == full.total("gamma")[0]

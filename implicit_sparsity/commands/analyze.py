@@ -24,6 +24,7 @@ from implicit_sparsity.measure.plots import plot_bn_history, plot_layer_sparsity
 from implicit_sparsity.measure.report import analyze
 from implicit_sparsity.measure.sensitivity import sensitivity, sensitivity_json, sensitivity_table
 from implicit_sparsity.measure.weights_only import weights_only_report
+from implicit_sparsity.models.huggingface import is_huggingface_folder
 from implicit_sparsity.models.user import read_weights, tensors_of
 from implicit_sparsity.train.loop import resolve_device
 
@@ -103,8 +104,10 @@ def run(args) -> int:
 
 def weights_file(args) -> dict | None:
     """The tensors of `analyze FILE` when FILE is a weights file that is not ours (a state
-    dict, a checkpoint holding one, `.safetensors`) and no --model is given; else None."""
-    if args.model is not None or args.path is None or not Path(args.path).is_file():
+    dict, a checkpoint holding one, `.safetensors`, a Hugging Face folder) and no --model is
+    given; else None."""
+    if args.model is not None or args.path is None or not (
+            Path(args.path).is_file() or is_huggingface_folder(args.path)):
         return None
     try:
         saved = read_weights(args.path, "analyze")  # weights_only: never code from a file

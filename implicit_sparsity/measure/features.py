@@ -35,13 +35,16 @@ is no unit layer. The paper counts conv filters only, so `CONV_UNITS` is the def
 
 from __future__ import annotations
 
+import copy
+import inspect
+import operator
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
-import operator
-
 import torch
 import torch.fx
+from torch.fx.experimental.meta_tracer import MetaTracer
 import torch.nn.functional as F
 from torch import nn
 
@@ -227,6 +230,17 @@ def _encoder_path(encoder: nn.TransformerEncoder, src, mask=None, src_key_paddin
     return encoder.norm(output) if encoder.norm is not None else output
 
 
+#: A model may declare the shape of one input batch under this attribute (e.g. the
+#: Hugging Face wrapper of models.huggingface): when plain fx tracing fails on control flow,
+#: it is traced again with the input's shape made concrete (meta tensors), so branches on
+#: shapes take the path that shape takes.
+EXAMPLE_INPUT_SHAPE = "example_input_shape"
+
+
+class _ShapeTracer(MetaTracer, _Tracer):
+    """_Tracer whose proxies carry meta tensors: `x.shape[1] != 3` is a plain bool."""
+
+
 def trace(model: nn.Module) -> torch.fx.GraphModule:
     try:
         tracer = _Tracer()
@@ -234,8 +248,31 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
         return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as error:  # fx raises many kinds; all mean the same to a user
         first = first_line(error)
+        shape = getattr(model, EXAMPLE_INPUT_SHAPE, None)
+        if shape is not None:
+            try:
+                return _trace_with_shape(model, tuple(shape))
+            except Exception as second:  # noqa: BLE001 - reported with the first
+                first = f"{first}; with the input shape {tuple(shape)}: {first_line(second)}"
+        hint = "" if shape is not None else (
+            f" (control flow on shapes traces when the model declares "
+            f"`{EXAMPLE_INPUT_SHAPE}`, one input batch's shape)")
         raise ModelTraceError(f"cannot trace {type(model).__name__} with torch.fx: "
-                              f"{first}") from None
+                              f"{first}{hint}") from None
+
+
+def _trace_with_shape(model: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
+    """Trace a meta copy of `model` (weights on the meta device, so the copy's modules
+    compute shapes only), then bind the graph to `model` itself: same module paths."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the meta tracer warns for each module it cannot
+        meta = copy.deepcopy(model).to("meta")
+        tracer = _ShapeTracer()
+        name = next(iter(inspect.signature(meta.forward).parameters))
+        graph = tracer.trace(meta, meta_args={name: torch.empty(shape, device="meta")})
+    for node in graph.nodes:
+        node.meta.pop("tensor_meta", None)
+    return torch.fx.GraphModule(model, graph, type(model).__name__)
 
 
 def _is_batchnorm_with_activation(module: nn.Module) -> bool:

@@ -10,7 +10,7 @@ and by activation when `data` is given), saves every BatchNorm layer's gamma and
 `LOG_DIR/bn_history/` (readable by `load_bn_history`, plotted by `plot_bn_history`), and
 writes TensorBoard scalars and gamma / beta histograms when TensorBoard is installed. It
 has the signature of the training loop's epoch callbacks, so `train(callbacks=(monitor,))`
-works too. `lightning_callback(monitor)` wraps it for PyTorch Lightning.
+works too; train.callbacks wraps it for PyTorch Lightning and Hugging Face's Trainer.
 """
 
 from __future__ import annotations
@@ -109,21 +109,3 @@ class SparsityMonitor:
             self.writer.add_histogram(f"gamma/{name}", bn.weight.detach().cpu(), epoch)
             self.writer.add_histogram(f"beta/{name}", bn.bias.detach().cpu(), epoch)
         self.writer.flush()
-
-
-def lightning_callback(monitor: SparsityMonitor):
-    """A PyTorch Lightning callback calling `monitor` at the end of each training epoch."""
-    try:
-        from lightning.pytorch import Callback
-    except ImportError:
-        try:
-            from pytorch_lightning import Callback
-        except ImportError:
-            raise ImportError("lightning_callback needs PyTorch Lightning: "
-                              "pip install lightning") from None
-
-    class SparsityCallback(Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
-            monitor(trainer.current_epoch + 1, pl_module)
-
-    return SparsityCallback()

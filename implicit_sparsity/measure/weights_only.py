@@ -111,8 +111,8 @@ def _producing_conv(state, prefix: str, channels: int) -> str | None:
     """The conv whose output the BatchNorm `prefix` normalizes, when the names make it
     certain (whatever the file's key order: safetensors sorts its keys): in a Sequential,
     the sibling just before it (`features.0.1` after `features.0.0`); in a named block, the
-    conv of the same number (`bn1` and `conv1`, `bn` and `conv`); and its 4-D weight has
-    one row per channel."""
+    conv of the same number (`bn1` and `conv1`, `bn` and `conv`; transformers' pair
+    `normalization` and `convolution`); and its 4-D weight has one row per channel."""
     parent, _, own = prefix.rpartition(".")
     base = f"{parent}." if parent else ""
     candidates = []
@@ -121,6 +121,8 @@ def _producing_conv(state, prefix: str, channels: int) -> str | None:
     match = re.fullmatch(r"(bn|norm|batchnorm)(_?)(\d*)", own)
     if match:
         candidates.append(f"{base}conv{match.group(2)}{match.group(3)}")
+    if own == "normalization":
+        candidates.append(f"{base}convolution")
     for conv in candidates:
         weight = state.get(f"{conv}.weight")
         if torch.is_tensor(weight) and weight.dim() == 4 and weight.shape[0] == channels:

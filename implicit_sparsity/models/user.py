@@ -1,8 +1,9 @@
 """A user's own model, for `analyze --model` and `prune --model`: built by a Python factory
 named `package.module:function` or taken by name from torchvision's or timm's registry
-(`torchvision:resnet50`), called with keyword arguments if given; its weights from a state
-dict, a checkpoint holding one (Lightning's and DDP's key prefixes stripped) or a
-`.safetensors` file, never from pickled code."""
+(`torchvision:resnet50`) or a Hugging Face folder (`hf:FOLDER`, models.huggingface), called
+with keyword arguments if given; its weights from a state dict, a checkpoint holding one
+(Lightning's and DDP's key prefixes stripped), a `.safetensors` file or a Hugging Face
+folder, never from pickled code."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from implicit_sparsity.errors import ConfigError, RunStateError, first_line
 from implicit_sparsity.io.files import require_regular_file
+from implicit_sparsity.models import huggingface
 from implicit_sparsity.models.check import check_real_tensors
 
 
@@ -39,8 +41,14 @@ def load_user_model(factory: str, weights: str | Path | None = None,
     can go wrong."""
     module_name, sep, function_name = factory.partition(":")
     if not sep or not module_name or not function_name:
-        raise ConfigError(f"--model takes package.module:function or torchvision:NAME / "
-                          f"timm:NAME, got {factory!r}")
+        raise ConfigError(f"--model takes package.module:function, torchvision:NAME / "
+                          f"timm:NAME or hf:FOLDER, got {factory!r}")
+    if module_name == huggingface.PREFIX:
+        model = huggingface.load_huggingface_folder(function_name, arguments or {},
+                                                    read_weights)
+        load_weights_into(model.model, weights or function_name, factory)
+        check_real_tensors(model, factory)
+        return model.eval()
     if module_name in REGISTRIES:
         build = registry_builder(module_name, function_name, arguments or {})
     else:
@@ -98,7 +106,10 @@ def registry_builder(registry: str, name: str, arguments: dict):
 
 def read_weights(path: str | Path, flag: str = "--weights") -> dict:
     """A file's tensors: `.safetensors`, or a torch.save file loaded with weights_only (a
-    pickle that holds code or objects is refused). `flag`: how errors name the file."""
+    pickle that holds code or objects is refused), or a Hugging Face folder's weight files.
+    `flag`: how errors name the file."""
+    if huggingface.is_huggingface_folder(path):
+        return huggingface.folder_tensors(path, read_weights, flag)
     require_regular_file(path, flag)
     path = Path(path)
     if path.suffix == ".safetensors":
