@@ -62,12 +62,15 @@ def test_train_throughput_benchmark_runs_on_synthetic_files():
 
 def test_prune_speed_benchmark_prints_its_ratios_and_why():
     out = run("prune_speed.py", "--width", "0.25", "--min-run-time", "0.02", "--rounds", "2",
-              "--threads", "1")
+              "--threads", "1", "--runtimes", "onnxruntime", "--runs", "1")
     for batch in (64, 1):
         assert re.search(rf"batch +{batch}: latency-tuned .* = \d+\.\d\d of the MAC reduction "
                          r"\d+\.\d\dx \(target >= [\d.]+: (met|NOT met)\)", out), out
     assert len(re.findall(r"^features\.\d+\.conv +\d", out, re.M)) == 7
     assert re.search(r"at equal efficiency .* = \d+\.\d\d of the MAC reduction", out)
+    # the runtime column: ONNX Runtime's original latency and ratios, with a verdict
+    assert re.search(r"^\| onnxruntime \| [\d.]+ \([\d.]+-[\d.]+\) \| .* (met|NOT met) \|$",
+                     out, re.M), out
 
 
 def test_any_cnn_benchmark_prints_a_row_per_criterion_and_takes_what_the_rules_allow():

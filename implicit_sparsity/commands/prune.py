@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import warnings
 from pathlib import Path
 
@@ -25,10 +26,14 @@ from implicit_sparsity.commands.common import (
     positive_int,
     units_for,
 )
+from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.io.outputs import staged_folder
 from implicit_sparsity.prune import prune_model
 from implicit_sparsity.prune.cost import latency_table
-from implicit_sparsity.train.slim_io import check_before_writing, load_slim, save_slim
+from implicit_sparsity.prune.runtimes import RUNTIMES, DeploymentPlan, ExportError, \
+    require_packages
+from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.train.slim_io import REPORT, check_before_writing, load_slim, save_slim
 from implicit_sparsity.prune.tune import tune_slim
 from implicit_sparsity.train.loop import resolve_device
 
@@ -64,6 +69,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
                              "layer by layer, layout), every candidate proven and timed "
                              "against the original at batch 1 and 64; the fastest at 64 is "
                              "written to OUT/latency_tuned/")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"),
+                        default="torch", help="where --tune times its candidates (each "
+                        "exported and checked there first)")
+    parser.add_argument("--export", default=None, metavar="FORMATS",
+                        help="also write the original and the slim model as onnx and / or "
+                             "openvino (comma-separated), each file run in its runtime and "
+                             "checked against PyTorch (a file that fails is deleted)")
+    parser.add_argument("--runtimes", default=None, metavar="RUNTIMES",
+                        help="time the original and the slim model in these runtimes "
+                             f"(comma-separated: {', '.join(RUNTIMES)}) at batch 1 and 64, "
+                             "instead of PyTorch eager alone")
     add_measurement_flags(parser)
     parser.set_defaults(func=run)
     return parser
@@ -74,6 +90,12 @@ def run(args) -> int:
     plan = output_plan(args)
     out = plan.folder(args.out, "--out", "slim", resumable=False)
     json_path = plan.file(args.json, "--json")
+    deployment = DeploymentPlan.from_flags(args.export, args.runtimes)
+    if args.runtime != "torch":
+        if not args.tune:
+            raise ConfigError("--runtime chooses where --tune times its candidates: give "
+                              "--tune too")
+        require_packages(args.runtime, "--runtime")
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,7 +113,8 @@ def run(args) -> int:
                      units=units_for(args, source), threads=args.threads,
                      tolerance=args.tolerance, analysis_seconds=args.analysis_seconds)
     result = prune_model(source.model, example, fold_bn=args.fold_bn,
-                         latency_batches=() if args.no_latency else (1, 64),
+                         latency_batches=() if args.no_latency or deployment.timed
+                         else (1, 64),
                          force=True,  # the table first; check_before_writing then refuses
                          **measuring)
     if device.type != "cpu" and not args.no_latency:  # the CPU figures too
@@ -103,14 +126,35 @@ def run(args) -> int:
     check_before_writing(result, args.tolerance, args.force)
     with staged_folder(out, replace=args.overwrite) as stage:  # all of it, or nothing
         drift = write_slim(args, source, result, example, stage, device)
+        deployed = deployment.write(source.model, result, example, check_data, stage,
+                                    args.threads)
+        deployment_report = add_deployment(stage / REPORT, deployed)
         if args.tune:
-            write_tuned(args, source, example, measuring, stage)
-    print(f"wrote {out} (slim.pt, slim.pt2, slim.torchscript.pt, prune_report.json); reloaded "
-          f"outputs differ by at most {drift:.1e}")
+            deployed.failed = deployed.failed or write_tuned(args, source, example, measuring,
+                                                             stage, deployment)
+    print(f"wrote {out} (slim.pt, slim.pt2, slim.torchscript.pt, prune_report.json"
+          + "".join(f", {name}" for name in deployed.files)
+          + f"); reloaded outputs differ by at most {drift:.1e}")
+    if deployed.failed:
+        raise ExportError(f"{deployed.failed} (everything else is in {out})")
     if json_path:
-        dump_json(json_path, result.to_dict())
+        dump_json(json_path, {**result.to_dict(), **deployment_report})
         print(f"wrote {json_path}")
     return 0
+
+
+def add_deployment(report_path: Path, deployed) -> dict:
+    """The exports' checks and the runtime latency rows, added to the slim folder's report
+    (and returned for --json)."""
+    extra = {}
+    if deployed.files or deployed.failed:
+        extra["exports"] = {"files": deployed.checks, "failed": deployed.failed}
+    if deployed.latency:
+        extra["runtime_latency"] = deployed.latency
+    if extra:
+        report = json.loads(report_path.read_text())
+        atomic_write_text(report_path, json.dumps({**report, **extra}, indent=1))
+    return extra
 
 
 def write_slim(args, source, result, example, folder, device) -> float:
@@ -131,21 +175,27 @@ def write_slim(args, source, result, example, folder, device) -> float:
         return max((model(example) - expected).abs().max().item() for model in loaded)
 
 
-def write_tuned(args, source, example, measuring: dict, folder) -> None:
-    """The latency-tuned slim model, into FOLDER/latency_tuned when it beats the minimum."""
+def write_tuned(args, source, example, measuring: dict, folder, deployment) -> str | None:
+    """The latency-tuned slim model, into FOLDER/latency_tuned when it beats the minimum,
+    with the exports asked for; returns why an export of it failed, if one did."""
 
-    tuned = tune_slim(source.model, example, progress=True, **measuring)
+    tuned = tune_slim(source.model, example, progress=True, runtime=args.runtime, **measuring)
     print(tuned.table())
     best = tuned.best
     if best is tuned.candidates[0]:
         print("the exact minimum is the fastest here: nothing more to write")
-        return
+        return None
     save_slim(best.result, folder / "latency_tuned", example, config=source.config,
               tolerance=args.tolerance,
               extra={"layout": best.layout, "rounding": best.rounding,
                      "latency_candidates": [{"name": c.name, "latency": c.latency}
                                             for c in tuned.candidates],
-                     "per_layer_rounding_trials": tuned.searches})
+                     "per_layer_rounding_trials": tuned.searches, "runtime": args.runtime})
+    exported = deployment.write_exports(best.result.model, example, measuring["check_data"],
+                                        folder / "latency_tuned", args.threads,
+                                        original=False)  # ONNX / IR have no memory layout
+    add_deployment(folder / "latency_tuned" / REPORT, exported)
     print(f"will write {Path(args.out) / 'latency_tuned'} ({best.name}"
           + ("; load it, then model.to(memory_format=torch.channels_last)"
              if best.layout == "channels_last" else "") + ")")
+    return exported.failed and f"latency_tuned/{exported.failed}"

@@ -82,7 +82,8 @@ def interleaved_times(models: list[nn.Module], example: torch.Tensor,
     """Seconds per forward pass of each model, one timing of each per round, the rounds in
     turn; each model runs about `min_run_time` seconds in all, after a warm-up."""
     threads = threads or torch.get_num_threads()
-    timers = [_timer(m.eval(), example, threads) for m in models]
+    timers = [_timer(m.eval() if isinstance(m, nn.Module) else m, example, threads)
+              for m in models]  # a module, or a runtime's callable (prune.runtimes)
     for timer in timers:
         timer.timeit(1)  # warm-up: first-call allocations, oneDNN primitive creation
     single = [t.timeit(1).mean for t in timers]

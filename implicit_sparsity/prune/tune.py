@@ -15,12 +15,22 @@ that read it bigger, and conv kernels reward a width in one place and punish it 
 another (here a rounded output width can save 4%, a rounded input width costs as much).
 `per_layer_rounding` tries each layer's rounding in turn and keeps it when the model's
 convolutions, each timed on the input it sees, get faster by more than their timing noise.
+
+`runtime="onnxruntime"` / `"openvino"` measures the candidates where they will run: the
+original and each candidate (BN folded, each global rounding) are exported, checked in
+that runtime (prune.runtimes) and timed there. Those runtimes choose their own memory
+layout (ONNX Runtime's NCHWc blocks, OpenVINO's blocked formats), so only the contiguous
+layout is tried, and the per-layer search, which times PyTorch's convolutions one by one,
+is not run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -36,6 +46,7 @@ from implicit_sparsity.prune.cost import (
     latency_row,
     macs,
 )
+from implicit_sparsity.prune import runtimes
 from implicit_sparsity.prune.proof import compare_outputs
 
 #: Widths tried: the exact minimum, and rounded up to these multiples.
@@ -73,6 +84,7 @@ class TunedSlim:
     target_batch: int
     macs_before: int
     searches: dict[str, list[dict]] = field(default_factory=dict)  # per layout: the trials
+    runtime: str = "torch"       # where the candidates were timed (prune.runtimes.RUNTIMES)
 
     @property
     def model(self) -> nn.Module:
@@ -99,7 +111,8 @@ class TunedSlim:
             mark = "  <- latency-tuned" if c is self.best else ""
             lines.append(f"{c.name:{wide}s}{self.macs_before / max(1, c.macs):7.2f}x{cells}{mark}")
         first = self.candidates[0].at(batches[0])
-        lines.append(f"(original / slim, {first['device']}, {first['threads']} threads, "
+        lines.append(f"(original / slim in {self.runtime}, {first['device']}, "
+                     f"{first['threads']} threads, "
                      f"medians ± IQR over {first['rounds']} interleaved rounds; / MACs: "
                      f"speed-up over the exact minimum's MAC reduction "
                      f"{self.exact.mac_reduction:.2f}x; ~: within noise, the speed-up's IQR "
@@ -157,19 +170,25 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
               threads: int | None = None, min_run_time: float = 0.5,
               rounds: int = LATENCY_ROUNDS, roundings: tuple[int, ...] = ROUNDINGS,
               layouts: tuple[str, ...] = LAYOUTS, tolerance: float = DEFAULT_TOLERANCE,
-              per_layer: bool = True, progress: bool = False, **prune_kwargs) -> TunedSlim:
+              per_layer: bool = True, progress: bool = False, runtime: str = "torch",
+              **prune_kwargs) -> TunedSlim:
     """The exact-minimum slim model and its exact deployment candidates, timed against the
     original at `batch_sizes`; the fastest at `target_batch` is `best`. `per_layer`: also a
     candidate per layout whose rounding is chosen conv layer by conv layer
     (`per_layer_rounding`, at `target_batch`). `prune_kwargs` go to `prune_model`
     (criterion, corpus, units, thresholds). A candidate whose outputs differ beyond
     `tolerance` on `check_data` raises ProofError: exact or refused. `progress`: progress
-    bars for the search and the timing. `model` is left as it was (modes included)."""
+    bars for the search and the timing. `model` is left as it was (modes included).
+    `runtime`: where the candidates are timed (see the module's text)."""
     if target_batch not in batch_sizes:
         raise ValueError(f"target batch {target_batch} is not among {batch_sizes}")
+    if runtime not in ("torch", "onnxruntime", "openvino"):
+        raise ValueError(f"unknown runtime {runtime!r}")
+    if runtime != "torch":
+        layouts, per_layer = ("contiguous",), False
     with eval_mode(model):
         tuning = _Tuning(model, example_input, check_data, tolerance, prune_kwargs,
-                         threads or torch.get_num_threads(), min_run_time)
+                         threads or torch.get_num_threads(), min_run_time, runtime)
         for rounding in roundings:
             result = tuning.folded(rounding, proven=True)
             for layout in layouts:
@@ -182,7 +201,7 @@ def tune_slim(model: nn.Module, example_input: torch.Tensor, *, check_data,
     # by the speed-up's median over rounds: each round's ratio sees one machine state
     best = max(candidates, key=lambda c: c.at(target_batch)["speedup"])
     return TunedSlim(tuning.exact, candidates, best, target_batch,
-                     macs(model, example_input[:1])["total"], tuning.searches)
+                     macs(model, example_input[:1])["total"], tuning.searches, runtime)
 
 
 class _Tuning:
@@ -190,8 +209,9 @@ class _Tuning:
     every one proven on `check_data` before it is timed."""
 
     def __init__(self, model, example_input, check_data, tolerance, prune_kwargs, threads,
-                 min_run_time):
+                 min_run_time, runtime: str = "torch"):
         self.model, self.example_input, self.check_data = model, example_input, check_data
+        self.runtime = runtime
         self.tolerance, self.prune_kwargs = tolerance, prune_kwargs
         self.threads, self.min_run_time = threads, min_run_time
         self.exact = prune_model(model, example_input, check_data=check_data,
@@ -254,11 +274,38 @@ class _Tuning:
 
     def time_all(self, batch_sizes, rounds: int, progress: bool) -> None:
         """Every candidate against the original, interleaved, at each batch size."""
-        for batch in tqdm(batch_sizes, desc=f"timing {len(self.candidates)} candidates",
-                          disable=not progress, leave=False):
-            x = self.example_input[:1].expand(batch, *self.example_input.shape[1:]).contiguous()
-            times = interleaved_times([self.model] + [c.model for c in self.candidates], x,
-                                      self.threads, self.min_run_time, rounds)
-            for c, seconds in zip(self.candidates, times[1:]):
-                c.latency.append(latency_row(times[0], seconds, batch, str(x.device),
-                                             self.threads))
+        with self.runners() as runners:
+            for batch in tqdm(batch_sizes, desc=f"timing {len(self.candidates)} candidates",
+                              disable=not progress, leave=False):
+                x = self.example_input[:1].expand(batch, *self.example_input.shape[1:])
+                times = interleaved_times(runners, x.contiguous(), self.threads,
+                                          self.min_run_time, rounds)
+                self._record(batch, times, str(x.device))
+
+    def _record(self, batch: int, times: list[list[float]], device: str) -> None:
+        for c, seconds in zip(self.candidates, times[1:]):
+            c.latency.append(latency_row(times[0], seconds, batch, device, self.threads))
+
+    @contextlib.contextmanager
+    def runners(self):
+        """The original and every candidate as the runtime runs them: the modules for
+        PyTorch; else each exported to a temporary folder and checked there first."""
+        models = [self.model] + [c.model for c in self.candidates]
+        if self.runtime == "torch":
+            yield models
+            return
+        checks = [x if torch.is_tensor(x) else x[0] for x in self.check_data]
+        with tempfile.TemporaryDirectory(prefix="implicit-sparsity-tune-") as folder:
+            runs = []
+            for i, model in enumerate(models):
+                onnx = Path(folder) / f"{i}.onnx"
+                runtimes.write_export("onnx", model, self.example_input, onnx, checks,
+                                      self.threads)
+                if self.runtime == "openvino":
+                    xml = onnx.with_suffix(".xml")
+                    runtimes.write_export("openvino", model, self.example_input, xml, checks,
+                                          self.threads, onnx_path=onnx)
+                    runs.append(runtimes.openvino_runner(xml, self.threads))
+                else:
+                    runs.append(runtimes.onnxruntime_runner(onnx, self.threads))
+            yield runs
