@@ -58,6 +58,11 @@ def test_comparison_specs_load_and_one_runs_with_the_paper_beside(tmp_path, caps
         spec, base, kwargs = load_comparison(name)
         assert kwargs["methods"] == methods and spec["paper"]
         assert base.lam == 1e-4 and base.optimizer == "adam"
+    # the paper's recipes are fixed at the full scale; --quick scales each protocol
+    _, _, full = load_comparison("compare_table7")
+    _, _, quick = load_comparison("compare_table7", quick=True)
+    assert (full["finetune_epochs"], full["finetune_lr"]) == ((40,), 0.001)
+    assert (quick["finetune_epochs"], quick["finetune_lr"]) == (None, None)
     from conftest import write_fashion_mnist
 
     # the quick scale keeps the first 5 classes: 200 of 400 images, >= batch 160
@@ -126,3 +131,68 @@ def test_selectivity_removes_the_least_universal_filters_and_is_an_arm(fashion_d
     from implicit_sparsity.errors import ConfigError
     with pytest.raises(ConfigError, match="add 'implicit'"):
         compare(base, tmp_path / "x", methods=("selectivity",), latency=False)
+
+
+def test_each_explicit_method_fine_tunes_by_its_own_papers_protocol(fashion_dir, tmp_path):
+    """Network Slimming: the training schedule again (50 / 25 / 25% of the epochs, /10
+    steps, the training's rate); L1-norm: a quarter of the epochs at 1/100 of the rate,
+    constant. Every arm once per seed."""
+    from implicit_sparsity.explicit.compare import arms_table, summarize_arms
+    from implicit_sparsity.train import load_config_file
+
+    base = TrainConfig(data_dir=str(fashion_dir), width="0.0625", epochs=[4], lam=1e-3)
+    points = compare(base, tmp_path, methods=("slimming", "l1norm"), slimming_ratios=(0.5,),
+                     seeds=(0, 1), latency=False)
+    assert [(p.method, p.seed) for p in points] == [("slimming", 0), ("l1norm", 0),
+                                                    ("slimming", 1), ("l1norm", 1)]
+    for seed in (0, 1):
+        slim = load_config_file(tmp_path / f"seed{seed}/slimming/ratio0.5/finetune/config.yaml")
+        l1 = load_config_file(tmp_path / f"seed{seed}/l1norm/pruned/finetune/config.yaml")
+        assert (slim["epochs"], slim["lr"], slim["seed"]) == ([2, 1, 1], 0.1, seed)
+        assert (l1["epochs"], l1["lr"], l1["seed"]) == ([1], 0.1 / 100, seed)
+    assert points[0].finetune.startswith("4 epochs at lr 0.1, /10 after epochs 2, 3")
+    assert points[1].finetune.startswith("1 epochs at lr 0.001, constant")
+    arms = summarize_arms(points)
+    assert [(a.method, a.arm, a.seeds) for a in arms] == [
+        ("slimming", "ratio 0.5", 2), ("l1norm", "per-layer shares", 2)]
+    assert "Li et al. 2017" in arms_table(arms)
+    assert len(json.loads((tmp_path / "comparison.json").read_text())) == 4
+
+
+def point(method, arm, pruned, tuned, seed, share=19.0, before=10.0):
+    from implicit_sparsity.explicit.compare import OperatingPoint
+
+    after = round(100 * (1 - share / 100))
+    return OperatingPoint(method, arm, 100, after, 1000, 500, 1000, 500, None, False, before,
+                          pruned, tuned, 1.0, 1, seed=seed, arm=arm)
+
+
+def test_fine_tuning_that_hurts_beyond_the_spread_is_flagged_and_the_better_one_kept():
+    from implicit_sparsity.explicit.compare import arms_table, summarize_arms
+
+    hurt, helped, noise = summarize_arms(
+        [point("slimming", "matched", 10.8, 18.1, 0), point("slimming", "matched", 10.9, 18.3, 1),
+         point("l1norm", "shares", 14.0, 11.0, 0), point("l1norm", "shares", 14.5, 11.2, 1),
+         point("slimming", "ratio 0.5", 12.0, 12.4, 0),
+         point("slimming", "ratio 0.5", 12.2, 12.5, 1)])
+    assert hurt.finetune_hurt and hurt.kept[0] == "pruned"
+    assert abs(hurt.kept[1].mean - 10.85) < 1e-9
+    assert not helped.finetune_hurt and helped.kept[0] == "fine-tuned"
+    assert not noise.finetune_hurt and noise.kept[0] == "pruned"  # 0.35 points: no flag
+    table = arms_table([hurt, helped, noise])
+    assert table.count("fine-tuning made it worse") == 1
+
+
+def test_finding_11_compares_the_kept_error_at_a_matched_size_and_says_which_arms():
+    from implicit_sparsity.findings.claims import FAILS, HOLDS, Context, _explicit
+
+    implicit = [point("implicit", "batch 40", 10.4, None, s, before=10.4) for s in (0, 1)]
+    broken = [point("slimming", "matched", 10.8, 18.1, 0), point("slimming", "matched", 10.9,
+                                                                 18.3, 1)]
+    outcome = _explicit(Context({}, ("adam",), None, implicit + broken))
+    assert outcome.verdict == HOLDS  # against the pruned 10.85, not the broken 18.2
+    assert "compared at a matched size" in outcome.ours and "slimming matched" in outcome.ours
+    assert "pruned 10.9 ± 0.1, fine-tuned 18.2 ± 0.1, kept pruned" in outcome.ours
+    assert "flagged" in outcome.ours
+    better = [point("l1norm", "shares", 8.0, 7.0, s) for s in (0, 1)]
+    assert _explicit(Context({}, ("adam",), None, implicit + better)).verdict == FAILS

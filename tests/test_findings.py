@@ -85,6 +85,9 @@ def test_the_findings_command_at_the_tiny_scale(tmp_path, capsys):
     assert report.count("\n| ") == 12  # the header and eleven findings
     assert "tiny scale" in report and "Rule: A claim" in report
     assert "What this scale cannot show.** Finding 6" in report
+    # finding 11: both errors per explicit arm, each method's fine-tuning protocol stated
+    assert "Implicit against explicit pruning (finding 11)" in report
+    assert "fine-tuning, slimming: " in report and "fine-tuning, l1norm: " in report
     from implicit_sparsity.findings.plan import SCALES, roles
     from implicit_sparsity.findings.run import collect_roles
     found = collect_roles(tmp_path / "out" / "runs", SCALES["tiny"])

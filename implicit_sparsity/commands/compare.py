@@ -17,9 +17,11 @@ from implicit_sparsity.commands.common import (
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.explicit.compare import (
     compare,
+    arms_table,
     comparison_table,
     load_comparison,
     plot_tradeoff,
+    summarize_arms,
 )
 from implicit_sparsity.measure.plots import pyplot
 from implicit_sparsity.train import TrainConfig, load_config_file
@@ -53,7 +55,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         help="L1-norm pruning: per-layer shares (default 0.5 everywhere; "
                              "VGG-16-A: C1=0.5 C8=0.5 ... C13=0.5)")
     parser.add_argument("--explicit-optimizer", default="sgd")
-    parser.add_argument("--finetune-epochs", nargs="+", type=int, default=[2])
+    parser.add_argument("--finetune-epochs", nargs="+", type=positive_int, default=None,
+                        help="fixed fine-tuning stages for every explicit arm (default: "
+                             "each method's own protocol, scaled to the training: Network "
+                             "Slimming the training schedule again, L1-norm a quarter of it "
+                             "at 1/100 of the rate)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="run every arm once per seed (means and spreads per arm)")
     parser.add_argument("--no-latency", action="store_true", default=False)
     add_config_flags(parser)
     parser.set_defaults(func=run)
@@ -97,9 +105,13 @@ def run(args) -> int:
                       slimming_strength=args.slimming_s, slimming_ratios=tuple(args.ratios),
                       l1_fractions=layer_shares(args.l1_layers),
                       explicit_optimizer=args.explicit_optimizer,
-                      finetune_epochs=tuple(args.finetune_epochs))
+                      finetune_epochs=tuple(args.finetune_epochs)
+                      if args.finetune_epochs else None)
+    if getattr(args, "seeds", None):
+        kwargs["seeds"] = tuple(args.seeds)
     points = compare(base, args.out, latency=not args.no_latency, verbose=True, **kwargs)
     print(comparison_table(points, paper))
+    print(arms_table(summarize_arms(points)))
     path = plot_tradeoff(points, Path(args.out) / "tradeoff.png", paper)
     print(f"wrote {Path(args.out) / 'comparison.json'} and {path}")
     return 0

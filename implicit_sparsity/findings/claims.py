@@ -1,11 +1,11 @@
 """The paper's eleven findings: each a claim, the paper's evidence, what we measure, and a
 verdict by one stated rule.
 
-The rule (`compare`): a claim "A > B" holds when the difference of the means exceeds the
-seeds' spread (the root of the summed variances) and `MIN_EFFECT` percentage points; it does
-not hold when the difference is that large the other way; otherwise it is inconclusive. A
-claim of several parts holds when every part holds, does not hold when any part does not,
-and is inconclusive otherwise.
+The rule (`compare`, defined in study.stats): a claim "A > B" holds when the difference of
+the means exceeds the seeds' spread (the root of the summed variances) and `MIN_EFFECT`
+percentage points; it does not hold when the difference is that large the other way;
+otherwise it is inconclusive. A claim of several parts holds when every part holds, does
+not hold when any part does not, and is inconclusive otherwise.
 """
 
 from __future__ import annotations
@@ -15,53 +15,20 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
-#: The smallest difference (percentage points) that counts as an effect.
-MIN_EFFECT = 1.0
+from implicit_sparsity.explicit.compare import summarize_arms
+from implicit_sparsity.study.stats import (  # noqa: F401  (the rule, re-exported)
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    MIN_EFFECT,
+    Stat,
+    combine,
+    compare,
+)
+
 #: "(Almost) no sparsity": at most this many percent of the filters.
 NEAR_ZERO = 2.0
-HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 EARLY_LAYERS, LATE_LAYERS = ("C1", "C2", "C3"), ("C5", "C6", "C7")
-
-
-@dataclass
-class Stat:
-    mean: float
-    std: float
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> "Stat":
-        values = [v for v in values if v is not None and math.isfinite(v)]
-        if not values:
-            return cls(float("nan"), float("nan"), 0)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return cls(statistics.fmean(values), std, len(values))
-
-    def __str__(self) -> str:
-        if not self.n:
-            return "-"
-        return f"{self.mean:.1f} ± {self.std:.1f}" if self.n > 1 else f"{self.mean:.1f}"
-
-
-def compare(a: Stat, b: Stat) -> str:
-    """Does A exceed B (see the module's rule)?"""
-    if not a.n or not b.n:
-        return INCONCLUSIVE
-    difference = a.mean - b.mean
-    margin = max(math.sqrt(a.std ** 2 + b.std ** 2), MIN_EFFECT)
-    if difference > margin:
-        return HOLDS
-    if difference < -margin:
-        return FAILS
-    return INCONCLUSIVE
-
-
-def combine(verdicts: list[str]) -> str:
-    if verdicts and all(v == HOLDS for v in verdicts):
-        return HOLDS
-    if any(v == FAILS for v in verdicts):
-        return FAILS
-    return INCONCLUSIVE
 
 
 @dataclass
@@ -205,29 +172,46 @@ def _pruning_exact(ctx: Context) -> Outcome:
                    f"by at most {max(moved, default=0):.2f} points", verdict)
 
 
+#: An explicit arm removing no more than this many points above the implicit arm's share is
+#: compared with it at a matched size.
+MATCHED_SIZE = 5.0
+
+
 def _explicit(ctx: Context) -> Outcome:
+    """At a matched size (an explicit arm removing at most MATCHED_SIZE points more), the
+    implicit arm's error must not exceed the explicit arm's kept error (the better of pruned
+    and fine-tuned: what a user would keep) beyond the seeds' spread; an explicit arm that
+    removes more at an error below ours beyond the spread is against the claim."""
     points = ctx.comparison
     if not points:
         return Outcome("not run (--no-compare)", INCONCLUSIVE)
-    implicit = [p for p in points if p.method == "implicit"]
-    explicit = [p for p in points if p.method != "implicit"]
+    arms = summarize_arms(points)
+    implicit = [a for a in arms if a.method == "implicit"]
+    explicit = [a for a in arms if a.method != "implicit"]
     if not implicit or not explicit:
         return Outcome("-", INCONCLUSIVE)
     ours = implicit[0]
-    parts = []
-    text = [f"implicit {ours.percent_pruned:.0f}% filters, error {ours.final_error:.1f}%"]
-    for point in explicit:
-        text.append(f"{point.method} {point.setting}: {point.percent_pruned:.0f}%, error "
-                    f"{point.final_error:.1f}%")
-        # at par or better: an explicit point removing no more (within 5 points) must not
-        # reach an error lower than ours by more than MIN_EFFECT
-        if point.percent_pruned <= ours.percent_pruned + 5.0:
-            parts.append(HOLDS if ours.final_error <= point.final_error + MIN_EFFECT
-                         else FAILS)
-        elif point.final_error <= ours.final_error:  # removes more at no worse error
-            parts.append(FAILS)
-    verdict = combine(parts) if parts else INCONCLUSIVE
-    return Outcome("; ".join(text), verdict)
+    share, error = ours.percent_pruned.mean, ours.error_pruned  # exact: pruned = trained
+    parts, matched, larger = [], [], []
+    for arm in explicit:
+        kept, theirs = arm.kept
+        cell = (f"{arm.method} {arm.arm} ({arm.percent_pruned.mean:.0f}%): pruned "
+                f"{arm.error_pruned}" + (f", fine-tuned {arm.error_finetuned}"
+                                         if arm.error_finetuned else "")
+                + f", kept {kept}" + (" (fine-tuning made it worse beyond the spread: "
+                                      "flagged)" if arm.finetune_hurt else ""))
+        if arm.percent_pruned.mean <= share + MATCHED_SIZE:
+            parts.append(FAILS if compare(error, theirs) == HOLDS else HOLDS)
+            matched.append(cell)
+        else:
+            if compare(error, theirs) == HOLDS:  # removes more, and is better beyond spread
+                parts.append(FAILS)
+            larger.append(cell)
+    text = (f"implicit {share:.0f}% of filters at error {error} (over {ours.seeds} seeds); "
+            f"compared at a matched size (within {MATCHED_SIZE:g} points): "
+            f"{'; '.join(matched) or 'none'}"
+            + (f"; removing more: {'; '.join(larger)}" if larger else ""))
+    return Outcome(text, combine(parts) if parts else INCONCLUSIVE)
 
 
 FINDINGS = [

@@ -8,7 +8,7 @@ import html
 import statistics
 from pathlib import Path
 
-from implicit_sparsity.explicit.compare import plot_tradeoff
+from implicit_sparsity.explicit.compare import arms_table, plot_tradeoff, summarize_arms
 from implicit_sparsity.findings.claims import EARLY_LAYERS, LATE_LAYERS, MIN_EFFECT, NEAR_ZERO
 from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.io.outputs import save_figure
@@ -92,6 +92,11 @@ def write_report(out: Path, scale, outcomes, context, wall_seconds: float) -> di
     caveats = [f"Finding {n}: {text}" for n, text in sorted(scale.caveats.items())]
     lines += [f"**What this scale cannot show.** {c}" for c in caveats]
     lines += [""] if caveats else []
+    if context.comparison:  # finding 11's arms: both errors, the protocol, the flags
+        lines += ["**Implicit against explicit pruning (finding 11)**: per arm over the seeds, "
+                  "error before pruning, after pruning and after fine-tuning (each method's "
+                  "own protocol, scaled to this training), and the one a user would keep.",
+                  "", "```", arms_table(summarize_arms(context.comparison)), "```", ""]
     for caption, path in figures:
         lines += [f"![{caption}]({path.relative_to(out)})", "", f"*{caption}*", ""]
     markdown = out / "report.md"

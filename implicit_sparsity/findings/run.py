@@ -108,4 +108,4 @@ def _comparison(scale, out: Path, data_dir: str | None):
     base = TrainConfig.from_dict({**scale.base, **labels, "seed": scale.seeds[0],
                                   **({"data_dir": data_dir} if data_dir else {})})
     kwargs = dict(scale.compare)
-    return compare(base, out, latency=False, **kwargs)
+    return compare(base, out, latency=False, seeds=tuple(scale.seeds), **kwargs)
