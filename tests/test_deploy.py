@@ -16,8 +16,8 @@ from implicit_sparsity.cli import main
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.prune import prune_model
 from implicit_sparsity.prune import runtimes
-from resnets import TinyResNet
 from test_bad_input import run_cli
+from test_weights_only import planted_resnet as weights_only_planted
 
 onnxruntime = pytest.importorskip("onnxruntime")
 openvino = pytest.importorskip("openvino")
@@ -25,13 +25,12 @@ MODEL = ["--model", "resnets:TinyResNet"]
 
 
 def planted_resnet() -> nn.Module:
-    torch.manual_seed(0)
-    model = TinyResNet()
+    """test_weights_only's TinyResNet (a dead and a constant channel in every BatchNorm),
+    with running statistics that are not the identity, for BatchNorm folding to matter."""
+    model = weights_only_planted()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
-                module.weight[:3] = 0.0
-                module.bias[:3] = -1.0  # dead after the ReLU
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 2.0)
     return model.eval()
