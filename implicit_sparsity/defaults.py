@@ -49,11 +49,25 @@ OPTIMIZER_DEFAULTS: dict[str, dict] = {
     "adagrad": {"lr": 1e-2, "eps": 1e-10},
     "adadelta": {"lr": 1.0, "rho": 0.9, "eps": 1e-6},
 }
+#: Today's optimizers (beyond the paper), with their authors' defaults as PyTorch (or the
+#: package named) writes them: AdamW (Loshchilov & Hutter), NAdam (Dozat; torch's momentum
+#: decay schedule), RAdam (Liu et al.), Adafactor (Shazeer & Stern; torch's relative step:
+#: lr is the largest step relative to the parameters' RMS), Lion (Chen et al. 2023, package
+#: lion-pytorch: lr 3-10x below AdamW's, betas 0.9 / 0.99).
+MODERN_OPTIMIZER_DEFAULTS: dict[str, dict] = {
+    "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8},
+    "nadam": {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "momentum_decay": 4e-3},
+    "radam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8},
+    "adafactor": {"lr": 1e-2, "beta2_decay": -0.8, "d": 1.0},
+    "lion": {"lr": 1e-4, "betas": (0.9, 0.99)},
+}
+OPTIMIZER_DEFAULTS.update(MODERN_OPTIMIZER_DEFAULTS)
 #: Base learning rate of Adam on ImageNet (supplement section 4).
 IMAGENET_ADAM_LR = 1e-4
 
 # --- Regularization (section 2.1) ----------------------------------------------------------
-REGULARIZERS = ("none", "l2", "wd")
+#: "decoupled" is beyond the paper: AdamW's decoupled weight decay (see optim.regularization).
+REGULARIZERS = ("none", "l2", "wd", "decoupled")
 #: Adam with L2 1e-4 is the paper's default setting from section 5 on.
 DEFAULT_REGULARIZER = "l2"
 DEFAULT_LAMBDA = 1e-4

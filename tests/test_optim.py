@@ -31,6 +31,8 @@ def reference(name, reg, lr0):
     for t, (g_main, factor) in enumerate(zip(GRADS, FACTORS), start=1):
         lr = lr0 * factor
         g = g_main + LAM * theta if reg == "l2" else g_main.copy()
+        if reg == "decoupled":  # AdamW's decay: before the update, by lr_t * lambda
+            theta = theta * (1 - lr * LAM)
         if name == "sgd":
             buf = g if t == 1 else h["momentum"] * state["buf"] + g
             state["buf"] = buf
@@ -64,9 +66,76 @@ def reference(name, reg, lr0):
             delta = np.sqrt(state.get("u", 0) + eps) / np.sqrt(v + eps) * g
             state["v"], state["u"] = v, rho * state.get("u", 0) + (1 - rho) * delta * delta
             theta = theta - lr * delta
+        elif name in MODERN:
+            theta = MODERN[name](theta, g, lr, t, h, state)
         if reg == "wd":
             theta = theta * (1 - LAM * factor)
     return theta
+
+
+def adamw_step(theta, g, lr, t, h, state):
+    """AdamW's update is Adam's (its decay is the "decoupled" regularizer's)."""
+    b1, b2 = h["betas"]
+    state["m"] = b1 * state.get("m", 0) + (1 - b1) * g
+    state["v"] = b2 * state.get("v", 0) + (1 - b2) * g * g
+    return theta - lr * (state["m"] / (1 - b1 ** t)) / (
+        np.sqrt(state["v"] / (1 - b2 ** t)) + h["eps"])
+
+
+def nadam_step(theta, g, lr, t, h, state):
+    """Dozat's Nesterov Adam with the momentum schedule mu_t = b1 (1 - 0.5 * 0.96^(t psi))."""
+    b1, b2 = h["betas"]
+    psi = h["momentum_decay"]
+    mu = b1 * (1 - 0.5 * 0.96 ** (t * psi))
+    mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))
+    state["mu_product"] = state.get("mu_product", 1.0) * mu
+    state["m"] = b1 * state.get("m", 0) + (1 - b1) * g
+    state["v"] = b2 * state.get("v", 0) + (1 - b2) * g * g
+    denom = np.sqrt(state["v"] / (1 - b2 ** t)) + h["eps"]
+    return (theta - lr * (1 - mu) / (1 - state["mu_product"]) * g / denom
+            - lr * mu_next / (1 - state["mu_product"] * mu_next) * state["m"] / denom)
+
+
+def radam_step(theta, g, lr, t, h, state):
+    """Rectified Adam: while the variance's length rho_t <= 5 (the first steps), the
+    bias-corrected momentum alone; after, Adam's step times the rectification."""
+    b1, b2 = h["betas"]
+    state["m"] = b1 * state.get("m", 0) + (1 - b1) * g
+    state["v"] = b2 * state.get("v", 0) + (1 - b2) * g * g
+    m_hat = state["m"] / (1 - b1 ** t)
+    rho_inf = 2 / (1 - b2) - 1
+    rho = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+    if rho <= 5:
+        return theta - lr * m_hat
+    rect = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+    return theta - lr * m_hat * rect * math.sqrt(1 - b2 ** t) / (np.sqrt(state["v"]) + h["eps"])
+
+
+def adafactor_step(theta, g, lr, t, h, state):
+    """Shazeer & Stern's Adafactor as torch writes it, for a weight of one row (its factored
+    second moment is then the per-element one): beta2_t = 1 - t^-0.8, the step relative to
+    the parameters' RMS (at least eps2 = 1e-3) times min(lr, 1 / sqrt(t)), the update
+    clipped to RMS d."""
+    eps1, eps2 = np.finfo(np.float64).eps, 1e-3
+    one_minus_beta2 = t ** h["beta2_decay"]
+    alpha = max(eps2, np.sqrt(np.mean(theta ** 2))) * min(lr, 1 / math.sqrt(t))
+    v = state.get("v", np.zeros_like(g))
+    state["v"] = v + one_minus_beta2 * (g * g - v)
+    update = g / np.sqrt(np.maximum(state["v"], eps1 * eps1))
+    return theta - alpha / max(1.0, np.sqrt(np.mean(update ** 2)) / h["d"]) * update
+
+
+def lion_step(theta, g, lr, t, h, state):
+    """Chen et al.'s Lion: the sign of an interpolation of momentum and gradient."""
+    b1, b2 = h["betas"]
+    m = state.get("m", np.zeros_like(g))
+    theta = theta - lr * np.sign(b1 * m + (1 - b1) * g)
+    state["m"] = b2 * m + (1 - b2) * g
+    return theta
+
+
+MODERN = {"adamw": adamw_step, "nadam": nadam_step, "radam": radam_step,
+          "adafactor": adafactor_step, "lion": lion_step}
 
 
 def ours(name, reg, lr0):
@@ -74,7 +143,7 @@ def ours(name, reg, lr0):
     with torch.no_grad():
         module.weight.copy_(torch.tensor(THETA0, dtype=torch.float64).reshape(1, 4))
     optimizer = build_optimizer(name, param_groups(module, lr0), resolve_hyperparameters(name))
-    regularizer = Regularizer(reg, LAM, module.parameters())
+    regularizer = Regularizer(reg, LAM, module.parameters(), lr=lr0)
     for g, factor in zip(GRADS, FACTORS):
         apply_schedule(optimizer, lr0, factor)
         optimizer.zero_grad()
@@ -90,8 +159,65 @@ def test_two_updates_match_the_hand_computation(name, reg):
     lr0 = defaults.OPTIMIZER_DEFAULTS[name]["lr"]
     expected = reference(name, reg, lr0)
     assert np.allclose(ours(name, reg, lr0), expected, rtol=1e-10, atol=1e-12)
-    if reg != "none":  # the regularizer really changed the result
+    # the regularizer really changed the result (Lion's L2 only where lambda * theta
+    # outweighs the gradient, which these gradients never let it: tested below)
+    if reg != "none" and not (name == "lion" and reg == "l2"):
         assert not np.allclose(expected, reference(name, "none", lr0), rtol=1e-6, atol=0)
+
+
+def test_lion_with_l2_drives_a_parameter_to_zero_only_when_its_gradient_is_tiny():
+    """Lion steps by lr * sign(...): L2 adds lambda * theta inside the sign, so it decides
+    the step only where it outweighs the gradient, and then moves theta by lr toward 0."""
+    module = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor([[0.8, -0.3]], dtype=torch.float64))
+    optimizer = build_optimizer("lion", param_groups(module, 1e-2),
+                                resolve_hyperparameters("lion"))
+    regularizer = Regularizer("l2", 1e-3, module.parameters())
+    g = torch.tensor([[1e-6, 1e-2]], dtype=torch.float64)  # tiny, then large and positive
+    for _ in range(3):
+        optimizer.zero_grad()
+        (module.weight * g).sum().backward()
+        regularized_step(optimizer, regularizer, 1.0)
+    # the first weight: L2 (8e-4) outweighs its gradient, so 3 steps of 1e-2 toward zero;
+    # the second: its gradient (1e-2 against 3e-4) decides, also down, whatever L2 says
+    assert np.allclose(module.weight.detach().numpy(), [[0.77, -0.33]], rtol=0, atol=1e-12)
+
+
+def test_adam_with_decoupled_weight_decay_is_torchs_adamw_and_differs_from_the_papers_wd():
+    """torch.optim.AdamW(weight_decay=lambda) step for step, and the paper's WD is another
+    rule (after the update, by lambda_t, not lr_t * lambda)."""
+    lr0 = 1e-3
+    module = nn.Linear(4, 1, bias=False).double()
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor(THETA0).reshape(1, 4))
+    adamw = torch.optim.AdamW(module.parameters(), lr=lr0, betas=(0.9, 0.99), weight_decay=LAM)
+    for g, factor in zip(GRADS, FACTORS):
+        adamw.param_groups[0]["lr"] = lr0 * factor
+        adamw.zero_grad()
+        (module.weight.reshape(-1) * torch.tensor(g)).sum().backward()
+        adamw.step()
+    torch_adamw = module.weight.detach().reshape(-1).numpy()
+    assert np.allclose(ours("adam", "decoupled", lr0), torch_adamw, rtol=1e-13, atol=0)
+    assert not np.allclose(ours("adam", "wd", lr0), torch_adamw, rtol=1e-6, atol=0)
+    with pytest.raises(ConfigError, match="needs the base learning rate"):
+        Regularizer("decoupled", LAM, module.parameters())
+
+
+def test_a_packaged_optimizer_that_is_missing_names_its_package(monkeypatch):
+    import importlib
+
+    from implicit_sparsity.optim import optimizers
+
+    real = importlib.import_module
+
+    def no_lion(name, *args):
+        if name == "lion_pytorch":
+            raise ImportError(name)
+        return real(name, *args)
+    monkeypatch.setattr(optimizers.importlib, "import_module", no_lion)
+    with pytest.raises(ConfigError, match=r"optimizer lion needs the package lion-pytorch"):
+        optimizers.optimizer_class("lion")
 
 
 def test_l2_and_wd_differ_for_adam_and_wd_is_not_adamw():

@@ -39,7 +39,7 @@ def test_curves_start_at_one_and_are_seeded(result):
     other = simulate(optimizers=("adam",), lambdas=(1e-4,), steps=300, seed=1, progress=False)
     assert again.curves == twice.curves and again.curves != other.curves
     with pytest.raises(ConfigError, match="valid optimizers"):
-        simulate(optimizers=("lion",))
+        simulate(optimizers=("no-such-optimizer",))
 
 
 def test_simulate_command(tmp_path, capsys):
@@ -51,3 +51,28 @@ def test_simulate_command(tmp_path, capsys):
     curves = json.loads((tmp_path / "s.json").read_text())["curves"]
     assert set(curves) == {"adam", "sgd"} and set(curves["adam"]) == {"l2", "wd"}
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_todays_optimizers_and_decoupled_decay_are_simulated():
+    """Every optimizer and regularizer kind runs in the simulation; Lion + L2 as worked out
+    by hand: once lambda * theta (1e-4) outweighs the gradients (std 1e-5), each step moves
+    theta by exactly lr toward zero."""
+    from implicit_sparsity import defaults
+
+    steps, high = 1100, defaults.SIMULATION["high_steps"]
+    result = simulate(optimizers=("adamw", "nadam", "radam", "adafactor", "lion"),
+                      regularizers=("l2", "wd", "decoupled"), lambdas=(1e-4, 0.05),
+                      steps=steps, progress=False)
+    for by_reg in result.curves.values():
+        assert set(by_reg) == {"l2", "wd", "decoupled"}
+        for by_lam in by_reg.values():
+            assert all(v[0] == 1.0 and all(abs(x) < 10 for x in v) for v in by_lam.values())
+    lr = defaults.OPTIMIZER_DEFAULTS["lion"]["lr"]
+    lion = result.curves["lion"]["l2"][1e-4]
+    # once the momentum of the high-gradient phase has decayed (beta2 0.99: 0.99^500 < 1%),
+    # lambda * theta ~ 1e-4 outweighs gradients of std 1e-5: exactly lr per step, down
+    settled = [(t, v) for t, v in zip(result.steps, lion) if t >= high + 500]
+    for (t1, v1), (t2, v2) in zip(settled, settled[1:]):
+        assert abs((v1 - v2) - lr * (t2 - t1)) < 1e-12, (t1, v1, v2)
+    # and nothing moves faster than lr per step
+    assert lion[-1] >= 1.0 - lr * steps - 1e-12

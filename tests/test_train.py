@@ -118,6 +118,15 @@ def test_other_models_and_regularizers_train(fashion_dir, tmp_path, model, regul
     assert result.metrics[0]["train_loss"] < 10
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "lion"])
+def test_todays_optimizers_train_with_decoupled_weight_decay(fashion_dir, tmp_path, optimizer):
+    config = tiny_config(fashion_dir, optimizer=optimizer, regularizer="decoupled", lam=0.05,
+                         epochs=[1])
+    result = train(config, tmp_path / "run", verbose=False)
+    assert math.isfinite(result.metrics[0]["train_loss"])
+    assert load_config_file(tmp_path / "run" / "config.yaml")["regularizer"] == "decoupled"
+
+
 @pytest.mark.parametrize("change, message", [
     ({"model": "resnet"}, "valid models: basicnet, vgg11, vgg16, vgg19"),
     ({"dataset": "mnist"}, "valid data sets: fashion-mnist, cifar10"),

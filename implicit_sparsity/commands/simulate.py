@@ -26,7 +26,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(NAME, help="the low-gradient simulation of the paper's Fig. 4: a "
                             "scalar under L2 / WD with each optimizer")
     parser.add_argument("--optimizers", nargs="+", default=list(sim["optimizers"]))
-    parser.add_argument("--regularizers", nargs="+", default=["l2", "wd"], choices=["l2", "wd"])
+    parser.add_argument("--regularizers", nargs="+", default=["l2", "wd"],
+                        choices=["l2", "wd", "decoupled"],
+                        help="decoupled: AdamW's decoupled weight decay (beyond the paper)")
     parser.add_argument("--lambdas", nargs="+", type=non_negative_float,
                         default=list(sim["lambdas"]))
     parser.add_argument("--steps", type=positive_int, default=sim["steps"])

@@ -1,11 +1,15 @@
-"""The optimizers the paper compares, built with its base learning rates and hyper-parameters.
+"""The optimizers the paper compares, built with its base learning rates and hyper-parameters,
+and today's (AdamW, NAdam, RAdam, Adafactor from PyTorch; Lion from the lion-pytorch
+package, the reference implementation its authors point to), with their authors' defaults.
 
-Regularization is never passed to torch's `weight_decay`: it is applied by
-`implicit_sparsity.optim.regularization`, where L2 and WD are defined once.
+Regularization is never passed to an optimizer's own `weight_decay`: it is applied by
+`implicit_sparsity.optim.regularization`, where L2, WD and decoupled WD are defined once
+(AdamW with the "decoupled" regularizer is torch's AdamW).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 
@@ -23,20 +27,42 @@ OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
     "rmsprop": torch.optim.RMSprop,
     "adagrad": torch.optim.Adagrad,
     "adadelta": torch.optim.Adadelta,
+    # beyond the paper
+    "adamw": torch.optim.AdamW,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+    "adafactor": torch.optim.Adafactor,
 }
-OPTIMIZERS = tuple(OPTIMIZER_CLASSES)
+#: Optimizers from packages other than PyTorch: name -> (module, class, pip package).
+PACKAGED = {"lion": ("lion_pytorch", "Lion", "lion-pytorch")}
+OPTIMIZERS = tuple(OPTIMIZER_CLASSES) + tuple(PACKAGED)
+#: Those without a multi-tensor (`foreach`) implementation to ask for.
+NO_FOREACH = {"lion"}
 #: Arguments owned by the toolkit, not settable as optimizer hyper-parameters.
 _RESERVED = {"self", "params", "lr", "weight_decay", "amsgrad", "maximize", "foreach",
-             "capturable", "differentiable", "fused", "decoupled_weight_decay"}
+             "capturable", "differentiable", "fused", "decoupled_weight_decay", "use_triton"}
 
 
 def check_optimizer_name(name: str) -> None:
-    if name not in OPTIMIZER_CLASSES:
+    if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
 
 
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The class of optimizer `name`; one line naming the package when it is missing."""
+    check_optimizer_name(name)
+    if name in OPTIMIZER_CLASSES:
+        return OPTIMIZER_CLASSES[name]
+    module, cls, package = PACKAGED[name]
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError:
+        raise ConfigError(f"optimizer {name} needs the package {package} (pip install "
+                          f"{package}, or 'implicit-sparsity[optimizers]')") from None
+
+
 def settable_hyperparameters(name: str) -> list[str]:
-    signature = inspect.signature(OPTIMIZER_CLASSES[name].__init__)
+    signature = inspect.signature(optimizer_class(name).__init__)
     return sorted(set(signature.parameters) - _RESERVED)
 
 
@@ -61,7 +87,7 @@ def _is_number(value) -> bool:
 def _typed_hyperparameter(name: str, key: str, value):
     """`value` of the type of torch's default for `key` (a number, a flag, a tuple of
     numbers of the same length); one line when it is not."""
-    default = inspect.signature(OPTIMIZER_CLASSES[name].__init__).parameters[key].default
+    default = inspect.signature(optimizer_class(name).__init__).parameters[key].default
     if isinstance(default, bool):
         ok, expected = isinstance(value, bool), "true or false"
     elif isinstance(default, tuple):
@@ -111,7 +137,7 @@ def build_optimizer(name: str, groups: list[dict], hyperparameters: dict
     WD are ours: optim.regularization). The multi-tensor (`foreach`) implementation computes
     the same update as the per-tensor one in a few kernels a step instead of a few per
     parameter; PyTorch picks it by default on GPUs only, so it is asked for here."""
-    check_optimizer_name(name)
     extra = {"amsgrad": True} if name == "amsgrad" else {}
-    return OPTIMIZER_CLASSES[name](groups, weight_decay=0.0, foreach=True, **extra,
-                                   **hyperparameters)
+    if name not in NO_FOREACH:
+        extra["foreach"] = True
+    return optimizer_class(name)(groups, weight_decay=0.0, **extra, **hyperparameters)

@@ -6,6 +6,11 @@
   `theta <- theta * (1 - lambda_t)`, with `lambda_t = lambda * lr_t / lr_0`: the decay follows
   the learning-rate schedule (Table 1 caption). This is not AdamW, which multiplies by
   `1 - lr * wd` before its step.
+- decoupled (beyond the paper): AdamW's decoupled weight decay, `theta <- theta - lr_t *
+  lambda * theta` before the optimizer's update (torch's AdamW order), with `lr_t` the run's
+  base rate times the schedule (the gamma / beta learning-rate scales are not applied to
+  it). It differs from the paper's WD by the factor lr_0: AdamW's lambda 0.05 at lr 1e-3 is
+  the paper's WD at 5e-5, applied before the update instead of after it.
 
 Both act on every parameter, BatchNorm gamma and beta included, unless BN is excluded.
 
@@ -33,14 +38,17 @@ def check_regularizer(kind: str, lam) -> None:
 
 
 class Regularizer:
-    """Applies `kind` (none | l2 | wd) with strength `lam` to `params` around each step.
+    """Applies `kind` (none | l2 | wd | decoupled) with strength `lam` to `params` around each
+    step; `lr` (the base learning rate) is needed by decoupled weight decay only.
 
     `lam` is a number, or a tensor of one lambda per element for a single parameter (the
     low-gradient simulation runs many lambdas side by side that way)."""
 
-    def __init__(self, kind: str, lam, params):
+    def __init__(self, kind: str, lam, params, lr: float | None = None):
         check_regularizer(kind, lam)
-        self.kind = kind
+        if kind == "decoupled" and lr is None:
+            raise ConfigError("decoupled weight decay needs the base learning rate")
+        self.kind, self.lr = kind, lr
         self.lam = lam.detach().clone() if isinstance(lam, torch.Tensor) else float(lam)
         self.params = [p for p in params if p.requires_grad]
         if isinstance(self.lam, torch.Tensor) and any(
@@ -54,8 +62,16 @@ class Regularizer:
         return bool((self.lam > 0).any()) if isinstance(self.lam, torch.Tensor) else self.lam > 0
 
     @torch.no_grad()
-    def before_step(self) -> None:
-        """L2: grad <- grad + lambda * theta, for the optimizer to use."""
+    def before_step(self, schedule_factor: float = 1.0) -> None:
+        """L2: grad <- grad + lambda * theta, for the optimizer to use. Decoupled: theta <-
+        theta * (1 - lr_0 * lr_t / lr_0 * lambda), before the optimizer's update."""
+        if self.kind == "decoupled" and self.active:
+            scale = self.lr * schedule_factor
+            if isinstance(self.lam, torch.Tensor):
+                torch._foreach_mul_(self.params, [1.0 - self.lam * scale] * len(self.params))
+            else:
+                torch._foreach_mul_(self.params, 1.0 - self.lam * scale)
+            return
         if self.kind != "l2" or not self.active:
             return
         pairs = [(p.grad, p) for p in self.params if p.grad is not None]
@@ -113,7 +129,7 @@ class L1GammaPenalty:
     def active(self) -> bool:
         return self.strength > 0
 
-    def before_step(self) -> None:
+    def before_step(self, schedule_factor: float = 1.0) -> None:
         add_l1_gradient(self.gammas, self.strength)
 
     def after_step(self, schedule_factor: float) -> None:
@@ -127,7 +143,7 @@ def regularized_step(optimizer: torch.optim.Optimizer, regularizers, schedule_fa
     if not isinstance(regularizers, (list, tuple)):
         regularizers = (regularizers,)
     for regularizer in regularizers:
-        regularizer.before_step()
+        regularizer.before_step(schedule_factor)
     optimizer.step()
     for regularizer in regularizers:
         regularizer.after_step(schedule_factor)

@@ -82,7 +82,8 @@ def simulate(optimizers=defaults.SIMULATION["optimizers"], regularizers=("l2", "
         lr = default_lr(name)
         optimizer = build_optimizer(name, param_groups(nn.ParameterList([theta]), lr),
                                     resolve_hyperparameters(name))
-        regularizer = Regularizer(reg, torch.tensor(lambdas, dtype=torch.float64), [theta])
+        regularizer = Regularizer(reg, torch.tensor(lambdas, dtype=torch.float64), [theta],
+                                  lr=lr)
         noise = torch.Generator().manual_seed(seed)  # the same gradients for every run
         history = [theta.detach().clone()]
         for t in range(1, steps + 1):
@@ -106,7 +107,7 @@ def plot_simulation(result: SimulationResult, path) -> None:
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
-        for reg, style in (("l2", "-"), ("wd", "--")):
+        for reg, style in (("l2", "-"), ("wd", "--"), ("decoupled", ":")):
             for i, (lam, values) in enumerate(result.curves[name].get(reg, {}).items()):
                 ax.plot(result.steps, values, style, color=f"C{i}",
                         label=f"{reg.upper()} {lam:g}")

@@ -440,7 +440,7 @@ class SingleRun:
         self.regularizers = (
             L1GammaPenalty(config.l1_gamma, slimming_gammas(self.model)),  # Slimming only
             Regularizer(config.regularizer, config.lam,
-                        regularized_params(self.model, config.regularize_bn)))
+                        regularized_params(self.model, config.regularize_bn), lr=config.lr))
 
     def _build_step(self, capture: bool) -> None:
         """What a training step calls (DDP's wrapper when distributed) and its captured form;

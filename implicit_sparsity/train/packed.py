@@ -101,7 +101,8 @@ class PackedModels:
             (L1GammaPenalty(config.l1_gamma, [self.views[k][n] for n in self.gamma_names]),
              Regularizer(config.regularizer, config.lam,
                          [self.views[k][name_of[id(p)]]
-                          for p in regularized_params(models[0], config.regularize_bn)]))
+                          for p in regularized_params(models[0], config.regularize_bn)],
+                         lr=config.lr))
             for k, config in enumerate(self.configs)]
         self.forward_backward = ForwardBackward(
             self._objective, list(self.params.values()), list(self.buffers.values()),
@@ -139,9 +140,9 @@ class PackedModels:
                 tensor.grad = self.params[name].grad[start:stop]
         # regularized_step for every run; the runs are independent, so the order across runs
         # does not matter: each run's regularizer acts before and after its optimizer's step
-        for regularizers in self.regularizers:
+        for regularizers, factor in zip(self.regularizers, factors):
             for regularizer in regularizers:
-                regularizer.before_step()
+                regularizer.before_step(factor)
         for optimizer in self.optimizers:
             optimizer.step()
         for regularizers, factor in zip(self.regularizers, factors):
