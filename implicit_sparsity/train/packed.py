@@ -219,13 +219,20 @@ def optimizer_identity(config: TrainConfig) -> tuple:
             config.gamma_lr_scale, config.beta_lr_scale)
 
 
+#: Optimizers whose update depends on a tensor's shape (see `packable`).
+UNPACKABLE_OPTIMIZERS = ("adafactor",)
+
+
 def packable(config: TrainConfig) -> bool:
     """vmap's batch rules do not take BatchNorm under bf16 autocast, and stacked weights have
     no NHWC layout; recycling edits one run's weights between steps; models outside the
-    paper's CNNs are not packed; a harvest gives each run its own shapes: such runs train
-    one by one."""
+    paper's CNNs are not packed; a harvest gives each run its own shapes; Adafactor factors
+    a tensor's second moment over its last two dimensions, so a stacked [K, ...] tensor
+    would get another rule (a BatchNorm vector would be factored): such runs train one by
+    one."""
 
     return (config.precision == "fp32" and not config.channels_last
+            and config.optimizer not in UNPACKABLE_OPTIMIZERS
             and not config.recycle_every and not config.harvest_every
             and get_model_entry(config.model).packable
             and config.step_capture != "compile")
