@@ -123,6 +123,13 @@ def follow_surgery(optimizer: torch.optim.Optimizer, model: nn.Module,
                 raise HarvestRefused(f"{name} changed shape without a record of its elements")
             if origin is not None and origin.shape != new.shape:
                 raise HarvestRefused(f"{name}: the record of its elements does not fit")
+            for key, value in (optimizer.state.get(param) or {}).items():
+                if origin is not None and torch.is_tensor(value) and value.dim() \
+                        and value.shape != shapes_before[name]:
+                    raise HarvestRefused(
+                        f"{name}: the optimizer keeps {key!r} of shape {tuple(value.shape)} "
+                        f"for a parameter of shape {tuple(shapes_before[name])} (a factored "
+                        "moment, as Adafactor's), which cannot follow the surgery exactly")
             plan.append((param, new, origin))
     new_state = {}
     for param, new, origin in plan:
