@@ -140,7 +140,7 @@ def test_each_explicit_method_fine_tunes_by_its_own_papers_protocol(fashion_dir,
     from implicit_sparsity.explicit.compare import arms_table, summarize_arms
     from implicit_sparsity.train import load_config_file
 
-    base = TrainConfig(data_dir=str(fashion_dir), width="0.0625", epochs=[4], lam=1e-3)
+    base = TrainConfig(data_dir=str(fashion_dir), width="0.0625", epochs=[2], lam=1e-3)
     points = compare(base, tmp_path, methods=("slimming", "l1norm"), slimming_ratios=(0.5,),
                      seeds=(0, 1), latency=False)
     assert [(p.method, p.seed) for p in points] == [("slimming", 0), ("l1norm", 0),
@@ -148,9 +148,10 @@ def test_each_explicit_method_fine_tunes_by_its_own_papers_protocol(fashion_dir,
     for seed in (0, 1):
         slim = load_config_file(tmp_path / f"seed{seed}/slimming/ratio0.5/finetune/config.yaml")
         l1 = load_config_file(tmp_path / f"seed{seed}/l1norm/pruned/finetune/config.yaml")
-        assert (slim["epochs"], slim["lr"], slim["seed"]) == ([2, 1, 1], 0.1, seed)
+        # 2 training epochs: 50 / 25 / 25% rounded, each stage at least one epoch
+        assert (slim["epochs"], slim["lr"], slim["seed"]) == ([1, 1, 1], 0.1, seed)
         assert (l1["epochs"], l1["lr"], l1["seed"]) == ([1], 0.1 / 100, seed)
-    assert points[0].finetune.startswith("4 epochs at lr 0.1, /10 after epochs 2, 3")
+    assert points[0].finetune.startswith("3 epochs at lr 0.1, /10 after epochs 1, 2")
     assert points[1].finetune.startswith("1 epochs at lr 0.001, constant")
     arms = summarize_arms(points)
     assert [(a.method, a.arm, a.seeds) for a in arms] == [

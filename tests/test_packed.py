@@ -20,8 +20,12 @@ from implicit_sparsity.train.packed import UNPACKABLE_OPTIMIZERS, PackedModels, 
 CONFIGS = [TrainConfig(optimizer=o, regularizer=r, lam=(1e-2, 5e-3, 1e-3)[i % 3], seed=i,
                        regularize_bn=i % 4 != 3, gamma_lr_scale=0.1 if i % 5 == 1 else 1.0,
                        l1_gamma=1e-3 if i % 6 == 2 else 0.0)
-           for i, (o, r) in enumerate((o, r) for o in OPTIMIZERS for r in REGULARIZERS
-                                      if o not in UNPACKABLE_OPTIMIZERS)]
+           for i, (o, r) in enumerate(
+               # every optimizer (its regularizer in turn), and every regularizer with Adam:
+               # the two act independently, so their cross product adds no case
+               [(o, REGULARIZERS[j % len(REGULARIZERS)]) for j, o in enumerate(
+                   o for o in OPTIMIZERS if o not in UNPACKABLE_OPTIMIZERS)]
+               + [("adam", r) for r in REGULARIZERS if r != "l2"])]
 
 
 #: one optimizer and rate, other regularizers, lambdas, seeds and L1: one shared optimizer step
