@@ -18,7 +18,9 @@ from implicit_sparsity.cli import main
 from implicit_sparsity.errors import ConfigError, PackingError
 from implicit_sparsity.io.run_dir import CHECKPOINT
 from implicit_sparsity.models import build_model
-from implicit_sparsity.optim import Regularizer, build_optimizer, param_groups, regularized_step
+from implicit_sparsity import defaults
+from implicit_sparsity.optim import (Regularizer, build_optimizer, param_groups, regularized_step,
+                                     set_mode)
 from implicit_sparsity.optim.optimizers import OPTIMIZERS, resolve_hyperparameters
 from implicit_sparsity.prune.api import prune_model
 from implicit_sparsity.train import (TrainConfig, load_bn_history, load_checkpoint,
@@ -74,8 +76,13 @@ def step(model, optimizer, regularizer, x, y) -> None:
     regularized_step(optimizer, regularizer, 1.0)
 
 
+#: Adafactor's factored moments, Muon's own weight copies and schedule-free's iterates
+#: cannot follow a cut (tested below)
+NOT_HARVESTABLE = ("adafactor", "muon", "adamw-schedulefree")
+
+
 @pytest.mark.parametrize("optimizer,regularizer", [(o, "l2") for o in OPTIMIZERS
-                                                  if o != "adafactor"]
+                                                  if o not in NOT_HARVESTABLE]
                          + [("adam", "wd"), ("sgd", "wd"), ("adamw", "decoupled")])
 def test_the_step_after_a_harvest_is_the_step_of_the_unharvested_model(optimizer, regularizer):
     """float64, dead channels exactly zero: on every kept element, the harvested model's next
@@ -359,19 +366,23 @@ def test_a_spec_can_ask_for_it_and_its_harvesting_runs_are_not_packed(tmp_path, 
     assert not packable(runs[0].config) and packable(runs[1].config)
 
 
-def test_a_factored_optimizer_state_refuses_the_harvest_and_changes_nothing():
-    """Adafactor keeps a conv weight's second moment as a row and a column factor, not one
-    value per element: no gathering of elements can follow a cut, so the harvest refuses
-    in one line and the model keeps its own parameters."""
+@pytest.mark.parametrize(("name", "reason"), [
+    ("adafactor", "a factored moment"), ("muon", "Muon keeps its own 2-D copies"),
+    ("adamw-schedulefree", "schedule-free optimizer keeps iterates")])
+def test_an_optimizer_whose_state_cannot_follow_refuses_the_harvest(name, reason):
+    """Each refuses in one line, and the model keeps its own parameters."""
     model = basicnet()
     plant(model)
     x, y = torch.randn(48, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (48,))
-    opt = build_optimizer("adafactor", param_groups(model, 1e-2, 1.0, 1.0),
-                          resolve_hyperparameters("adafactor", {}))
+    lr = defaults.OPTIMIZER_DEFAULTS[name]["lr"]
+    opt = build_optimizer(name, param_groups(model, lr, 1.0, 1.0),
+                          resolve_hyperparameters(name, {}))
+    set_mode(opt, training=True)
     step(model, opt, Regularizer("l2", 1e-3, list(model.parameters())), x, y)
+    set_mode(opt, training=False)
     before = [id(p) for p in model.parameters()]
     shapes = [p.shape for p in model.parameters()]
     record = Harvester(model, x[:32]).harvest(model, opt, epoch=1)
-    assert record.total_removed == 0 and "a factored moment" in record.refused
+    assert record.total_removed == 0 and reason in record.refused
     assert [id(p) for p in model.parameters()] == before
     assert [p.shape for p in model.parameters()] == shapes

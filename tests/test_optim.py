@@ -13,9 +13,11 @@ from torch import nn
 
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.optim.optimizers import SCHEDULE_FREE
 from implicit_sparsity.optim import (OPTIMIZERS, Regularizer, StepSchedule, apply_schedule,
-                                     build_optimizer, param_groups, regularized_step,
-                                     resolve_hyperparameters, same_iterations_epochs)
+                                     build_optimizer, decoupled_rates, own_decoupled_decay,
+                                     param_groups, regularized_step, resolve_hyperparameters,
+                                     same_iterations_epochs, set_mode)
 
 THETA0 = np.array([0.8, -0.3, 1.5, -2.0])
 GRADS = [np.array([0.5, -1.0, 0.02, 0.3]), np.array([-0.2, -0.4, 0.01, 0.6])]
@@ -26,6 +28,11 @@ LAM = 0.05
 def reference(name, reg, lr0):
     """Two steps by hand. Returns theta after both."""
     h = resolve_hyperparameters(name)
+    if name == "adamw-schedulefree":
+        return schedule_free_reference(reg, lr0, h)
+    if name == "muon":  # a lone weight is the input layer and the head: AdamW's
+        name, lr0 = "adamw", h["adamw_lr"]
+        h = {"betas": h["adamw_betas"], "eps": 1e-8}
     theta = THETA0.copy()
     state = {}
     for t, (g_main, factor) in enumerate(zip(GRADS, FACTORS), start=1):
@@ -134,6 +141,30 @@ def lion_step(theta, g, lr, t, h, state):
     return theta
 
 
+def schedule_free_reference(reg, lr0, h):
+    """Defazio et al.'s schedule-free AdamW: gradients at y = (1 - b1) z + b1 x; z takes
+    the Adam-normalized step (plus lambda * y, its decoupled decay); x is the average of the
+    z's with weights c = w_t / sum w, w_t the largest rate so far squared (the package's
+    weight_lr_power 2, r 0); the model is evaluated at x."""
+    b1, b2 = h["betas"]
+    x = z = THETA0.copy()
+    v, weights, lr_max = 0.0, 0.0, 0.0
+    for t, (g_main, factor) in enumerate(zip(GRADS, FACTORS), start=1):
+        lr = lr0 * factor
+        y = (1 - b1) * z + b1 * x
+        g = g_main + LAM * y if reg == "l2" else g_main
+        v = b2 * v + (1 - b2) * g * g
+        step = g / (np.sqrt(v / (1 - b2 ** t)) + h["eps"])
+        if reg == "decoupled":
+            step = step + LAM * y
+        z = z - lr * step
+        lr_max = max(lr_max, lr)
+        weights += lr_max ** 2
+        c = lr_max ** 2 / weights
+        x = (1 - c) * x + c * z
+    return x
+
+
 MODERN = {"adamw": adamw_step, "nadam": nadam_step, "radam": radam_step,
           "adafactor": adafactor_step, "lion": lion_step}
 
@@ -142,19 +173,29 @@ def ours(name, reg, lr0):
     module = nn.Linear(4, 1, bias=False).double()
     with torch.no_grad():
         module.weight.copy_(torch.tensor(THETA0, dtype=torch.float64).reshape(1, 4))
-    optimizer = build_optimizer(name, param_groups(module, lr0), resolve_hyperparameters(name))
-    regularizer = Regularizer(reg, LAM, module.parameters(), lr=lr0)
+    own = own_decoupled_decay(name, reg, LAM)  # schedule-free: its own decoupled decay
+    optimizer = build_optimizer(name, param_groups(module, lr0), resolve_hyperparameters(name),
+                                own_decay=own)
+    regularizer = Regularizer("none" if own else reg, LAM, module.parameters(),
+                              lr=decoupled_rates(optimizer, lr0))
+    set_mode(optimizer, training=True)
     for g, factor in zip(GRADS, FACTORS):
         apply_schedule(optimizer, lr0, factor)
         optimizer.zero_grad()
         # a loss whose gradient is exactly g: the main objective's gradient
         (module.weight.reshape(-1) * torch.tensor(g, dtype=torch.float64)).sum().backward()
         regularized_step(optimizer, regularizer, factor)
+    set_mode(optimizer, training=False)
     return module.weight.detach().reshape(-1).numpy()
 
 
-@pytest.mark.parametrize("reg", defaults.REGULARIZERS)
-@pytest.mark.parametrize("name", OPTIMIZERS)
+#: every optimizer x regularizer but the paper's WD for schedule-free, which is refused
+#: (not defined for two iterates: test_muon.py)
+PAIRS = [(name, reg) for name in OPTIMIZERS for reg in defaults.REGULARIZERS
+         if not (name in SCHEDULE_FREE and reg == "wd")]
+
+
+@pytest.mark.parametrize(("name", "reg"), PAIRS)
 def test_two_updates_match_the_hand_computation(name, reg):
     lr0 = defaults.OPTIMIZER_DEFAULTS[name]["lr"]
     expected = reference(name, reg, lr0)

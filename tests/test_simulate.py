@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from implicit_sparsity.cli import main
 from implicit_sparsity.errors import ConfigError
@@ -76,3 +77,33 @@ def test_todays_optimizers_and_decoupled_decay_are_simulated():
         assert abs((v1 - v2) - lr * (t2 - t1)) < 1e-12, (t1, v1, v2)
     # and nothing moves faster than lr per step
     assert lion[-1] >= 1.0 - lr * steps - 1e-12
+
+
+def test_muon_and_schedule_free_are_simulated_at_their_own_points():
+    """The scalar is a gain, so Muon steps it with its AdamW (3e-4, betas 0.9 / 0.95):
+    the same curve as the optimizer built by hand; schedule-free is read at its evaluation
+    point and has no curve for the paper's WD (not defined for it, listed)."""
+    from implicit_sparsity import defaults
+
+    result = simulate(optimizers=("muon", "adamw-schedulefree"),
+                      regularizers=("l2", "wd", "decoupled"), lambdas=(1e-4, 0.05),
+                      steps=400, progress=False)
+    assert set(result.curves["muon"]) == {"l2", "wd", "decoupled"}
+    assert set(result.curves["adamw-schedulefree"]) == {"l2", "decoupled"}
+    assert result.settings["not_defined"] == ["adamw-schedulefree + wd"]
+    theta = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+    adamw = torch.optim.AdamW([theta], lr=3e-4, betas=(0.9, 0.95), eps=1e-8,
+                              weight_decay=0.0)  # the decay: ours, below
+    noise = torch.Generator().manual_seed(0)
+    sim = defaults.SIMULATION
+    for t in range(1, 401):
+        std = sim["high_std"] if t <= sim["high_steps"] else sim["low_std"]
+        g = torch.randn((), generator=noise, dtype=torch.float64) * std
+        with torch.no_grad():
+            theta.mul_(1 - 3e-4 * 0.05)  # decoupled at AdamW's own rate, not Muon's 0.02
+        theta.grad = g.reshape(1).clone()
+        adamw.step()
+    assert result.curves["muon"]["decoupled"][0.05][-1] == pytest.approx(theta.item(),
+                                                                          rel=1e-12)
+    sf = result.curves["adamw-schedulefree"]["decoupled"]
+    assert sf[0.05][-1] < sf[1e-4][-1]  # more decay, lower

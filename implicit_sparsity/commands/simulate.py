@@ -56,14 +56,17 @@ def run(args) -> int:
     print(f"a scalar from 1 under simulated low gradients, {args.steps} iterations; value at "
           f"the end (and the first iteration with |value| < {level:g}):")
     lams = list(result.settings["lambdas"])
-    print(f"{'optimizer':10s}{'reg':>4s}" + "".join(f"{f'lambda {lam:g}':>20s}" for lam in lams))
+    print(f"{'optimizer':19s}{'reg':>10s}"
+          + "".join(f"{f'lambda {lam:g}':>20s}" for lam in lams))
     for name, by_reg in result.curves.items():
         for reg in by_reg:
             cells = []
             for lam in lams:
                 reached = result.steps_to(name, reg, lam, level)
                 cells.append(f"{result.final(name, reg, lam):.3f} ({reached or '-'})")
-            print(f"{name:10s}{reg:>4s}" + "".join(f"{c:>20s}" for c in cells))
+            print(f"{name:19s}{reg:>10s}" + "".join(f"{c:>20s}" for c in cells))
+    for pair in result.settings["not_defined"]:
+        print(f"{pair}: not defined (see `implicit-sparsity train --help` / docs/training.md)")
     if json_path:
         dump_json(json_path, result.to_dict())
         print(f"wrote {json_path}")

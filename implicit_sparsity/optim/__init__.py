@@ -3,9 +3,12 @@
 from implicit_sparsity.optim.optimizers import (
                                                 OPTIMIZERS,
                                                 build_optimizer,
+                                                decoupled_rates,
                                                 default_lr,
+                                                own_decoupled_decay,
                                                 param_groups,
                                                 resolve_hyperparameters,
+                                                set_mode,
 )
 from implicit_sparsity.optim.regularization import (
                                                 L1GammaPenalty,
@@ -15,7 +18,8 @@ from implicit_sparsity.optim.regularization import (
 )
 from implicit_sparsity.optim.schedule import StepSchedule, apply_schedule, same_iterations_epochs
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "default_lr", "param_groups",
+__all__ = ["OPTIMIZERS", "build_optimizer", "decoupled_rates", "default_lr",
+           "own_decoupled_decay", "set_mode", "param_groups",
            "resolve_hyperparameters", "L1GammaPenalty", "Regularizer", "add_l1_gamma_gradient",
            "regularized_step", "StepSchedule",
            "same_iterations_epochs", "apply_schedule"]

@@ -1,6 +1,8 @@
 """The optimizers the paper compares, built with its base learning rates and hyper-parameters,
-and today's (AdamW, NAdam, RAdam, Adafactor from PyTorch; Lion from the lion-pytorch
-package, the reference implementation its authors point to), with their authors' defaults.
+and today's (AdamW, NAdam, RAdam, Adafactor from PyTorch; Muon from PyTorch on the hidden
+weight matrices with AdamW on the rest, as its authors use it (optim.muon); Lion from the
+lion-pytorch package, the reference implementation its authors point to; schedule-free
+AdamW from the schedulefree package, its authors' own), with their authors' defaults.
 
 Regularization is never passed to an optimizer's own `weight_decay`: it is applied by
 `implicit_sparsity.optim.regularization`, where L2, WD and decoupled WD are defined once
@@ -18,6 +20,7 @@ from torch import nn
 
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.optim.muon import MuonWithAdamW
 
 OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -32,12 +35,23 @@ OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
     "nadam": torch.optim.NAdam,
     "radam": torch.optim.RAdam,
     "adafactor": torch.optim.Adafactor,
+    "muon": MuonWithAdamW,
 }
 #: Optimizers from packages other than PyTorch: name -> (module, class, pip package).
-PACKAGED = {"lion": ("lion_pytorch", "Lion", "lion-pytorch")}
+PACKAGED = {"lion": ("lion_pytorch", "Lion", "lion-pytorch"),
+            "adamw-schedulefree": ("schedulefree", "AdamWScheduleFree", "schedulefree")}
 OPTIMIZERS = tuple(OPTIMIZER_CLASSES) + tuple(PACKAGED)
 #: Those without a multi-tensor (`foreach`) implementation to ask for.
-NO_FOREACH = {"lion"}
+NO_FOREACH = {"lion", "muon"}
+#: Schedule-free optimizers: they replace the learning-rate schedule by an average of their
+#: iterates, are switched between the point they take gradients at (`train()`) and the one
+#: they are evaluated at (`eval()`), and apply decoupled weight decay themselves, at the
+#: gradient point inside their update (their authors' definition).
+SCHEDULE_FREE = {"adamw-schedulefree"}
+#: Optimizers whose state cannot follow a change of the model's shapes or weights in
+#: training (harvest, recycling): Muon keeps its own copies of the weights, schedule-free
+#: two iterates besides the weights.
+NOT_EDITABLE = {"muon", "adamw-schedulefree"}
 #: Arguments owned by the toolkit, not settable as optimizer hyper-parameters.
 _RESERVED = {"self", "params", "lr", "weight_decay", "amsgrad", "maximize", "foreach",
              "capturable", "differentiable", "fused", "decoupled_weight_decay", "use_triton"}
@@ -131,13 +145,47 @@ def param_groups(model: nn.Module, lr: float, gamma_lr_scale: float = 1.0,
             for name, params, scale in groups if params]
 
 
-def build_optimizer(name: str, groups: list[dict], hyperparameters: dict
-                    ) -> torch.optim.Optimizer:
+def build_optimizer(name: str, groups: list[dict], hyperparameters: dict,
+                    own_decay: float = 0.0) -> torch.optim.Optimizer:
     """The optimizer with the paper's hyper-parameters and no weight decay of its own (L2 and
     WD are ours: optim.regularization). The multi-tensor (`foreach`) implementation computes
     the same update as the per-tensor one in a few kernels a step instead of a few per
-    parameter; PyTorch picks it by default on GPUs only, so it is asked for here."""
+    parameter; PyTorch picks it by default on GPUs only, so it is asked for here.
+    `own_decay` is the decoupled weight decay of a schedule-free optimizer (its own)."""
     extra = {"amsgrad": True} if name == "amsgrad" else {}
     if name not in NO_FOREACH:
         extra["foreach"] = True
-    return optimizer_class(name)(groups, weight_decay=0.0, **extra, **hyperparameters)
+    if own_decay and name not in SCHEDULE_FREE:
+        raise ConfigError(f"{name} takes its weight decay from optim.regularization")
+    return optimizer_class(name)(groups, weight_decay=own_decay, **extra, **hyperparameters)
+
+
+def own_decoupled_decay(name: str, regularizer: str, lam: float) -> float:
+    """The weight decay an optimizer applies itself: decoupled decay of a schedule-free
+    one; 0 otherwise (the toolkit's Regularizer applies it)."""
+    return float(lam) if name in SCHEDULE_FREE and regularizer == "decoupled" else 0.0
+
+
+def decoupled_rates(optimizer: torch.optim.Optimizer, run_lr: float):
+    """The base rate(s) decoupled weight decay is scaled by: the run's, or one per parameter
+    where the optimizer steps parameters at different rates (Muon with AdamW)."""
+    if isinstance(optimizer, MuonWithAdamW):
+        return optimizer.base_rates(run_lr)
+    return run_lr
+
+
+def edits_refused(optimizer: torch.optim.Optimizer | None) -> str | None:
+    """Why `optimizer`'s state cannot follow an edit of the model (a harvest), or None."""
+    if isinstance(optimizer, MuonWithAdamW):
+        return "Muon keeps its own 2-D copies of the weights, which a cut cannot follow"
+    if type(optimizer).__module__.split(".")[0] == "schedulefree":
+        return "a schedule-free optimizer keeps iterates besides the weights (not supported)"
+    return None
+
+
+def set_mode(optimizer: torch.optim.Optimizer, training: bool) -> None:
+    """Put a schedule-free optimizer's parameters at its gradient point (training) or its
+    evaluation point; nothing for other optimizers."""
+    switch = getattr(optimizer, "train" if training else "eval", None)
+    if callable(switch):
+        switch()

@@ -39,12 +39,14 @@ def check_regularizer(kind: str, lam) -> None:
 
 class Regularizer:
     """Applies `kind` (none | l2 | wd | decoupled) with strength `lam` to `params` around each
-    step; `lr` (the base learning rate) is needed by decoupled weight decay only.
+    step; `lr` (the base learning rate) is needed by decoupled weight decay only: one rate, or
+    one per parameter id where the optimizer steps parameters at different rates (Muon's
+    matrices and AdamW's rest).
 
     `lam` is a number, or a tensor of one lambda per element for a single parameter (the
     low-gradient simulation runs many lambdas side by side that way)."""
 
-    def __init__(self, kind: str, lam, params, lr: float | None = None):
+    def __init__(self, kind: str, lam, params, lr: float | dict[int, float] | None = None):
         check_regularizer(kind, lam)
         if kind == "decoupled" and lr is None:
             raise ConfigError("decoupled weight decay needs the base learning rate")
@@ -54,6 +56,12 @@ class Regularizer:
         if isinstance(self.lam, torch.Tensor) and any(
                 p.shape != self.lam.shape for p in self.params):
             raise ConfigError("a tensor of lambdas needs one parameter of the same shape")
+        self.rate_groups: list[tuple[float, list]] = []  # decoupled: (base rate, parameters)
+        if kind == "decoupled":
+            rates = lr if isinstance(lr, dict) else {id(p): lr for p in self.params}
+            for rate in sorted({rates[id(p)] for p in self.params}):
+                self.rate_groups.append(
+                    (rate, [p for p in self.params if rates[id(p)] == rate]))
 
     @property
     def active(self) -> bool:
@@ -66,11 +74,12 @@ class Regularizer:
         """L2: grad <- grad + lambda * theta, for the optimizer to use. Decoupled: theta <-
         theta * (1 - lr_0 * lr_t / lr_0 * lambda), before the optimizer's update."""
         if self.kind == "decoupled" and self.active:
-            scale = self.lr * schedule_factor
-            if isinstance(self.lam, torch.Tensor):
-                torch._foreach_mul_(self.params, [1.0 - self.lam * scale] * len(self.params))
-            else:
-                torch._foreach_mul_(self.params, 1.0 - self.lam * scale)
+            for rate, params in self.rate_groups:
+                scale = rate * schedule_factor
+                if isinstance(self.lam, torch.Tensor):
+                    torch._foreach_mul_(params, [1.0 - self.lam * scale] * len(params))
+                else:
+                    torch._foreach_mul_(params, 1.0 - self.lam * scale)
             return
         if self.kind != "l2" or not self.active:
             return

@@ -28,11 +28,14 @@ from implicit_sparsity.optim import (
     OPTIMIZERS,
     Regularizer,
     build_optimizer,
+    decoupled_rates,
     default_lr,
     param_groups,
     regularized_step,
     resolve_hyperparameters,
+    set_mode,
 )
+from implicit_sparsity.optim.optimizers import SCHEDULE_FREE
 
 
 @dataclass
@@ -76,27 +79,57 @@ def simulate(optimizers=defaults.SIMULATION["optimizers"], regularizers=("l2", "
         **{k: v for k, v in sim.items() if k not in ("optimizers", "lambdas")},
         "steps": steps, "seed": seed, "lambdas": list(lambdas),
         "learning_rates": {o: default_lr(o) for o in optimizers}})
-    jobs = [(o, r) for o in optimizers for r in regularizers]
+    jobs = [(o, r) for o in optimizers for r in regularizers
+            if not (o in SCHEDULE_FREE and r == "wd")]  # not defined for it (TrainConfig)
+    result.settings["not_defined"] = [f"{o} + {r}" for o in optimizers for r in regularizers
+                                      if (o, r) not in jobs]
     for name, reg in tqdm(jobs, desc="simulating", disable=None if progress else True):
-        theta = nn.Parameter(torch.full((len(lambdas),), sim["initial"], dtype=torch.float64))
-        lr = default_lr(name)
-        optimizer = build_optimizer(name, param_groups(nn.ParameterList([theta]), lr),
-                                    resolve_hyperparameters(name))
-        regularizer = Regularizer(reg, torch.tensor(lambdas, dtype=torch.float64), [theta],
-                                  lr=lr)
-        noise = torch.Generator().manual_seed(seed)  # the same gradients for every run
-        history = [theta.detach().clone()]
-        for t in range(1, steps + 1):
-            std = sim["high_std"] if t <= sim["high_steps"] else sim["low_std"]
-            g = torch.randn((), generator=noise, dtype=torch.float64) * std
-            theta.grad = g.expand(len(lambdas)).clone()
-            regularized_step(optimizer, regularizer, 1.0)
-            if t in recorded:  # recorded is short; membership in a list is cheap enough
-                history.append(theta.detach().clone())
-        values = torch.stack(history, dim=1)  # [lambda, recorded]
+        values = _simulate_one(name, reg, lambdas, steps, seed, recorded)  # [lambda, recorded]
         result.curves.setdefault(name, {})[reg] = {
             lam: values[i].tolist() for i, lam in enumerate(lambdas)}
     return result
+
+
+def _simulate_one(name: str, reg: str, lambdas: tuple[float, ...], steps: int, seed: int,
+                  recorded: list[int]) -> torch.Tensor:
+    """One scalar per lambda under optimizer `name` and regularizer `reg`, side by side
+    (one tensor; or one parameter group per lambda where the optimizer applies the decay
+    itself, as schedule-free AdamW does), on the same noisy gradients."""
+    sim = defaults.SIMULATION
+    lr = default_lr(name)
+    hyper = resolve_hyperparameters(name)
+    if name in SCHEDULE_FREE and reg == "decoupled":
+        thetas = [nn.Parameter(torch.full((1,), sim["initial"], dtype=torch.float64))
+                  for _ in lambdas]
+        groups = [{"params": [t], "lr": lr, "weight_decay": lam}
+                  for t, lam in zip(thetas, lambdas)]
+        optimizer = build_optimizer(name, groups, hyper, own_decay=max(lambdas))
+        regularizer = Regularizer("none", 0.0, thetas)
+    else:
+        thetas = [nn.Parameter(torch.full((len(lambdas),), sim["initial"],
+                                          dtype=torch.float64))]
+        optimizer = build_optimizer(name, param_groups(nn.ParameterList(thetas), lr), hyper)
+        regularizer = Regularizer(reg, torch.tensor(lambdas, dtype=torch.float64), thetas,
+                                  lr=decoupled_rates(optimizer, lr))
+
+    def current() -> torch.Tensor:
+        set_mode(optimizer, training=False)  # schedule-free: the point it is evaluated at
+        value = torch.cat([t.detach().clone() for t in thetas])
+        set_mode(optimizer, training=True)
+        return value
+
+    set_mode(optimizer, training=True)
+    noise = torch.Generator().manual_seed(seed)  # the same gradients for every run
+    history = [current()]
+    for t in range(1, steps + 1):
+        std = sim["high_std"] if t <= sim["high_steps"] else sim["low_std"]
+        g = torch.randn((), generator=noise, dtype=torch.float64) * std
+        for theta in thetas:
+            theta.grad = g.expand(theta.shape).clone()
+        regularized_step(optimizer, regularizer, 1.0)
+        if t in recorded:  # recorded is short; membership in a list is cheap enough
+            history.append(current())
+    return torch.stack(history, dim=1)
 
 
 def plot_simulation(result: SimulationResult, path) -> None:

@@ -25,7 +25,13 @@ from implicit_sparsity.io import atomic_write_text
 from implicit_sparsity.io.files import require_regular_file
 from implicit_sparsity.io.yaml_text import load_yaml_file
 from implicit_sparsity.models.registry import get_model_entry, parse_width
-from implicit_sparsity.optim.optimizers import build_optimizer, default_lr, resolve_hyperparameters
+from implicit_sparsity.optim.optimizers import (
+    NOT_EDITABLE,
+    SCHEDULE_FREE,
+    build_optimizer,
+    default_lr,
+    resolve_hyperparameters,
+)
 from implicit_sparsity.optim.regularization import check_regularizer
 from implicit_sparsity.optim.schedule import StepSchedule, same_iterations_epochs
 
@@ -184,6 +190,24 @@ class TrainConfig:
         if self.harvest_every and self.recycle_every:
             raise ConfigError("harvest_every and recycle_every: a run either removes its dead "
                               "filters or recycles them, not both")
+        self._check_optimizer_fits()
+
+    def _check_optimizer_fits(self) -> None:
+        """What Muon and schedule-free optimizers cannot do, refused before any work."""
+        name = self.optimizer
+        if name in NOT_EDITABLE and (self.harvest_every or self.recycle_every):
+            raise ConfigError(f"{name} keeps state that cannot follow a harvest or recycling "
+                              "in training (its own copies of the weights or iterates); "
+                              "prune after training instead")
+        if name not in SCHEDULE_FREE:
+            return
+        if self.epochs is None or sum(1 for e in self.epochs if e) != 1:
+            raise ConfigError(f"{name} replaces the learning-rate schedule: give epochs as one "
+                              f"stage (epochs: [N]), got {self.epochs or 'the paper schedule'}")
+        if self.regularizer == "wd":
+            raise ConfigError(f"{name} keeps two iterates and is evaluated at a third: the "
+                              "paper's WD (one iterate scaled after the step) is not defined "
+                              "for it; use decoupled (its own weight decay) or l2")
 
     def resolved(self) -> "TrainConfig":
         """A validated copy with every paper default made explicit."""

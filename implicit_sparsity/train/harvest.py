@@ -34,6 +34,7 @@ from implicit_sparsity.errors import ImplicitSparsityError, first_line
 from implicit_sparsity.measure.activation import activation_statistics, batch_statistics
 from implicit_sparsity.measure.features import CONV_UNITS, require_batchnorm, trace_features
 from implicit_sparsity.models import adopt_shapes
+from implicit_sparsity.optim.optimizers import edits_refused
 from implicit_sparsity.prune.api import DEFAULT_STEP_TOLERANCE, DEFAULT_TOLERANCE, dead_masks, \
     eval_mode
 from implicit_sparsity.prune.origins import recorded_origins, take_origins
@@ -243,6 +244,9 @@ class Harvester:
         return self.check_batch.to(first.device, first.dtype)
 
     def _harvest(self, model, optimizer, record: HarvestRecord) -> None:
+        refused = edits_refused(optimizer)
+        if refused:
+            raise HarvestRefused(refused)
         x = self._check_input(model)
         traced = trace_features(model, self.units)
         dead, strength, zero, moving = self.removable(model)

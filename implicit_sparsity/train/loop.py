@@ -41,8 +41,11 @@ from implicit_sparsity.optim import (
     StepSchedule,
     apply_schedule,
     build_optimizer,
+    decoupled_rates,
+    own_decoupled_decay,
     param_groups,
     regularized_step,
+    set_mode,
 )
 from implicit_sparsity.optim.optimizers import is_batchnorm_param
 from implicit_sparsity.optim.regularization import slimming_gammas
@@ -417,7 +420,9 @@ class SingleRun:
                                                    cluster.world)
         distributed.barrier(cluster)  # every process has checked the folder before rank 0 writes
         groups = param_groups(self.model, config.lr, config.gamma_lr_scale, config.beta_lr_scale)
-        self.optimizer = build_optimizer(config.optimizer, groups, config.optimizer_args)
+        self.optimizer = build_optimizer(
+            config.optimizer, groups, config.optimizer_args,
+            own_decay=own_decoupled_decay(config.optimizer, config.regularizer, config.lam))
         self._build_regularizers()
         self.aug = Augmentation(flip=config.flip, crop_padding=config.crop_padding)
         self.start_epoch = 0
@@ -439,8 +444,10 @@ class SingleRun:
         config = self.config
         self.regularizers = (
             L1GammaPenalty(config.l1_gamma, slimming_gammas(self.model)),  # Slimming only
-            Regularizer(config.regularizer, config.lam,
-                        regularized_params(self.model, config.regularize_bn), lr=config.lr))
+            Regularizer("none" if own_decoupled_decay(config.optimizer, config.regularizer,
+                                                      config.lam) else config.regularizer,
+                        config.lam, regularized_params(self.model, config.regularize_bn),
+                        lr=decoupled_rates(self.optimizer, config.lr)))
 
     def _build_step(self, capture: bool) -> None:
         """What a training step calls (DDP's wrapper when distributed) and its captured form;
@@ -488,7 +495,9 @@ class SingleRun:
         if self.recycler is not None:
             self.recycler.steps = (epoch - 1) * self.steps  # also right when resuming
         started = time.perf_counter()
+        set_mode(self.optimizer, training=True)  # schedule-free: at its gradient point
         totals = self._steps(epoch, factor)
+        set_mode(self.optimizer, training=False)  # measured, checked and saved at its average
         self._stop_if_diverged(epoch, totals)
         metrics = epoch_metrics(self.model, config, self.data, epoch, factor,
                                 totals.loss_sum.item(), totals.wrong.item(),

@@ -220,7 +220,7 @@ def optimizer_identity(config: TrainConfig) -> tuple:
 
 
 #: Optimizers whose update depends on a tensor's shape (see `packable`).
-UNPACKABLE_OPTIMIZERS = ("adafactor",)
+UNPACKABLE_OPTIMIZERS = ("adafactor", "muon", "adamw-schedulefree")
 
 
 def packable(config: TrainConfig) -> bool:
@@ -228,8 +228,9 @@ def packable(config: TrainConfig) -> bool:
     no NHWC layout; recycling edits one run's weights between steps; models outside the
     paper's CNNs are not packed; a harvest gives each run its own shapes; Adafactor factors
     a tensor's second moment over its last two dimensions, so a stacked [K, ...] tensor
-    would get another rule (a BatchNorm vector would be factored): such runs train one by
-    one."""
+    would get another rule (a BatchNorm vector would be factored), and Muon orthogonalizes a
+    whole matrix (K stacked ones would be one); schedule-free AdamW is switched between
+    iterates around the steps: such runs train one by one."""
 
     return (config.precision == "fp32" and not config.channels_last
             and config.optimizer not in UNPACKABLE_OPTIMIZERS

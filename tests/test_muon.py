@@ -1,0 +1,202 @@
+"""Muon (torch's, on the hidden matrices, AdamW on the rest) and schedule-free AdamW: their
+update rules by hand, their decoupled decay, their place in training (resumption, the
+evaluation point, what they refuse)."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from implicit_sparsity import defaults
+from implicit_sparsity.errors import ConfigError
+from implicit_sparsity.optim import (Regularizer, build_optimizer, decoupled_rates,
+                                     param_groups, regularized_step, resolve_hyperparameters)
+from implicit_sparsity.optim.muon import MuonWithAdamW
+from implicit_sparsity.train import TrainConfig, load_checkpoint, read_metrics, train
+from implicit_sparsity.io.run_dir import CHECKPOINT
+
+#: Newton-Schulz runs in bfloat16 (torch's Muon): 8 bits of mantissa, relative rounding
+#: 2^-8 per operation; 5 quintic iterations of a few products each leave well under 5% of
+#: the update's size (the update itself is O(1), so 0.05 absolute)
+BF16_UPDATE_TOLERANCE = 0.05
+
+
+def cnn() -> nn.Sequential:
+    """Input conv, two hidden convs, a head: Muon should take exactly the two hidden."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 6, 3), nn.BatchNorm2d(6), nn.ReLU(),
+                         nn.Conv2d(6, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(6, 3))
+
+
+def muon(model, lr=0.02, **hyper):
+    return build_optimizer("muon", param_groups(model, lr),
+                           resolve_hyperparameters("muon", hyper))
+
+
+def quintic(s: float, steps: int = 5) -> float:
+    """Newton-Schulz on one singular value s: s <- a s + b s^3 + c s^5 (Muon's a, b, c)."""
+    a, b, c = 3.4445, -4.775, 2.0315
+    for _ in range(steps):
+        s = a * s + b * s ** 3 + c * s ** 5
+    return s
+
+
+def test_muon_orthogonalizes_the_momentum_of_a_hidden_filter_bank_by_hand():
+    """A hidden conv's gradient 0.3 * Q, Q with orthonormal rows (2 filters x 9 taps): the
+    Nesterov momentum of a constant gradient points along Q, its Frobenius normalization
+    gives singular values 1/sqrt(2), each goes through the quintic 5 times, and the
+    rate is lr * sqrt(max(1, 2/9)) = lr. Two steps (the second at lr/10): theta0 - 1.1 lr
+    q5(1/sqrt 2) Q; plain momentum SGD would move by 0.3 * ... instead."""
+    model = nn.Sequential(nn.Conv2d(1, 1, 1), nn.Conv2d(1, 2, 3), nn.Linear(1, 1))
+    hidden = model[1].weight
+    q = torch.zeros(2, 9)
+    q[0, 0], q[1, 4] = 1.0, 1.0
+    optimizer = muon(model)
+    start = hidden.detach().clone()
+    for factor in (1.0, 0.1):
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        optimizer.zero_grad()
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        hidden.grad = 0.3 * q.reshape(2, 1, 3, 3)
+        optimizer.step()
+    moved = (start - hidden.detach()).reshape(2, 9)
+    expected = 1.1 * 0.02 * quintic(1 / math.sqrt(2)) * q
+    torch.testing.assert_close(moved, expected, atol=BF16_UPDATE_TOLERANCE * 0.02, rtol=0)
+    assert not torch.allclose(moved, 1.1 * 0.02 * 0.3 * q, atol=BF16_UPDATE_TOLERANCE * 0.02)
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest_exactly_as_torch_does():
+    """Against torch's own Muon on 2-D copies of the hidden convs and torch's AdamW (3e-4,
+    betas 0.9 / 0.95) on the rest, three steps on the same batch: equal to the bit."""
+    model, twin = cnn(), cnn()
+    optimizer = muon(model)
+    hidden = [twin[3].weight, twin[6].weight]
+    copies = [w.detach().reshape(w.shape[0], -1).clone().requires_grad_(True) for w in hidden]
+    rest = [p for p in twin.parameters() if all(p is not w for w in hidden)]
+    torch_muon = torch.optim.Muon(copies, lr=0.02, weight_decay=0.0, momentum=0.95)
+    torch_adamw = torch.optim.AdamW(rest, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.0)
+    x, y = torch.randn(8, 1, 9, 9), torch.randint(0, 3, (8,))
+    for _ in range(3):
+        for net, opt in ((model, optimizer), (twin, None)):
+            net.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            if opt is not None:
+                opt.step()
+        for w, c in zip(hidden, copies):
+            c.grad = w.grad.reshape(c.shape).clone()
+        torch_muon.step()
+        torch_adamw.step()
+        with torch.no_grad():
+            for w, c in zip(hidden, copies):
+                w.copy_(c.reshape(w.shape))
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(p, q), name
+    assert sum(len(g["params"]) for g in optimizer.muon.param_groups) == 2
+
+
+def test_decoupled_decay_scales_each_parameter_by_its_own_optimizers_rate():
+    """With zero gradients both updates are 0: one step leaves theta * (1 - rate * lambda),
+    the rate Muon's (the run's 0.02) for the hidden convs and AdamW's 3e-4 for the rest."""
+    model = cnn()
+    optimizer = muon(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    regularizer = Regularizer("decoupled", 0.1, model.parameters(),
+                              lr=decoupled_rates(optimizer, 0.02))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    regularized_step(optimizer, regularizer, 1.0)
+    for name, p in model.named_parameters():
+        rate = 0.02 if name in ("3.weight", "6.weight") else 3e-4
+        torch.testing.assert_close(p.detach(), before[name] * (1 - rate * 0.1), rtol=1e-6,
+                                   atol=0)
+
+
+def test_muon_state_round_trips_through_its_state_dict():
+    """A run resumed from a checkpoint continues exactly: the inner Muon and AdamW states
+    (momentum buffers, moments, step counts) are in the state dict."""
+    model = cnn()
+    optimizer = muon(model)
+    x, y = torch.randn(8, 1, 9, 9), torch.randint(0, 3, (8,))
+
+    def step(net, opt):
+        net.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    for _ in range(2):
+        step(model, optimizer)
+    twin = copy.deepcopy(model)
+    twin_optimizer = muon(twin)
+    twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    step(model, optimizer)
+    step(twin, twin_optimizer)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_muon_refuses_its_own_weight_decay():
+    with pytest.raises(ConfigError, match="not the optimizer's weight_decay"):
+        MuonWithAdamW(cnn().parameters(), weight_decay=0.1)
+
+
+def tiny(data_dir, **overrides):
+    values = dict(model="basicnet", width="0.0625", dataset="fashion-mnist",
+                  data_dir=str(data_dir), epochs=[2], batch_size=20, train_subset=None,
+                  test_subset=None, eval_batch_size=60, seed=1)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.mark.parametrize(("optimizer", "regularizer"),
+                         [("muon", "decoupled"), ("adamw-schedulefree", "decoupled"),
+                          ("adamw-schedulefree", "l2")])
+def test_muon_and_schedule_free_train_and_resume_to_the_same_end(fashion_dir, tmp_path,
+                                                                optimizer, regularizer):
+    """Killed after epoch 1 and resumed, a run ends where the straight run ends (bit for
+    bit): the optimizers' states are saved whole, and schedule-free's model is saved,
+    measured and resumed at its evaluation point."""
+    config = tiny(fashion_dir, optimizer=optimizer, regularizer=regularizer,
+                  lam=0.05 if regularizer == "decoupled" else 1e-3)
+    straight = train(config, tmp_path / "straight", verbose=False)
+
+    def stop(epoch, model, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "killed", callbacks=(stop,), verbose=False)
+    resumed = train(config, tmp_path / "killed", verbose=False)
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    metrics = read_metrics(tmp_path / "straight")
+    assert all(math.isfinite(m["train_loss"]) for m in metrics)
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"] * 1.5
+    state = load_checkpoint(tmp_path / "straight" / CHECKPOINT)
+    if optimizer == "adamw-schedulefree":  # saved at x, not at the gradient point y
+        assert state["optimizer"]["param_groups"][0]["train_mode"] is False
+        assert state["optimizer"]["param_groups"][0]["weight_decay"] == (
+            0.05 if regularizer == "decoupled" else 0.0)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"optimizer": "adamw-schedulefree", "epochs": [2, 1]}, "give epochs as one stage"),
+    ({"optimizer": "adamw-schedulefree", "epochs": None}, "give epochs as one stage"),
+    ({"optimizer": "adamw-schedulefree", "regularizer": "wd"}, "paper's WD"),
+    ({"optimizer": "muon", "harvest_every": 1}, "cannot follow a harvest"),
+    ({"optimizer": "adamw-schedulefree", "recycle_every": 10}, "cannot follow a harvest"),
+    ({"optimizer": "muon", "optimizer_args": {"weight_decay": 0.1}}, "no hyper-parameter"),
+])
+def test_what_they_cannot_do_is_refused_before_any_work(change, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{"optimizer": "adam", "epochs": [2], **change}).validate()
+
+
+def test_their_defaults_are_their_authors():
+    assert defaults.OPTIMIZER_DEFAULTS["muon"]["lr"] == 0.02
+    assert resolve_hyperparameters("muon")["adamw_betas"] == (0.9, 0.95)
+    assert resolve_hyperparameters("adamw-schedulefree")["warmup_steps"] == 0
+    assert defaults.OPTIMIZER_DEFAULTS["adamw-schedulefree"]["lr"] == 2.5e-3
