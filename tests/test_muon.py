@@ -11,8 +11,9 @@ from torch import nn
 
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError
-from implicit_sparsity.optim import (Regularizer, build_optimizer, decoupled_rates,
-                                     param_groups, regularized_step, resolve_hyperparameters)
+from implicit_sparsity.optim import (Regularizer, StepSchedule, build_optimizer,
+                                     decoupled_rates, param_groups, regularized_step,
+                                     resolve_hyperparameters)
 from implicit_sparsity.optim.muon import MuonWithAdamW
 from implicit_sparsity.train import TrainConfig, load_checkpoint, read_metrics, train
 from implicit_sparsity.io.run_dir import CHECKPOINT
@@ -193,6 +194,14 @@ def test_muon_and_schedule_free_train_and_resume_to_the_same_end(fashion_dir, tm
 def test_what_they_cannot_do_is_refused_before_any_work(change, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**{"optimizer": "adam", "epochs": [2], **change}).validate()
+
+
+def test_schedule_free_takes_a_constant_rate_over_the_stages_of_a_schedule():
+    """lr_decay 1 keeps the stages (the same iterations as the other runs of a spec) at one
+    rate; the rate stays the base rate in every epoch."""
+    config = TrainConfig(optimizer="adamw-schedulefree", epochs=[2, 1], lr_decay=1.0)
+    config.validate()
+    assert StepSchedule((2, 1), 1.0).factor(2) == 1.0
 
 
 def test_their_defaults_are_their_authors():

@@ -8,7 +8,7 @@ import pytest
 
 from implicit_sparsity.cli import main
 from implicit_sparsity.errors import ConfigError
-from implicit_sparsity.study.report import collect, render
+from implicit_sparsity.study.report import claim_verdicts, collect, render
 from implicit_sparsity.study.spec import load_spec
 from implicit_sparsity.study.sweep import run_sweep
 
@@ -198,3 +198,39 @@ def test_a_report_on_a_stand_in_data_set_says_so():
     assert line.startswith("Ours: fashion-mnist (a stand-in for the paper's data)")
     assert "training images 10000" in line and "2 seed(s)" in line and "--quick" in line
     assert line.endswith("The paper's: main text, Table 1 on cifar10.")
+
+
+def test_a_variants_own_keys_hold_at_the_quick_scale_and_its_claims_are_judged():
+    """modern_optimizers: the quick scale sets L2's lambda (2e-3) but a recipe's decoupled
+    lambda stays its own (Lion 0.5); schedule-free keeps the stages at one rate."""
+    spec = load_spec("modern_optimizers")
+    quick = spec.expand(quick=True)
+    assert len(quick) == 44 and len(spec.expand()) == 66
+    by = {(r.config.optimizer, r.config.regularizer, r.seed): r.config for r in quick}
+    assert by[("adamw", "l2", 0)].lam == 2e-3 and by[("lion", "decoupled", 1)].lam == 0.5
+    assert by[("adamw-schedulefree", "l2", 0)].lr_decay == 1.0
+    assert by[("adamw", "l2", 0)].epochs == [32, 8] and by[("muon", "none", 0)].lam == 0.0
+
+    def record(optimizer, seed, sparsity):
+        return {"optimizer": optimizer, "regularizer": "l2", "seed": seed,
+                "sparsity_gamma": sparsity, "sparsity_activation": sparsity / 2}
+    records = [record("sgd", 0, 4.0), record("sgd", 1, 6.0), record("adamw", 0, 30.0),
+               record("adamw", 1, 34.0), record("lion", 0, 5.0), record("lion", 1, 7.0)]
+    # adamw: 32 ± 2.8 against 5 ± 1.4: holds; lion 6 against 5, within 1 point: inconclusive;
+    # nadam: no runs, inconclusive
+    verdicts = {(v["value"], v["side"]["optimizer"]): v["verdict"]
+                for v in claim_verdicts(spec.__dict__, records)}
+    assert verdicts[("sparsity_gamma", "adamw")] == "holds"
+    assert verdicts[("sparsity_gamma", "lion")] == "inconclusive"
+    assert verdicts[("sparsity_gamma", "nadam")] == "inconclusive"
+    assert verdicts[("sparsity_activation", "adamw")] == "holds"
+    text = render(spec.__dict__, records)
+    assert "adamw + l2 32.0 ± 2.8 vs sgd + l2 5.0 ± 1.4" in text and "**holds**" in text
+
+
+def test_a_malformed_claim_is_one_line(tmp_path, fashion_dir):
+    path = tmp_path / "bad.yaml"
+    path.write_text(SPEC.format(data=fashion_dir)
+                    + "claims:\n  - {claim: x, value: sparsity_gamma, each: {a: 1}, than: {}}\n")
+    with pytest.raises(ConfigError, match=r"claims\[0\].each must be one key with a list"):
+        load_spec(path)

@@ -15,6 +15,7 @@ import yaml
 
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.study.spec import check_spec_values, normalize_labels
+from implicit_sparsity.study.stats import Stat, compare
 from implicit_sparsity.study.sweep import EVALUATION, read_index
 
 VALUE_NAMES = {**{f"layers.C{i}.sparsity_gamma": f"C{i} % by γ" for i in range(1, 20)},
@@ -170,7 +171,46 @@ def render(spec: dict, records: list[dict], fmt: str = "markdown") -> str:
     title = f"**{spec.get('title', spec.get('name'))}**\n\n{provenance(spec, records)}\n\n"
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(line) + " |" for line in body]
-    return title + "\n".join(lines) + diverged_note(records)
+    return title + "\n".join(lines) + diverged_note(records) + claims_text(spec, records)
+
+
+def _matching(records: list[dict], labels: dict) -> list[dict]:
+    wanted = normalize_labels(labels)
+    return [r for r in records if not r.get("diverged")
+            and all(r.get(k) == v for k, v in wanted.items())]
+
+
+def claim_verdicts(spec: dict, records: list[dict]) -> list[dict]:
+    """Each claim of the spec, per value of its `each` key: the two sides' Stat over seeds
+    and the verdict by study.stats' rule."""
+    results = []
+    for claim in spec.get("claims") or []:
+        (key, values), = (claim.get("each") or {None: [None]}).items()
+        baseline = Stat.of([_get(r, claim["value"]) for r in _matching(records, claim["than"])
+                            if _get(r, claim["value"]) is not None])
+        for value in values:
+            side = {**({key: value} if key else {}), **claim.get("where", {})}
+            ours = Stat.of([_get(r, claim["value"]) for r in _matching(records, side)
+                            if _get(r, claim["value"]) is not None])
+            results.append({"claim": claim["claim"], "side": side, "than": claim["than"],
+                            "value": claim["value"], "a": ours, "b": baseline,
+                            "verdict": compare(ours, baseline)})
+    return results
+
+
+def claims_text(spec: dict, records: list[dict]) -> str:
+    """The claims' verdicts under the table, one line each (Markdown)."""
+    verdicts = claim_verdicts(spec, records)
+    if not verdicts:
+        return ""
+    lines = ["", "", "Claims (means over seeds; a claim holds when the difference exceeds "
+             "the seeds' spread and 1 point: study.stats):"]
+    for v in verdicts:
+        side = " + ".join(str(x) for x in v["side"].values())
+        than = " + ".join(str(x) for x in v["than"].values())
+        lines.append(f"- {v['claim']}: {side} {v['a']} vs {than} {v['b']} "
+                     f"({VALUE_NAMES.get(v['value'], v['value'])}): **{v['verdict']}**")
+    return "\n".join(lines)
 
 
 def provenance(spec: dict, records: list[dict]) -> str:

@@ -14,7 +14,10 @@
       - {optimizer: sgd, regularizer: l2, lam: 2e-3, dataset: cifar10,
          sparsity_activation: 54, sparsity_gamma: 54, test_error: 30.9}
 
-Every run is keyed by a hash of its resolved config, so a sweep knows what it already has.
+A run's config is the base, then the quick scale-down (with --quick), then its grid and
+variant keys (a variant's own keys hold at both scales: a recipe's lambda, say), then the
+command line's overrides. Every run is keyed by a hash of its resolved config, so a sweep
+knows what it already has.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from implicit_sparsity.train.config import TrainConfig, key_fields, load_config_
 #: Where specs are looked up by name (a path works too).
 SPEC_DIR = Path(__file__).resolve().parents[2] / "experiments"
 SPEC_KEYS = {"name", "title", "paper_ref", "base", "grid", "variants", "seeds", "quick",
-             "table", "paper", "notes", "slurm"}
+             "table", "paper", "notes", "slurm", "claims"}
 TABLE_KEYS = ("rows", "columns", "values")
 
 
@@ -58,6 +61,8 @@ class ExperimentSpec:
     table: dict = field(default_factory=dict)
     paper: list = field(default_factory=list)
     notes: str = ""
+    #: claims tested on the sweep's runs by study.stats' rule (see study.report.claims)
+    claims: list = field(default_factory=list)
     slurm: dict = field(default_factory=dict)  # SLURM settings (see study.sweep)
 
     def expand(self, quick: bool = False, overrides: dict | None = None,
@@ -87,7 +92,7 @@ class ExperimentSpec:
             for variant in self.variants or [{}]:
                 labels = normalize_labels({**dict(zip(grid_keys, combo)), **variant})
                 for seed in seeds:
-                    values = {**self.base, **labels, **scale, **overrides, "seed": seed}
+                    values = {**self.base, **scale, **labels, **overrides, "seed": seed}
                     config = TrainConfig.from_dict(values).resolved()
                     planned.append(PlannedRun(run_key(config), labels, seed, config))
         keys = [p.key for p in planned]
@@ -189,6 +194,8 @@ def check_spec_values(values: dict, where: str) -> dict:
     paper = values.get("paper", [])
     if not isinstance(paper, list) or not all(isinstance(p, dict) for p in paper):
         _fail(where, "paper", "a list of mappings", paper)
+    for i, claim in enumerate(values.get("claims", [])):
+        check_claim(claim, where, f"claims[{i}]")
     runs = math.prod(len(axis) for axis in values.get("grid", {}).values()) * len(variants) * max(
         len(values.get("seeds", [0])), len(values.get("quick", {}).get("seeds", [0])))
     if runs > defaults.MAX_SWEEP_RUNS:
@@ -196,6 +203,23 @@ def check_spec_values(values: dict, where: str) -> dict:
                           f"{defaults.MAX_SWEEP_RUNS:,} (implicit_sparsity.defaults."
                           "MAX_SWEEP_RUNS); split it into smaller specs")
     return values
+
+
+CLAIM_KEYS = {"claim": str, "value": str, "each": dict, "where": dict, "than": dict}
+
+
+def check_claim(claim, where: str, key: str) -> None:
+    """A claim: `value` of the runs matching `where` and each of `each` (one key: a list
+    of values) exceeds that of the runs matching `than`."""
+    if not isinstance(claim, dict) or set(claim) - set(CLAIM_KEYS) or not {
+            "claim", "value", "than"} <= set(claim):
+        _fail(where, key, "a mapping with claim, value, than (and each, where)", claim)
+    for name, kind in CLAIM_KEYS.items():
+        if name in claim and not isinstance(claim[name], kind):
+            _fail(where, f"{key}.{name}", "text" if kind is str else "a mapping", claim[name])
+    each = claim.get("each", {})
+    if each and (len(each) != 1 or not isinstance(next(iter(each.values())), list)):
+        _fail(where, f"{key}.each", "one key with a list of values", each)
 
 
 def check_table_cells(spec: ExperimentSpec, planned: list[PlannedRun]) -> None:

@@ -201,9 +201,12 @@ class TrainConfig:
                               "prune after training instead")
         if name not in SCHEDULE_FREE:
             return
-        if self.epochs is None or sum(1 for e in self.epochs if e) != 1:
+        one_stage = self.epochs is not None and sum(1 for e in self.epochs if e) == 1
+        if not one_stage and self.lr_decay != 1:
             raise ConfigError(f"{name} replaces the learning-rate schedule: give epochs as one "
-                              f"stage (epochs: [N]), got {self.epochs or 'the paper schedule'}")
+                              f"stage (epochs: [N]) or a constant rate (lr_decay: 1), got "
+                              f"epochs {self.epochs or 'the paper schedule'}, lr_decay "
+                              f"{self.lr_decay:g}")
         if self.regularizer == "wd":
             raise ConfigError(f"{name} keeps two iterates and is evaluated at a third: the "
                               "paper's WD (one iterate scaled after the step) is not defined "
