@@ -16,7 +16,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(NAME, help="re-check the paper's findings: the runs behind each, "
                             "a verdict per finding, one report (Markdown and HTML)")
     parser.add_argument("--quick", dest="scale", action="store_const", const="quick",
-                        help="the CPU preset (Fashion-MNIST, offline; under an hour on 2 cores)")
+                        help="the CPU preset (Fashion-MNIST, offline; about 1.6 hours on 2 cores)")
     parser.add_argument("--scale", choices=("full", "quick", "tiny"),
                         help="full: the paper's settings; quick: the CPU preset; tiny: a "
                              "seconds-long smoke test of the machinery")

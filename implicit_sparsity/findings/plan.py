@@ -9,23 +9,23 @@ keys runs by their config).
   Adam + L2 λ = 1e-4 against SGD, AMSGrad, Adamax, RMSProp, WD; CIFAR-100 as the harder task;
   batch 160 on batch 40's iterations; 32-0.25x against 64-1x; γ learning rate x0.1 and
   Leaky ReLU 0.01, which the supplement measures on CIFAR-100, here on the reference's data).
-- `quick`: two CPU cores, under an hour: Fashion-MNIST (offline), BasicNet at width 0.125,
-  5,000 training images of the first 5 classes, 32 + 8 epochs at batch 40 (5,000
-  iterations: sparsity emerges late, in the low-gradient regime, so a quick run needs
-  iterations more than images), λ = 2e-3 (at the paper's 1e-4 a run this short does not
-  sparsify), 2 seeds. Chosen with `benchmarks/findings_calibration.py` and single runs (seed
-  0; sparsity by |γ|): with all 10 classes the reference reached 5%, with the first 5 20%,
-  with 2 49%; at λ 1e-3 (5 classes) 7%, at 5e-4 0.4%. The harder task is all 10 classes,
-  the easier the first 2; the narrower net is width 0.0625. L2 against WD (finding 3) is
-  compared at λ 1e-3 as well as 2e-3: WD's decay per step is λ itself, Adam + L2's about
-  the learning rate (1e-3), so at 2e-3 WD decays faster (as in the paper's Table 1 at
-  1e-3, WD 90% vs L2 83%), while the paper's claim is about its λ 1e-4, below the learning
-  rate; at 1e-3 (5 classes) L2 gave 6.5% against WD's 2.2%. The larger batch is 80 (the
-  trend of finding 6 runs the other way at this scale: see its caveat). Finding
-  11 sets Network Slimming at the share the implicit arm removed beside its 0.5; every
-  arm runs once per seed, and each explicit arm fine-tunes by its own paper's protocol
-  scaled to the 40 epochs (explicit.protocols: Network Slimming 20 + 10 + 10 epochs at
-  SGD's 0.1 with /10 steps, L1-norm 10 epochs at 0.001).
+- `quick`: two CPU cores, about 1.6 hours (1 h of runs, 35 min of explicit pruning):
+  Fashion-MNIST (offline), BasicNet at width 0.125, 5,000 training images of the first 5
+  classes, 32 + 8 epochs at batch 40 (5,000 iterations: sparsity emerges late, in the
+  low-gradient regime, so a quick run needs iterations more than images), λ = 2e-3 (at the
+  paper's 1e-4 a run this short does not sparsify), 2 seeds. Chosen with
+  `benchmarks/findings_calibration.py` and single runs (seed 0; sparsity by |γ|): with all
+  10 classes the reference reached 5%, with the first 5 20%, with 2 49%; at λ 1e-3 (5
+  classes) 7%, at 5e-4 0.4%. The harder task is all 10 classes, the easier the first 2; the
+  narrower net is width 0.0625. L2 against WD (finding 3) is compared at λ 1e-3 as well as
+  2e-3: WD's decay per step is λ itself, Adam + L2's about the learning rate (1e-3), so at
+  2e-3 WD decays faster (as in the paper's Table 1 at 1e-3, WD 90% vs L2 83%), while the
+  paper's claim is about its λ 1e-4, below the learning rate; at 1e-3 (5 classes) L2 gave
+  6.5% against WD's 2.2%. The larger batch is 80 (the trend of finding 6 runs the other way
+  at this scale: see its caveat). Finding 11 sets Network Slimming at the share the implicit
+  arm removed beside its 0.5; every arm runs once per seed, and each explicit arm fine-tunes
+  by its own paper's protocol scaled to the 40 epochs (explicit.protocols: Network Slimming
+  20 + 10 + 10 epochs at SGD's 0.1 with /10 steps, L1-norm 10 epochs at 0.001).
 - `tiny`: seconds, for tests of the machinery only: nothing is expected to show.
 """
 
