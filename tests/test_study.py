@@ -234,3 +234,16 @@ def test_a_malformed_claim_is_one_line(tmp_path, fashion_dir):
                     + "claims:\n  - {claim: x, value: sparsity_gamma, each: {a: 1}, than: {}}\n")
     with pytest.raises(ConfigError, match=r"claims\[0\].each must be one key with a list"):
         load_spec(path)
+
+
+@pytest.mark.parametrize("claims, message", [
+    ("0", "claims must be a list of mappings"),
+    ("[{claim: x, value: v}]", r"claims\[0\] must be a mapping with claim, value, than"),
+    ("[{claim: x, value: v, than: {optimizer: [sgd]}}]", r"claims\[0\].than must be"),
+    ("[{claim: x, value: v, than: {}, each: {optimizer: [{a: 1}]}}]", r"claims\[0\].each"),
+])
+def test_claims_of_the_wrong_shape_are_refused_at_load(tmp_path, fashion_dir, claims, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(SPEC.format(data=fashion_dir) + f"claims: {claims}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_spec(path)

@@ -194,7 +194,10 @@ def check_spec_values(values: dict, where: str) -> dict:
     paper = values.get("paper", [])
     if not isinstance(paper, list) or not all(isinstance(p, dict) for p in paper):
         _fail(where, "paper", "a list of mappings", paper)
-    for i, claim in enumerate(values.get("claims", [])):
+    claims = values.get("claims", [])
+    if not isinstance(claims, list):
+        _fail(where, "claims", "a list of mappings", claims)
+    for i, claim in enumerate(claims):
         check_claim(claim, where, f"claims[{i}]")
     runs = math.prod(len(axis) for axis in values.get("grid", {}).values()) * len(variants) * max(
         len(values.get("seeds", [0])), len(values.get("quick", {}).get("seeds", [0])))
@@ -220,6 +223,15 @@ def check_claim(claim, where: str, key: str) -> None:
     each = claim.get("each", {})
     if each and (len(each) != 1 or not isinstance(next(iter(each.values())), list)):
         _fail(where, f"{key}.each", "one key with a list of values", each)
+    scalars = (str, int, float, bool, type(None))
+    for name in ("where", "than"):
+        for label, value in claim.get(name, {}).items():
+            if not isinstance(label, str) or not isinstance(value, scalars):
+                _fail(where, f"{key}.{name}", "a mapping of config keys to values",
+                      claim[name])
+    for value in next(iter(each.values())) if each else []:
+        if not isinstance(value, scalars):
+            _fail(where, f"{key}.each", "one key with a list of values", each)
 
 
 def check_table_cells(spec: ExperimentSpec, planned: list[PlannedRun]) -> None:
