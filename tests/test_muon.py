@@ -120,7 +120,8 @@ def test_decoupled_decay_scales_each_parameter_by_its_own_optimizers_rate():
 
 def test_muon_state_round_trips_through_its_state_dict():
     """A run resumed from a checkpoint continues exactly: the inner Muon and AdamW states
-    (momentum buffers, moments, step counts) are in the state dict."""
+    (momentum buffers, moments, step counts) are in the state dict, and the schedule's
+    rates still reach the inner optimizers after loading (which replaces their groups)."""
     model = cnn()
     optimizer = muon(model)
     x, y = torch.randn(8, 1, 9, 9), torch.randint(0, 3, (8,))
@@ -134,10 +135,15 @@ def test_muon_state_round_trips_through_its_state_dict():
     twin = copy.deepcopy(model)
     twin_optimizer = muon(twin)
     twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    for opt in (optimizer, twin_optimizer):  # the schedule's decay reaches both inner ones
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * 0.1
     step(model, optimizer)
     step(twin, twin_optimizer)
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.equal(p, q)
+    assert twin_optimizer.muon.param_groups[0]["lr"] == pytest.approx(0.002)
+    assert twin_optimizer.adamw.param_groups[0]["lr"] == pytest.approx(3e-5)
 
 
 def test_muon_refuses_its_own_weight_decay():

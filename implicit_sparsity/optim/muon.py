@@ -31,6 +31,10 @@ def hidden_matrices(params: list[torch.Tensor]) -> set[int]:
     return {id(p) for p in matrices[1:-1]}
 
 
+def _index(groups: list[dict], group: dict) -> int | None:
+    return next((i for i, g in enumerate(groups) if g is group), None)
+
+
 class MuonWithAdamW(torch.optim.Optimizer):
     """torch's Muon on the hidden weight matrices (viewed as out x fan-in), torch's AdamW on
     the other parameters, in the caller's parameter groups."""
@@ -64,16 +68,20 @@ class MuonWithAdamW(torch.optim.Optimizer):
             muon_groups.append({"params": copies, "lr": group["lr"]})
             adamw_groups.append({"params": [p for p in group["params"] if id(p) not in hidden],
                                  "lr": self._adamw_rate(group)})
+        kept_muon = [g for g in muon_groups if g["params"]]
+        kept_adamw = [g for g in adamw_groups if g["params"]]
         self.muon = torch.optim.Muon(
-            [g for g in muon_groups if g["params"]] or [torch.zeros(1, 1, requires_grad=True)],
+            kept_muon or [torch.zeros(1, 1, requires_grad=True)],
             lr=lr, weight_decay=0.0, momentum=momentum, nesterov=nesterov,
             ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
             adjust_lr_fn=adjust_lr_fn)
         self.adamw = torch.optim.AdamW(
-            [g for g in adamw_groups if g["params"]] or [torch.zeros(1, requires_grad=True)],
+            kept_adamw or [torch.zeros(1, requires_grad=True)],
             lr=adamw_lr, betas=adamw_betas, eps=adamw_eps, weight_decay=0.0)
-        self._inner = [(group, muon, adamw) for group, muon, adamw
-                       in zip(self.param_groups, muon_groups, adamw_groups)]
+        # (outer group, index of its Muon group, of its AdamW group): indices, since loading
+        # a state dict replaces the inner optimizers' group dicts
+        self._inner = [(group, _index(kept_muon, m), _index(kept_adamw, a))
+                       for group, m, a in zip(self.param_groups, muon_groups, adamw_groups)]
 
     def _adamw_rate(self, group: dict) -> float:
         """AdamW's rate for a group: adamw_lr times the group's scale and the schedule's
@@ -95,9 +103,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group, muon_group, adamw_group in self._inner:
-            muon_group["lr"] = group["lr"]
-            adamw_group["lr"] = self._adamw_rate(group)
+        for group, muon_index, adamw_index in self._inner:
+            if muon_index is not None:
+                self.muon.param_groups[muon_index]["lr"] = group["lr"]
+            if adamw_index is not None:
+                self.adamw.param_groups[adamw_index]["lr"] = self._adamw_rate(group)
         for weight, copy in self._pairs:
             copy.copy_(weight.reshape(copy.shape))
             copy.grad = None if weight.grad is None else weight.grad.reshape(copy.shape).clone()
