@@ -15,8 +15,9 @@ from implicit_sparsity.optim import (Regularizer, StepSchedule, build_optimizer,
                                      decoupled_rates, param_groups, regularized_step,
                                      resolve_hyperparameters)
 from implicit_sparsity.optim.muon import MuonWithAdamW
-from implicit_sparsity.train import TrainConfig, load_checkpoint, read_metrics, train
+from implicit_sparsity.train import TrainConfig, load_checkpoint, read_metrics
 from implicit_sparsity.io.run_dir import CHECKPOINT
+from resuming import assert_same_weights, train_straight_and_resumed
 
 #: Newton-Schulz runs in bfloat16 (torch's Muon): 8 bits of mantissa, relative rounding
 #: 2^-8 per operation; 5 quintic iterations of a few products each leave well under 5% of
@@ -168,16 +169,8 @@ def test_muon_and_schedule_free_train_and_resume_to_the_same_end(fashion_dir, tm
     measured and resumed at its evaluation point."""
     config = tiny(fashion_dir, optimizer=optimizer, regularizer=regularizer,
                   lam=0.05 if regularizer == "decoupled" else 1e-3)
-    straight = train(config, tmp_path / "straight", verbose=False)
-
-    def stop(epoch, model, metrics):
-        if epoch == 1:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "killed", callbacks=(stop,), verbose=False)
-    resumed = train(config, tmp_path / "killed", verbose=False)
-    for key, value in straight.model.state_dict().items():
-        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    straight, resumed = train_straight_and_resumed(config, tmp_path)
+    assert_same_weights(straight, resumed)
     metrics = read_metrics(tmp_path / "straight")
     assert all(math.isfinite(m["train_loss"]) for m in metrics)
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"] * 1.5

@@ -11,6 +11,7 @@ from implicit_sparsity.errors import ConfigError, RunStateError
 from implicit_sparsity.train import (TrainConfig, load_bn_history, load_checkpoint,
                                      load_config_file, read_metrics, train)
 from implicit_sparsity.io.run_dir import CHECKPOINT
+from resuming import assert_same_weights, train_straight_and_resumed
 
 
 def tiny_config(data_dir, **overrides):
@@ -48,19 +49,8 @@ def test_run_folder_contents(fashion_dir, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_end(fashion_dir, tmp_path):
-    config = tiny_config(fashion_dir)
-    straight = train(config, tmp_path / "straight", verbose=False)
-
-    def kill_after_first_epoch(epoch, model, metrics):
-        if epoch == 1:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "killed", callbacks=(kill_after_first_epoch,), verbose=False)
-    assert [m["epoch"] for m in read_metrics(tmp_path / "killed")] == [1]
-    resumed = train(config, tmp_path / "killed", verbose=False)
-
-    for key, value in straight.model.state_dict().items():
-        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    straight, resumed = train_straight_and_resumed(tiny_config(fashion_dir), tmp_path)
+    assert_same_weights(straight, resumed)
     def strip(ms):
         return [{k: v for k, v in m.items() if "second" not in k} for m in ms]
     assert strip(straight.metrics) == strip(resumed.metrics)
