@@ -11,7 +11,7 @@ import signal
 import sys
 
 from implicit_sparsity.commands import COMMANDS
-from implicit_sparsity.errors import ImplicitSparsityError
+from implicit_sparsity.errors import ImplicitSparsityError, Terminated
 
 PROG = "implicit-sparsity"
 
@@ -32,11 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.add_parser(sub)
     return parser
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised where the program is, so that every `with` block unwinds: a staged
-    output is removed, locks are released, nothing half-written is left."""
 
 
 def _terminate(signum, frame):

@@ -56,3 +56,9 @@ def first_line(error: BaseException, limit: int = 160) -> str:
 class AnalysisBudgetError(ImplicitSparsityError):
     """The removal's analysis of a model ran past its time or memory budget: refused before
     the machine hangs or swaps; nothing was removed."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that every `with` block unwinds: a staged
+    output is removed, locks are released, nothing half-written is left. A BaseException,
+    as KeyboardInterrupt is, so that no `except Exception` swallows it."""

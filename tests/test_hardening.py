@@ -273,22 +273,44 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_killed_sweep_takes_its_workers_with_it(fashion_dir, tmp_path):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "Ctrl-C"])
+def test_a_stopped_sweep_takes_its_workers_with_it(fashion_dir, tmp_path, how):
+    """kill -9 (no clean-up code runs in the sweep), kill (SIGTERM) and Ctrl-C (SIGINT to
+    the whole process group): no worker trains on, and for the two a program can handle,
+    the sweep ends within seconds, leaves no run locked or half-written, starts none of the
+    queued runs, and says so."""
+    from implicit_sparsity.study.sweep import sweep_status
+
     spec = tmp_path / "long.yaml"
-    spec.write_text(LONG_SPEC.format(data=fashion_dir))
+    spec.write_text(LONG_SPEC.format(data=fashion_dir) + "  - {optimizer: adamw}\n")
+    out = tmp_path / "out"
     sweep = subprocess.Popen([sys.executable, "-m", "implicit_sparsity", "sweep", str(spec),
-                              "--out", str(tmp_path / "out"), "--workers", "2"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              "--out", str(out), "--workers", "2"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not list((tmp_path / "out").glob("runs/*/metrics.jsonl")):
+        while time.time() < deadline and not list(out.glob("runs/*/metrics.jsonl")):
             time.sleep(0.5)  # a worker has trained an epoch
         workers = _children(sweep.pid)
         assert workers, "no worker process started"
     finally:
-        os.kill(sweep.pid, signal.SIGKILL)  # no clean-up code runs in the sweep
-        sweep.wait()
+        if how == "Ctrl-C":
+            os.killpg(sweep.pid, signal.SIGINT)
+        else:
+            os.kill(sweep.pid, getattr(signal, how))
+        try:
+            stderr = sweep.communicate(timeout=60)[1]
+        finally:
+            os.killpg(sweep.pid, signal.SIGKILL) if sweep.poll() is None else None
     deadline = time.time() + 20
     while time.time() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.2)
     assert not any(_alive(w) for w in workers), "workers went on training"
+    if how == "SIGKILL":
+        return
+    assert sweep.returncode == {"SIGTERM": 143, "Ctrl-C": 130}[how], stderr
+    assert "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr, stderr
+    states = sorted(row["state"] for row in sweep_status(out))
+    assert "running" not in states and states.count("pending") >= 1, states
+    assert not [p for p in out.rglob("*") if ".partial" in p.name or p.suffix == ".tmp"]

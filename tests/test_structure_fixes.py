@@ -61,10 +61,14 @@ def test_packed_and_single_sweeps_give_each_worker_its_own_gpu(monkeypatch, tmp_
     class Recorder:
         def __init__(self, workers, mp_context, initializer, initargs):
             made.append(initargs[1])
+
+        def shutdown(self, wait=True, cancel_futures=False):
+            pass
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(sweep, "ProcessPoolExecutor", Recorder)
-    sweep.worker_pool(3)
+    with sweep.worker_pool(3):
+        pass
     queue = made[0]
     assert [queue.get() for _ in range(3)] == [0, 1, 0]
 

@@ -17,11 +17,13 @@ runs packed into each job (many short runs cost fewer scheduler slots), and wait
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import signal
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -30,7 +32,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from implicit_sparsity.errors import ConfigError, DivergedError, PackingError, RunStateError
+from implicit_sparsity.errors import (ConfigError, DivergedError, PackingError, RunStateError,
+                                      Terminated)
 from implicit_sparsity.io import FolderLock, atomic_write_text
 from implicit_sparsity.io.run_dir import diverged, is_finished, read_metrics
 from implicit_sparsity.prune.surgery import require_torch_pruning
@@ -213,24 +216,77 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+#: Whether this worker is inside a run now (a SIGTERM between runs just ends it).
+_IN_RUN = False
+
+
+def _worker_terminated(signum, frame) -> None:
+    """A worker's SIGTERM: inside a run it unwinds the run (its folder lock released, staged
+    writes removed; the last checkpoint stays for a resume), between runs the worker ends."""
+    if _IN_RUN:
+        raise Terminated()
+    os._exit(143)
+
+
 def _init_worker(parent: int, gpus) -> None:
-    """Worker initializer: die with the sweep; each worker takes one GPU for all its runs."""
+    """Worker initializer: die with the sweep; each worker takes one GPU for all its runs.
+    Ctrl-C is the sweep's to handle (it stops its workers), not each worker's."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_terminated)
     _die_with_parent(parent)
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
+def in_worker(function, *args):
+    """Call `function(*args)` in a worker; a SIGTERM ends the worker once the run has
+    unwound, so that it takes no further job from the pool's queue."""
+    global _IN_RUN
+    _IN_RUN = True
+    try:
+        return function(*args)
+    except Terminated:
+        os._exit(143)
+    finally:
+        _IN_RUN = False
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int):
     """Worker processes that die with the sweep; on a GPU machine each takes one GPU for all
-    its runs, round robin (single and packed runs alike)."""
+    its runs, round robin (single and packed runs alike). Leaving the block by an error,
+    Ctrl-C or SIGTERM stops every worker (each run unwinds to its last checkpoint) instead
+    of waiting for the queued runs to finish."""
     context = get_context("spawn")
     gpus = None
     if torch.cuda.is_available():
         gpus = context.Manager().Queue()
         for i in range(workers):
             gpus.put(i % torch.cuda.device_count())
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                initargs=(os.getpid(), gpus))
+    try:
+        yield pool
+    except BaseException:
+        stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def stop_workers(pool: ProcessPoolExecutor, grace_s: float = 30.0) -> None:
+    """Cancel the queued runs, SIGTERM every worker, and SIGKILL one that has not unwound
+    within `grace_s` (a run stuck in native code)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(5)
 
 
 def default_workers() -> int:
@@ -357,7 +413,8 @@ def _run_sweep(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick
         threads = max(1, (os.cpu_count() or 1) // workers)
         packs = [[(c, d, threads, dd) for c, d, _, dd in group] for group in packs]
         with worker_pool(workers) as pool:
-            for future in as_completed([pool.submit(execute_packed, g) for g in packs]):
+            futures = [pool.submit(in_worker, execute_packed, group) for group in packs]
+            for future in as_completed(futures):
                 bar.update(future.result())
         bar.close()
         return [p.key for p in planned]
@@ -366,7 +423,7 @@ def _run_sweep(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick
             bar.update([execute_run(*job)])
     else:
         with worker_pool(workers) as pool:
-            futures = [pool.submit(execute_run, *job) for job in jobs]
+            futures = [pool.submit(in_worker, execute_run, *job) for job in jobs]
             for future in as_completed(futures):
                 bar.update([future.result()])  # a failed run stops the sweep with its error
     bar.close()
