@@ -187,6 +187,19 @@ def test_latex_tables_escape_what_latex_reserves():
         == ["unescaped '%'", "unescaped '_'"]  # the checker itself catches both
 
 
+def test_a_row_labelled_by_a_dict_or_list_is_one_row_in_spec_order():
+    """A variant's `optimizer_args: {betas: [0.9, 0.99]}` labels its row (the default table's
+    rows are every label): the table keys and prints it as one-line YAML."""
+    adam = {"optimizer": "adam", "optimizer_args": {"betas": [0.9, 0.99]}}
+    spec = {"name": "t", "variants": [{"optimizer": "sgd"}, adam],
+            "table": {"rows": ["optimizer", "optimizer_args"], "columns": [],
+                      "values": ["sparsity_gamma"]}}
+    records = [{**adam, "seed": s, "sparsity_gamma": 10.0 + 2 * s} for s in (0, 1)]
+    records.append({"optimizer": "sgd", "optimizer_args": None, "seed": 0, "sparsity_gamma": 1.0})
+    lines = [line for line in render(spec, records).splitlines() if line.startswith("| ")]
+    assert lines[1:] == ["| sgd | - | 1.0 |", "| adam | {betas: [0.9, 0.99]} | 11.0 ± 1.4 |"]
+
+
 def test_a_report_on_a_stand_in_data_set_says_so():
     from implicit_sparsity.study.report import provenance
 

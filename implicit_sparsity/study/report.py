@@ -89,8 +89,17 @@ def _get(record: dict, name: str):
     return value
 
 
+def label_text(value):
+    """A label as a table cell holds it: a dict or list (`optimizer_args: {betas: [...]}`)
+    becomes its one-line YAML, so that it can key a row like a number or a name does."""
+    if isinstance(value, (dict, list, tuple)):
+        return yaml.safe_dump(value if not isinstance(value, tuple) else list(value),
+                              default_flow_style=True, width=10**6).strip()
+    return value
+
+
 def _key(record: dict, names: list[str]) -> tuple:
-    return tuple(record.get(n) for n in names)
+    return tuple(label_text(record.get(n)) for n in names)
 
 
 def aggregate(spec: dict, records: list[dict]) -> dict:
@@ -247,7 +256,7 @@ def _spec_order(spec: dict, rows: list[str]) -> list[tuple]:
     order = []
     for variant in spec.get("variants") or []:
         labels = normalize_labels(variant)
-        key = tuple(labels.get(n) for n in rows)
+        key = _key(labels, rows)
         if key not in order:
             order.append(key)
     return order
