@@ -69,6 +69,11 @@ MODERN_OPTIMIZER_DEFAULTS: dict[str, dict] = {
                            "warmup_steps": 0, "r": 0.0, "weight_lr_power": 2.0},
 }
 OPTIMIZER_DEFAULTS.update(MODERN_OPTIMIZER_DEFAULTS)
+#: Batches of training images over which a schedule-free run's BatchNorm statistics are
+#: recomputed at its evaluation point before every evaluation (its authors' README: "right
+#: before eval", 50 batches in train mode): the running statistics gathered in training
+#: belong to the gradient point, not to the average the model is evaluated and saved at.
+SCHEDULE_FREE_BN_BATCHES = 50
 #: Base learning rate of Adam on ImageNet (supplement section 4).
 IMAGENET_ADAM_LR = 1e-4
 

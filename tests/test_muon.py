@@ -12,8 +12,8 @@ from torch import nn
 from implicit_sparsity import defaults
 from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.optim import (Regularizer, StepSchedule, build_optimizer,
-                                     decoupled_rates, param_groups, regularized_step,
-                                     resolve_hyperparameters)
+                                     decoupled_rates, param_groups, recompute_bn_statistics,
+                                     regularized_step, resolve_hyperparameters)
 from implicit_sparsity.optim.muon import MuonWithAdamW
 from implicit_sparsity.train import TrainConfig, load_checkpoint, read_metrics
 from implicit_sparsity.io.run_dir import CHECKPOINT
@@ -179,6 +179,48 @@ def test_muon_and_schedule_free_train_and_resume_to_the_same_end(fashion_dir, tm
         assert state["optimizer"]["param_groups"][0]["train_mode"] is False
         assert state["optimizer"]["param_groups"][0]["weight_decay"] == (
             0.05 if regularizer == "decoupled" else 0.0)
+        # ... with BatchNorm statistics of x: the same recomputation at x gives them again
+        from implicit_sparsity.train.loop import build_for_config
+
+        data, _ = build_for_config(config.resolved(), torch.device("cpu"))
+        again = copy.deepcopy(straight.model)
+        batches = list(data.train_eval_batches(config.batch_size))
+        assert recompute_bn_statistics(again, batches[:defaults.SCHEDULE_FREE_BN_BATCHES]) \
+            == min(len(batches), defaults.SCHEDULE_FREE_BN_BATCHES)
+        for (key, value), (_, kept) in zip(again.state_dict().items(),
+                                           straight.model.state_dict().items()):
+            assert torch.equal(value, kept), key
+
+
+def test_bn_statistics_are_recomputed_as_the_average_over_the_batches_by_hand():
+    """Running mean / variance = the plain average over the batches of each batch's mean /
+    unbiased variance of the BatchNorm's input (in train mode, each BatchNorm normalizing by
+    its batch); momenta, modes and parameters are left as they were."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, momentum=0.3), nn.ReLU(),
+                          nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).double()
+    for bn in (model[1], model[4]):
+        bn.running_mean.fill_(7.0)
+        bn.running_var.fill_(9.0)
+    model.eval()
+    batches = [(torch.randn(n, 2, 8, 8, dtype=torch.float64), None) for n in (8, 8, 5)]
+    inputs = {1: [], 4: []}
+    reference = copy.deepcopy(model).train()
+    for i in inputs:
+        reference[i].register_forward_pre_hook(lambda m, a, i=i: inputs[i].append(a[0]))
+    with torch.no_grad():
+        for x, _ in batches:
+            reference(x)
+    weights = [p.clone() for p in model.parameters()]
+    assert recompute_bn_statistics(model, batches) == 3
+    for i, seen in inputs.items():
+        mean = torch.stack([t.mean(dim=(0, 2, 3)) for t in seen]).mean(0)
+        var = torch.stack([t.transpose(0, 1).flatten(1).var(1) for t in seen]).mean(0)
+        torch.testing.assert_close(model[i].running_mean, mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(model[i].running_var, var, rtol=1e-12, atol=1e-12)
+    assert model[1].momentum == 0.3 and model[4].momentum == 0.1
+    assert not any(m.training for m in model.modules())
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
 
 
 @pytest.mark.parametrize(("change", "message"), [

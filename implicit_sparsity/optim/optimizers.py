@@ -178,9 +178,42 @@ def edits_refused(optimizer: torch.optim.Optimizer | None) -> str | None:
     """Why `optimizer`'s state cannot follow an edit of the model (a harvest), or None."""
     if isinstance(optimizer, MuonWithAdamW):
         return "Muon keeps its own 2-D copies of the weights, which a cut cannot follow"
-    if type(optimizer).__module__.split(".")[0] == "schedulefree":
+    if is_schedule_free(optimizer):
         return "a schedule-free optimizer keeps iterates besides the weights (not supported)"
     return None
+
+
+def is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:
+    return type(optimizer).__module__.split(".")[0] == "schedulefree"
+
+
+@torch.no_grad()
+def recompute_bn_statistics(model: nn.Module, batches) -> int:
+    """Set every BatchNorm's running mean and variance to the average over `batches` (the
+    model's own forward passes in train mode, no gradients), as a schedule-free optimizer's
+    evaluation point needs; returns how many batches it saw. The modes and momenta are
+    restored; no parameter changes."""
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    modes = {m: m.training for m in model.modules()}
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every batch counts alike
+    seen = 0
+    try:
+        model.train()
+        for x, _ in batches:
+            model(x)
+            seen += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        for m, training in modes.items():
+            m.training = training
+    return seen
 
 
 def set_mode(optimizer: torch.optim.Optimizer, training: bool) -> None:

@@ -9,6 +9,7 @@ Metrics are accumulated on the device and read once per epoch (no per-step host 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import statistics
 import time
@@ -45,6 +46,8 @@ from implicit_sparsity.optim import (
     own_decoupled_decay,
     param_groups,
     regularized_step,
+    is_schedule_free,
+    recompute_bn_statistics,
     set_mode,
 )
 from implicit_sparsity.optim.optimizers import is_batchnorm_param
@@ -499,6 +502,8 @@ class SingleRun:
         totals = self._steps(epoch, factor)
         set_mode(self.optimizer, training=False)  # measured, checked and saved at its average
         self._stop_if_diverged(epoch, totals)
+        if is_schedule_free(self.optimizer):
+            self._bn_statistics_at_average()
         metrics = epoch_metrics(self.model, config, self.data, epoch, factor,
                                 totals.loss_sum.item(), totals.wrong.item(),
                                 int(totals.seen.item()), time.perf_counter() - started)
@@ -517,6 +522,16 @@ class SingleRun:
                         self.harvester.snapshot_channels() if self.harvester else None)
         distributed.barrier(cluster)
         return metrics
+
+    def _bn_statistics_at_average(self) -> None:
+        """Schedule-free: the BatchNorm statistics of the average the run is evaluated and
+        saved at, over the first defaults.SCHEDULE_FREE_BN_BATCHES training batches (no
+        augmentation, no randomness drawn: training goes on exactly as without)."""
+        batches = itertools.islice(self.data.train_eval_batches(self.config.batch_size),
+                                   defaults.SCHEDULE_FREE_BN_BATCHES)
+        if self.config.channels_last:
+            batches = ((x.contiguous(memory_format=torch.channels_last), y) for x, y in batches)
+        recompute_bn_statistics(self.model, batches)
 
     def _harvest(self, epoch: int, metrics: dict) -> None:
         """The epoch's record of the model it trained (filters per layer, parameters, MACs;
