@@ -18,12 +18,13 @@ import torch
 import yaml
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from conftest import write_fashion_mnist  # noqa: E402
 from implicit_sparsity.cli import main  # noqa: E402
 from implicit_sparsity.errors import ImplicitSparsityError  # noqa: E402
+from implicit_sparsity.study.report import render  # noqa: E402
 from implicit_sparsity.study.spec import SPEC_KEYS, load_spec  # noqa: E402
 from implicit_sparsity.train.config import TrainConfig  # noqa: E402
 from test_bad_input import tree_digest  # noqa: E402
@@ -68,6 +69,8 @@ SPEC_VALUES = st.one_of(VALUES, st.dictionaries(CONFIG_KEYS, VALUES, max_size=3)
 @FAST
 @given(st.dictionaries(st.sampled_from(sorted(SPEC_KEYS) + ["nosuch"]), SPEC_VALUES,
                        max_size=5))
+@example({"variants": [{"optimizer": "adam", "optimizer_args": {"betas": [0.9, 0.99]}},
+                       {"epochs": [1, 1]}]})  # rows labelled by a dict and by a list
 def test_any_spec_loads_or_is_refused_in_one_line(tmp_path_factory, fragment):
     path = tmp_path_factory.mktemp("spec") / "fuzzed.yaml"
     path.write_text(yaml.safe_dump({"base": {"width": "0.0625", "epochs": [1]}, **fragment}))
@@ -76,7 +79,15 @@ def test_any_spec_loads_or_is_refused_in_one_line(tmp_path_factory, fragment):
     except ImplicitSparsityError as error:
         assert "\n" not in str(error).strip()
         return
-    assert spec.expand()  # accepted: it plans at least one run
+    planned = spec.expand()
+    assert planned  # accepted: it plans at least one run
+    # ... and its runs, once evaluated, make a table in every format (its rows may be
+    # labelled by any value a spec accepts: a dict, a list, None)
+    records = [{**p.labels, "seed": p.seed, "key": p.key, "config": p.config.to_dict(),
+                "test_error": 10.0 + i, "sparsity_gamma": float(i), "layers": {}}
+               for i, p in enumerate(planned)]
+    for fmt in ("markdown", "csv", "latex"):
+        assert render({**spec.__dict__, "_quick": False}, records, fmt)
 
 
 # --- command lines -----------------------------------------------------------------------------
