@@ -232,13 +232,22 @@ def test_a_variants_own_keys_hold_at_the_quick_scale_and_its_claims_are_judged()
     # adamw: 32 ± 2.8 against 5 ± 1.4: holds; lion 6 against 5, within 1 point: inconclusive;
     # nadam: no runs, inconclusive
     verdicts = {(v["value"], v["side"]["optimizer"]): v["verdict"]
-                for v in claim_verdicts(spec.__dict__, records)}
+                for v in claim_verdicts(spec.__dict__, records) if v["than"]["optimizer"] == "sgd"}
     assert verdicts[("sparsity_gamma", "adamw")] == "holds"
     assert verdicts[("sparsity_gamma", "lion")] == "inconclusive"
     assert verdicts[("sparsity_gamma", "nadam")] == "inconclusive"
     assert verdicts[("sparsity_activation", "adamw")] == "holds"
     text = render(spec.__dict__, records)
     assert "adamw + l2 32.0 ± 2.8 vs sgd + l2 5.0 ± 1.4" in text and "**holds**" in text
+    # the third claim compares each optimizer with itself under decoupled decay
+    records += [{**record("adamw", s, 1.0 + s), "regularizer": "decoupled"} for s in (0, 1)]
+    against_decoupled = [v for v in claim_verdicts(spec.__dict__, records)
+                         if v["than"].get("regularizer") == "decoupled"]
+    assert [v["than"]["optimizer"] for v in against_decoupled] == [
+        "adamw", "nadam", "radam", "adafactor", "lion", "muon", "adamw-schedulefree"]
+    assert against_decoupled[0]["verdict"] == "holds"  # 32 ± 2.8 against 1.5 ± 0.7
+    assert str(against_decoupled[0]["b"]).startswith("1.5")
+    assert against_decoupled[4]["verdict"] == "inconclusive"  # lion: no decoupled runs
 
 
 def test_a_malformed_claim_is_one_line(tmp_path, fashion_dir):

@@ -191,17 +191,19 @@ def _matching(records: list[dict], labels: dict) -> list[dict]:
 
 def claim_verdicts(spec: dict, records: list[dict]) -> list[dict]:
     """Each claim of the spec, per value of its `each` key: the two sides' Stat over seeds
-    and the verdict by study.stats' rule."""
+    and the verdict by study.stats' rule. The `each` value applies to both sides unless
+    `than` names that key (then the baseline is one set of runs for all)."""
     results = []
     for claim in spec.get("claims") or []:
         (key, values), = (claim.get("each") or {None: [None]}).items()
-        baseline = Stat.of([_get(r, claim["value"]) for r in _matching(records, claim["than"])
-                            if _get(r, claim["value"]) is not None])
         for value in values:
-            side = {**({key: value} if key else {}), **claim.get("where", {})}
-            ours = Stat.of([_get(r, claim["value"]) for r in _matching(records, side)
-                            if _get(r, claim["value"]) is not None])
-            results.append({"claim": claim["claim"], "side": side, "than": claim["than"],
+            each = {key: value} if key else {}
+            side = {**each, **claim.get("where", {})}
+            than = {**each, **claim["than"]}  # `than` may name the `each` key: a fixed baseline
+            ours, baseline = (Stat.of([_get(r, claim["value"]) for r in _matching(records, s)
+                                       if _get(r, claim["value"]) is not None])
+                              for s in (side, than))
+            results.append({"claim": claim["claim"], "side": side, "than": than,
                             "value": claim["value"], "a": ours, "b": baseline,
                             "verdict": compare(ours, baseline)})
     return results

@@ -213,7 +213,8 @@ CLAIM_KEYS = {"claim": str, "value": str, "each": dict, "where": dict, "than": d
 
 def check_claim(claim, where: str, key: str) -> None:
     """A claim: `value` of the runs matching `where` and each of `each` (one key: a list
-    of values) exceeds that of the runs matching `than`."""
+    of values) exceeds that of the runs matching `than` (and that `each` value, unless
+    `than` names the key)."""
     if not isinstance(claim, dict) or set(claim) - set(CLAIM_KEYS) or not {
             "claim", "value", "than"} <= set(claim):
         _fail(where, key, "a mapping with claim, value, than (and each, where)", claim)
