@@ -61,8 +61,11 @@ MODERN_OPTIMIZER_DEFAULTS: dict[str, dict] = {
     "adafactor": {"lr": 1e-2, "beta2_decay": -0.8, "d": 1.0},
     "lion": {"lr": 1e-4, "betas": (0.9, 0.99)},
     # Muon (Jordan et al. 2024; torch.optim.Muon): lr 0.02, Nesterov momentum 0.95, 5
-    # Newton-Schulz steps on the hidden matrices; AdamW at 3e-4, betas 0.9 / 0.95 on the rest
+    # Newton-Schulz steps (in bfloat16, as torch and the authors run them) on the hidden
+    # matrices at the rate lr sqrt(max(1, rows / cols)); AdamW at 3e-4, betas 0.9 / 0.95 on
+    # the rest
     "muon": {"lr": 0.02, "momentum": 0.95, "nesterov": True, "ns_steps": 5,
+             "ns_dtype": "bfloat16", "adjust_lr_fn": "original",
              "adamw_lr": 3e-4, "adamw_betas": (0.9, 0.95)},
     # schedule-free AdamW (Defazio et al. 2024; package schedulefree): lr 0.0025, no warm-up
     "adamw-schedulefree": {"lr": 2.5e-3, "betas": (0.9, 0.999), "eps": 1e-8,

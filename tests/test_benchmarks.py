@@ -90,3 +90,9 @@ def test_harvest_benchmark_prints_both_arms_and_the_targets(fashion_dir):
     assert re.search(r"basicnet seed 0 full width: [\d.]+ s, .* filters ever removable", out)
     assert re.search(r"basicnet +\d+\.\d\dx .* -> ", out)
     assert re.search(r"targets: wall ratio \d+\.\d\d >= 1\.2 (met|NOT met)", out)
+
+
+def test_optimizer_step_benchmark_times_muon_both_ways_against_adamw():
+    out = run("optimizer_step.py", "--width", "0.0625", "--steps", "2", "--rounds", "2")
+    for label in ("adamw", "muon", "muon-float32"):
+        assert re.search(rf"^{label} +[\d.]+ ms/step .*ratio to adamw [\d.]+$", out, re.M), out

@@ -14,7 +14,7 @@ from implicit_sparsity.errors import ConfigError
 from implicit_sparsity.optim import (Regularizer, StepSchedule, build_optimizer,
                                      decoupled_rates, param_groups, recompute_bn_statistics,
                                      regularized_step, resolve_hyperparameters)
-from implicit_sparsity.optim.muon import MuonWithAdamW
+from implicit_sparsity.optim.muon import Float32Muon, MuonWithAdamW, newton_schulz
 from implicit_sparsity.train import TrainConfig, load_checkpoint, read_metrics
 from implicit_sparsity.io.run_dir import CHECKPOINT
 from resuming import assert_same_weights, train_straight_and_resumed
@@ -23,6 +23,9 @@ from resuming import assert_same_weights, train_straight_and_resumed
 #: 2^-8 per operation; 5 quintic iterations of a few products each leave well under 5% of
 #: the update's size (the update itself is O(1), so 0.05 absolute)
 BF16_UPDATE_TOLERANCE = 0.05
+#: The same iteration in float32 (rounding 2^-24 an operation): measured against float64 it
+#: is off by about 1e-6 of the update's size; 1e-5 leaves a margin and still fails bfloat16
+FLOAT32_UPDATE_TOLERANCE = 1e-5
 
 
 def cnn() -> nn.Sequential:
@@ -47,17 +50,23 @@ def quintic(s: float, steps: int = 5) -> float:
     return s
 
 
-def test_muon_orthogonalizes_the_momentum_of_a_hidden_filter_bank_by_hand():
+@pytest.mark.parametrize("ns_dtype,adjust_lr_fn,rate,tolerance", [
+    ("bfloat16", "original", 1.0, BF16_UPDATE_TOLERANCE),
+    ("float32", "original", 1.0, FLOAT32_UPDATE_TOLERANCE),
+    ("float32", "match_rms_adamw", 0.2 * 3.0, FLOAT32_UPDATE_TOLERANCE)])
+def test_muon_orthogonalizes_the_momentum_of_a_hidden_filter_bank_by_hand(
+        ns_dtype, adjust_lr_fn, rate, tolerance):
     """A hidden conv's gradient 0.3 * Q, Q with orthonormal rows (2 filters x 9 taps): the
     Nesterov momentum of a constant gradient points along Q, its Frobenius normalization
     gives singular values 1/sqrt(2), each goes through the quintic 5 times, and the
-    rate is lr * sqrt(max(1, 2/9)) = lr. Two steps (the second at lr/10): theta0 - 1.1 lr
-    q5(1/sqrt 2) Q; plain momentum SGD would move by 0.3 * ... instead."""
+    rate is lr * sqrt(max(1, 2/9)) = lr (Moonshot's match_rms_adamw: lr * 0.2 sqrt(max(2,
+    9)) = 0.6 lr). Two steps (the second at lr/10): theta0 - 1.1 rate q5(1/sqrt 2) Q; plain
+    momentum SGD would move by 0.3 * ... instead."""
     model = nn.Sequential(nn.Conv2d(1, 1, 1), nn.Conv2d(1, 2, 3), nn.Linear(1, 1))
     hidden = model[1].weight
     q = torch.zeros(2, 9)
     q[0, 0], q[1, 4] = 1.0, 1.0
-    optimizer = muon(model)
+    optimizer = muon(model, ns_dtype=ns_dtype, adjust_lr_fn=adjust_lr_fn)
     start = hidden.detach().clone()
     for factor in (1.0, 0.1):
         for group in optimizer.param_groups:
@@ -68,9 +77,58 @@ def test_muon_orthogonalizes_the_momentum_of_a_hidden_filter_bank_by_hand():
         hidden.grad = 0.3 * q.reshape(2, 1, 3, 3)
         optimizer.step()
     moved = (start - hidden.detach()).reshape(2, 9)
-    expected = 1.1 * 0.02 * quintic(1 / math.sqrt(2)) * q
-    torch.testing.assert_close(moved, expected, atol=BF16_UPDATE_TOLERANCE * 0.02, rtol=0)
-    assert not torch.allclose(moved, 1.1 * 0.02 * 0.3 * q, atol=BF16_UPDATE_TOLERANCE * 0.02)
+    expected = 1.1 * 0.02 * rate * quintic(1 / math.sqrt(2)) * q
+    torch.testing.assert_close(moved, expected, atol=tolerance * 0.02, rtol=0)
+    assert not torch.allclose(moved, 1.1 * 0.02 * rate * 0.3 * q, atol=tolerance * 0.02)
+
+
+def test_newton_schulz_is_torchs_iteration_and_float32_is_float64_up_to_its_rounding():
+    """In bfloat16 the toolkit's Newton-Schulz is torch's Muon's to the bit (tall and wide
+    matrices); in float32 it is the float64 iteration within FLOAT32_UPDATE_TOLERANCE, and
+    bfloat16 is not (its error is 1e-3 or more)."""
+    from torch.optim._muon import _zeropower_via_newtonschulz
+    coefficients, generator = (3.4445, -4.775, 2.0315), torch.Generator().manual_seed(0)
+    for shape in ((6, 36), (12, 4)):
+        g = torch.randn(shape, generator=generator)
+        torch.testing.assert_close(newton_schulz(g, coefficients, 5, 1e-7, torch.bfloat16),
+                                   _zeropower_via_newtonschulz(g, coefficients, 5, 1e-7),
+                                   atol=0, rtol=0)
+        exact = newton_schulz(g.double(), coefficients, 5, 1e-7, torch.float64)
+        in_float32 = newton_schulz(g, coefficients, 5, 1e-7, torch.float32)
+        assert in_float32.dtype == torch.float32
+        assert (in_float32.double() - exact).abs().max() < FLOAT32_UPDATE_TOLERANCE
+        in_bfloat16 = newton_schulz(g, coefficients, 5, 1e-7, torch.bfloat16)
+        assert (in_bfloat16.double() - exact).abs().max() > 1e-3
+
+
+def test_float32_muon_keeps_torchs_state_so_checkpoints_load_either_way():
+    """A bfloat16 run's optimizer state loads into a float32 one (the same momentum buffers),
+    and the two then step within bfloat16's tolerance of each other."""
+    model, twin = cnn(), cnn()
+    in_bfloat16, in_float32 = muon(model), muon(twin, ns_dtype="float32")
+    assert isinstance(in_float32.muon, Float32Muon)
+    x, y = torch.randn(8, 1, 9, 9), torch.randint(0, 3, (8,))
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    in_bfloat16.step()
+    twin.load_state_dict(model.state_dict())
+    in_float32.load_state_dict(copy.deepcopy(in_bfloat16.state_dict()))
+    for net, opt in ((model, in_bfloat16), (twin, in_float32)):
+        net.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, atol=BF16_UPDATE_TOLERANCE * 0.02, rtol=0)
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+@pytest.mark.parametrize("hyper,message", [
+    ({"ns_dtype": "float16"}, "ns_dtype must be one of bfloat16, float32"),
+    ({"ns_dtype": 32}, "expected a name"),
+    ({"adjust_lr_fn": "spectral"}, "adjust_lr_fn must be one of original, match_rms_adamw")])
+def test_muon_names_its_choices_on_a_bad_one(hyper, message):
+    with pytest.raises(ConfigError, match=message):
+        muon(cnn(), **hyper)
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest_exactly_as_torch_does():

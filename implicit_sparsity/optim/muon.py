@@ -15,9 +15,17 @@ back (so any memory format of the weight works, and the update is torch's own). 
 rate is the run's rate (Muon's 0.02 by default); AdamW's is `adamw_lr` (3e-4), and both
 follow the run's schedule and the gamma / beta rate scales. Regularization is not theirs
 (optim.regularization): `weight_decay` must stay 0.
+
+Newton-Schulz runs in bfloat16 in torch's Muon (and its authors'), which GPUs multiply
+fast. `ns_dtype="float32"` runs the same iteration in float32 (`Float32Muon`): the same update
+without bfloat16's rounding (about 1e-2 of its size, against 1e-6), for a study of the
+iteration itself or a CPU without bfloat16 units. On this project's AVX2 CPUs it saves little
+(`benchmarks/optimizer_step.py`: a BasicNet step 1.05x faster at width 0.125).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -31,23 +39,89 @@ def hidden_matrices(params: list[torch.Tensor]) -> set[int]:
     return {id(p) for p in matrices[1:-1]}
 
 
+#: The dtypes Newton-Schulz may run in, by the name a spec gives.
+NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+#: Muon's rate adjustments by the shape (A, B) of a matrix: Jordan et al.'s
+#: sqrt(max(1, A / B)), and Moonshot's 0.2 sqrt(max(A, B)) that matches AdamW's update RMS.
+ADJUST_LR_FNS = ("original", "match_rms_adamw")
+
+
+def adjusted_rate(lr: float, adjust_lr_fn: str, shape: torch.Size) -> float:
+    """The rate Muon steps an (A, B) matrix at (torch's `adjust_lr_fn`)."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr * math.sqrt(max(1.0, rows / cols))
+
+
+def newton_schulz(matrix: torch.Tensor, coefficients: tuple[float, float, float],
+                  steps: int, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """Muon's orthogonalization as torch's Muon computes it, in `dtype`: X = G / ||G||_F on
+    the wide side, then `steps` times X <- a X + (b A + c A^2) X with A = X X^T."""
+    a, b, c = coefficients
+    x = matrix.to(dtype)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+class Float32Muon(torch.optim.Muon):
+    """torch's Muon with its Newton-Schulz in float32: the same groups, state (one momentum
+    buffer a matrix) and step, so checkpoints of either load into the other."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            momentum = group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buffer = state["momentum_buffer"]
+                buffer.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"],
+                                       group["eps"], torch.float32)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-adjusted_rate(group["lr"], group["adjust_lr_fn"] or
+                                                    "original", p.shape))
+        return loss
+
+
 def _index(groups: list[dict], group: dict) -> int | None:
     return next((i for i, g in enumerate(groups) if g is group), None)
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """torch's Muon on the hidden weight matrices (viewed as out x fan-in), torch's AdamW on
-    the other parameters, in the caller's parameter groups."""
+    """torch's Muon on the hidden weight matrices (viewed as out x fan-in; `Float32Muon` with
+    ns_dtype "float32"), torch's AdamW on the other parameters, in the caller's groups."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95,
                  nesterov: bool = True, ns_steps: int = 5,
                  ns_coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
-                 eps: float = 1e-7, adjust_lr_fn: str | None = None,
+                 eps: float = 1e-7, adjust_lr_fn: str = "original", ns_dtype: str = "bfloat16",
                  adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
                  adamw_eps: float = 1e-8, weight_decay: float = 0.0):
         if weight_decay:
             raise ConfigError("muon: regularization is the toolkit's (regularizer / lam), "
                               "not the optimizer's weight_decay")
+        if ns_dtype not in NS_DTYPES:
+            raise ConfigError(f"muon: ns_dtype must be one of {', '.join(NS_DTYPES)}, "
+                              f"got {ns_dtype!r}")
+        if adjust_lr_fn not in ADJUST_LR_FNS:
+            raise ConfigError(f"muon: adjust_lr_fn must be one of {', '.join(ADJUST_LR_FNS)}, "
+                              f"got {adjust_lr_fn!r}")
         if not adamw_lr > 0:
             raise ValueError(f"adamw_lr must be positive, got {adamw_lr}")
         super().__init__(params, {"lr": lr})
@@ -70,7 +144,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
                                  "lr": self._adamw_rate(group)})
         kept_muon = [g for g in muon_groups if g["params"]]
         kept_adamw = [g for g in adamw_groups if g["params"]]
-        self.muon = torch.optim.Muon(
+        muon_class = torch.optim.Muon if ns_dtype == "bfloat16" else Float32Muon
+        self.muon = muon_class(
             kept_muon or [torch.zeros(1, 1, requires_grad=True)],
             lr=lr, weight_decay=0.0, momentum=momentum, nesterov=nesterov,
             ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,

@@ -109,6 +109,8 @@ def _typed_hyperparameter(name: str, key: str, value):
               and all(_is_number(v) for v in value))
         expected = f"a list of {len(default)} numbers"
         value = tuple(value) if ok else value
+    elif isinstance(default, str):
+        ok, expected = isinstance(value, str), "a name"
     else:
         ok, expected = _is_number(value), "a finite number"
     if not ok:
