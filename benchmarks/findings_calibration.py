@@ -9,6 +9,10 @@ processes, each a sweep of its own (resumable: rerun with the same --out to fini
 
     python benchmarks/findings_calibration.py --out DIR [--candidates a,b] [--parallel 4]
         [--seeds 0] [--data-dir DIR] [--deadline-min 8] [--list]
+        [--roles adam-l2,adam-l2-big-batch]
+
+`--roles` trains only those runs of each candidate (finding 6's pair, say): a finding whose
+runs are left out reads "inconclusive", with "-" for their numbers.
 
 The simulation (finding 9) and the comparison with explicit pruning (finding 11) do not
 depend on the candidate's runs alone and are left out.
@@ -28,7 +32,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from implicit_sparsity.findings.claims import FINDINGS, Context
-from implicit_sparsity.findings.plan import SCALES, Scale, findings_spec
+from implicit_sparsity.findings.plan import SCALES, Scale, findings_spec, roles
 from implicit_sparsity.findings.run import collect_roles
 from implicit_sparsity.study.sweep import run_sweep
 
@@ -50,6 +54,16 @@ def _candidate(name: str, lam: float, subset: int, classes: int | None,
                                      easier={"class_subset": 2})
 
 
+def _standard_candidate(name: str, lam: float, subset: int, classes: int | None,
+                        epochs: list[int]) -> tuple[str, Scale]:
+    """A candidate for `--scale standard`: 10,000 iterations at batch 40 (epochs x subset /
+    40), batch 160 on the same iterations."""
+    assert sum(epochs) * subset // 40 == 10000, name
+    base = {**QUICK.base, "train_subset": subset, "epochs": epochs, "class_subset": classes}
+    return name, dataclasses.replace(QUICK, name=name, description=name, base=base, lam=lam,
+                                     low_lam=lam / 10, big_batch=160)
+
+
 def candidates() -> dict[str, Scale]:
     """The candidates, most promising first: λ, images, classes in the reference task."""
     found = [
@@ -66,19 +80,41 @@ def candidates() -> dict[str, Scale]:
         _candidate("l1e-3-n20k-c10-w.25", 1e-3, 20000, None, "0.25"),
         _candidate("l2e-3-n5k-c10-w.25", 2e-3, 5000, None, "0.25"),
     ]
+    # --scale standard: 10,000 iterations; 2,000 images are passed over 200 times at batch
+    # 40 (and 800 at 160): both batch sizes fit them, as the paper's runs fit CIFAR
+    found += [
+        _standard_candidate("std-l2e-3-n2k-c10", 2e-3, 2000, None, [160, 40]),
+        _standard_candidate("std-l2e-3-n5k-c10", 2e-3, 5000, None, [64, 16]),
+        _standard_candidate("std-l1e-3-n2k-c10", 1e-3, 2000, None, [160, 40]),
+        _standard_candidate("std-l2e-3-n2k-c5", 2e-3, 2000, 5, [160, 40]),
+    ]
     # the machinery alone, in seconds (for a smoke test of this script)
     found.append(("tiny", dataclasses.replace(SCALES["tiny"], name="tiny")))
     return dict(found)
 
 
+def only_roles(scale: Scale, names: tuple[str, ...] | None):
+    """The candidate's findings spec, cut to the runs of the named roles (all: None)."""
+    spec = findings_spec(scale)
+    if names:
+        unknown = set(names) - set(roles(scale))
+        if unknown:
+            raise ValueError(f"unknown roles {sorted(unknown)}; valid: {sorted(roles(scale))}")
+        wanted = [roles(scale)[name] for name in names]
+        spec = dataclasses.replace(spec, variants=[v for v in spec.variants if v in wanted])
+    return spec
+
+
 def train_candidate(scale: Scale, out: Path, seeds: tuple[int, ...], data_dir: str | None,
-                    threads: int, pack: int | None = None) -> dict:
+                    threads: int, pack: int | None = None,
+                    role_names: tuple[str, ...] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     scale = dataclasses.replace(scale, seeds=seeds)
     started = time.perf_counter()
-    run_sweep(findings_spec(scale), out / "runs", workers=1, data_dir=data_dir, pack=pack)
+    run_sweep(only_roles(scale, role_names), out / "runs", workers=1, data_dir=data_dir,
+              pack=pack)
     result = verdicts(scale, out)
     result["minutes"] = (time.perf_counter() - started) / 60
     (out / "calibration.json").write_text(json.dumps(result, indent=1))
@@ -101,9 +137,9 @@ def verdicts(scale: Scale, out: Path) -> dict:
 
 
 def _work(item):
-    name, scale, out, seeds, data_dir, threads, pack = item
+    name, scale, out, seeds, data_dir, threads, pack, role_names = item
     try:
-        return train_candidate(scale, out / name, seeds, data_dir, threads, pack)
+        return train_candidate(scale, out / name, seeds, data_dir, threads, pack, role_names)
     except Exception as error:  # one candidate failing must not lose the others
         return {"candidate": name, "error": f"{type(error).__name__}: {error}"}
 
@@ -132,6 +168,7 @@ def main() -> None:
                         "default: 8 on a GPU, none on CPUs)")
     parser.add_argument("--deadline-min", type=float, default=None,
                         help="print what finished by then and stop")
+    parser.add_argument("--roles", help="comma-separated roles to train (default: all)")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()
     found = candidates()
@@ -145,7 +182,9 @@ def main() -> None:
         sys.exit(f"unknown candidates {unknown}; see --list")
     seeds = tuple(int(s) for s in args.seeds.split(","))
     out = Path(args.out)
-    items = [(n, found[n], out, seeds, args.data_dir, args.threads, args.pack) for n in names]
+    role_names = tuple(args.roles.split(",")) if args.roles else None
+    items = [(n, found[n], out, seeds, args.data_dir, args.threads, args.pack, role_names)
+             for n in names]
     deadline = None if args.deadline_min is None else time.time() + 60 * args.deadline_min
     # not multiprocessing.Pool: its daemonic workers may not start the sweep's own workers
     pool = ProcessPoolExecutor(args.parallel, mp_context=multiprocessing.get_context("spawn"))

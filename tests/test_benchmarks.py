@@ -96,3 +96,16 @@ def test_optimizer_step_benchmark_times_muon_both_ways_against_adamw():
     out = run("optimizer_step.py", "--width", "0.0625", "--steps", "2", "--rounds", "2")
     for label in ("adamw", "muon", "muon-float32"):
         assert re.search(rf"^{label} +[\d.]+ ms/step .*ratio to adamw [\d.]+$", out, re.M), out
+
+
+def test_findings_calibration_trains_only_the_roles_asked_for(tmp_path):
+    """Finding 6's pair alone: two runs (the reference, the big batch), finding 6 judged
+    on them, and a finding whose runs were left out inconclusive with "-" for them."""
+    from conftest import write_fashion_mnist
+
+    data = write_fashion_mnist(tmp_path / "fashion", n_train=600, n_test=300)  # 5 classes
+    out = run("findings_calibration.py", "--out", str(tmp_path / "out"), "--candidates",
+              "tiny", "--roles", "adam-l2,adam-l2-big-batch", "--data-dir", str(data))
+    assert re.search(r"== tiny \([\d.]+ min, 2 runs,", out), out
+    assert re.search(r"^ +6 (holds|does not hold|inconclusive) +small batch", out, re.M), out
+    assert re.search(r"^ +7 inconclusive +wider [\d.]+% vs narrower -%", out, re.M), out
