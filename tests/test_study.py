@@ -213,6 +213,19 @@ def test_a_report_on_a_stand_in_data_set_says_so():
     assert line.endswith("The paper's: main text, Table 1 on cifar10.")
 
 
+def test_a_dash_under_a_row_key_is_explained_by_the_runs_configs():
+    """The L2 rows of modern_optimizers leave `lam` to the scale: the table prints "-" and
+    the provenance line says it stands for their configs' 0.002; a row that names it does
+    not add to that."""
+    from implicit_sparsity.study.report import provenance
+
+    spec = {"table": {"rows": ["optimizer", "lam"], "columns": []}}
+    records = [{"optimizer": "adamw", "lam": None, "seed": 0, "config": {"lam": 0.002}},
+               {"optimizer": "lion", "lam": 0.5, "seed": 0, "config": {"lam": 0.5}}]
+    assert '"-" under lam: 0.002,' in provenance(spec, records)
+    assert '"-" under' not in provenance(spec, records[1:])
+
+
 def test_a_variants_own_keys_hold_at_the_quick_scale_and_its_claims_are_judged():
     """modern_optimizers: the quick scale sets L2's lambda (2e-3) but a recipe's decoupled
     lambda stays its own (Lion 0.5); schedule-free keeps the stages at one rate."""

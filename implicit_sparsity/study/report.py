@@ -235,6 +235,7 @@ def provenance(spec: dict, records: list[dict]) -> str:
         values = sorted({str(c.get(key)) for c in configs if c.get(key) is not None})
         if values:
             scale.append(f"{name} {'/'.join(values)}")
+    scale += _unlabelled(spec, records)
     paper_sets = sorted({str(e.get("dataset")) for e in spec.get("paper") or []
                          if e.get("dataset")})
     stand_in = paper_sets and datasets and set(datasets) != set(paper_sets)
@@ -247,6 +248,19 @@ def provenance(spec: dict, records: list[dict]) -> str:
                + (f" on {', '.join(paper_sets)}" if paper_sets else "")
                if spec.get("paper") else ". Beyond the paper: no numbers of its to compare")
             + ".")
+
+
+def _unlabelled(spec: dict, records: list[dict]) -> list[str]:
+    """What a "-" under a row or column key stands for: the runs whose variant leaves the
+    key to the base (or to the quick scale) have it in their config (L2 rows' `lam`)."""
+    table = spec.get("table") or {}
+    notes = []
+    for name in table.get("rows", []) + table.get("columns", []):
+        values = {str(label_text(r["config"][name])) for r in records
+                  if r.get(name) is None and name in (r.get("config") or {})}
+        if values:
+            notes.append(f"\"-\" under {name}: {'/'.join(sorted(values))}")
+    return notes
 
 
 def _columns(cells) -> list[tuple]:
