@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 
 import pytest
 
@@ -102,9 +103,13 @@ def test_sweep_skips_finished_runs_and_resumes_the_rest(spec_path, tmp_path):
     (out / "runs" / keys[1] / "evaluation.json").unlink()
     (out / "runs" / keys[1] / "summary.json").unlink()
     stamp = (out / "runs" / keys[0] / "evaluation.json").stat().st_mtime_ns
-    run_sweep(spec, out, quick=True, workers=1)
+    run_sweep(spec, out, quick=True, workers=1, threads=1)  # a caller's share of the cores
     assert (out / "runs" / keys[1] / "evaluation.json").is_file()
     assert (out / "runs" / keys[0] / "evaluation.json").stat().st_mtime_ns == stamp
+
+    def threads(key):
+        return json.loads((out / "runs" / key / "summary.json").read_text())["torch_threads"]
+    assert threads(keys[0]) == os.cpu_count() and threads(keys[1]) == 1
     with pytest.raises(ConfigError, match="holds a sweep of tiny"):
         run_sweep(spec, out, quick=False, workers=1)
 

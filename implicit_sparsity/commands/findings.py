@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from implicit_sparsity.commands.common import output_plan, positive_int
-from implicit_sparsity.findings import run_findings
+from implicit_sparsity.findings import SCALES, run_findings
 
 NAME = "findings"
 
@@ -17,8 +17,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                             "a verdict per finding, one report (Markdown and HTML)")
     parser.add_argument("--quick", dest="scale", action="store_const", const="quick",
                         help="the CPU preset (Fashion-MNIST, offline; about 1.6 hours on 2 cores)")
-    parser.add_argument("--scale", choices=("full", "quick", "tiny"),
-                        help="full: the paper's settings; quick: the CPU preset; tiny: a "
+    parser.add_argument("--scale", choices=tuple(SCALES),
+                        help="full: the paper's settings; quick: the CPU preset; standard: "
+                             "a longer CPU scale (10,000 iterations a run); tiny: a "
                              "seconds-long smoke test of the machinery")
     parser.add_argument("--out", default=None, help="folder (default: runs/findings-SCALE)")
     parser.add_argument("--executor", default="local", choices=["local", "slurm"])

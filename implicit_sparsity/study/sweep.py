@@ -370,8 +370,11 @@ def run_sweep(spec: ExperimentSpec, out: str | Path, *, quick: bool = False,
               workers: int | None = None, data_dir: str | None = None,
               overrides: dict | None = None, executor: str = "local",
               slurm: dict | None = None, where: dict | None = None,
-              pack: int | None = None) -> list[str]:
+              pack: int | None = None, threads: int | None = None) -> list[str]:
     """Train and evaluate every run of `spec` under `out`; returns the keys of all runs.
+
+    `threads`: torch threads per local run (default: the CPU cores shared among the
+    workers); a caller running several sweeps side by side gives each its share.
 
     `pack` > 1 trains up to that many compatible runs (same architecture, data, batch size
     and schedule) as one packed model on the local executor (see train.packed); None packs
@@ -387,12 +390,13 @@ def run_sweep(spec: ExperimentSpec, out: str | Path, *, quick: bool = False,
     require_torch_pruning()  # every run's evaluation removes its dead filters: fail now
     out = Path(out)
     with FolderLock(out, "sweep folder"):  # one sweep process per folder
-        return _run_sweep(spec, planned, out, quick, workers, data_dir, executor, slurm, pack)
+        return _run_sweep(spec, planned, out, quick, workers, data_dir, executor, slurm, pack,
+                          threads)
 
 
 def _run_sweep(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick: bool,
                workers: int | None, data_dir: str | None, executor: str, slurm: dict | None,
-               pack: int) -> list[str]:
+               pack: int, threads: int | None = None) -> list[str]:
     write_index(spec, planned, out, quick)
     todo = [p for p in planned if not (out / "runs" / p.key / EVALUATION).is_file()]
     print(f"sweep {spec.name}: {len(planned)} runs, {len(planned) - len(todo)} already done, "
@@ -404,13 +408,14 @@ def _run_sweep(spec: ExperimentSpec, planned: list[PlannedRun], out: Path, quick
         run_on_slurm(jobs, out, spec.name, {**(spec.slurm or {}), **(slurm or {})})
         return [p.key for p in planned]
     workers = max(1, min(workers or default_workers(), len(todo)))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    chosen_threads = threads
+    threads = chosen_threads or max(1, (os.cpu_count() or 1) // workers)
     jobs = [(p.config.to_dict(), str(out / "runs" / p.key), threads, data_dir) for p in todo]
     bar = RunProgress(len(jobs), spec.name)
     if pack > 1:
         packs = pack_jobs(jobs, pack)
         workers = max(1, min(workers, len(packs)))
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = chosen_threads or max(1, (os.cpu_count() or 1) // workers)
         packs = [[(c, d, threads, dd) for c, d, _, dd in group] for group in packs]
         with worker_pool(workers) as pool:
             futures = [pool.submit(in_worker, execute_packed, group) for group in packs]

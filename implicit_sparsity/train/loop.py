@@ -383,7 +383,8 @@ def write_summary(out: Path, metrics: list[dict], total_epochs: int, started: fl
                   **extra) -> None:
     """summary.json, written last: its presence means the run is finished."""
     summary = {"final": metrics[-1] if metrics else {}, "epochs": total_epochs, **extra,
-               "wall_seconds_this_session": time.perf_counter() - started}
+               "wall_seconds_this_session": time.perf_counter() - started,
+               "torch_threads": torch.get_num_threads()}  # what its timings ran on
     rd.atomic_write_text(out / rd.SUMMARY, json.dumps(summary, indent=2))
 
 
