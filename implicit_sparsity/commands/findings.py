@@ -16,10 +16,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(NAME, help="re-check the paper's findings: the runs behind each, "
                             "a verdict per finding, one report (Markdown and HTML)")
     parser.add_argument("--quick", dest="scale", action="store_const", const="quick",
-                        help="the CPU preset (Fashion-MNIST, offline; about 1.6 hours on 2 cores)")
+                        help="the CPU preset (Fashion-MNIST, offline; about 30 minutes on 2 "
+                             "cores with --workers 2)")
     parser.add_argument("--scale", choices=tuple(SCALES),
                         help="full: the paper's settings; quick: the CPU preset; standard: "
-                             "a longer CPU scale (10,000 iterations a run); tiny: a "
+                             "a longer CPU scale (10,000 iterations a run; about 48 minutes on 2 "
+                             "cores with --workers 2); tiny: a "
                              "seconds-long smoke test of the machinery")
     parser.add_argument("--out", default=None, help="folder (default: runs/findings-SCALE)")
     parser.add_argument("--executor", default="local", choices=["local", "slurm"])

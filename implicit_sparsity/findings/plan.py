@@ -9,7 +9,7 @@ keys runs by their config).
   Adam + L2 λ = 1e-4 against SGD, AMSGrad, Adamax, RMSProp, WD; CIFAR-100 as the harder task;
   batch 160 on batch 40's iterations; 32-0.25x against 64-1x; γ learning rate x0.1 and
   Leaky ReLU 0.01, which the supplement measures on CIFAR-100, here on the reference's data).
-- `quick`: two CPU cores, about 1.6 hours (1 h of runs, 35 min of explicit pruning):
+- `quick`: two CPU cores with `--workers 2`, about 30 minutes (18 of runs, 11 of explicit pruning):
   Fashion-MNIST (offline), BasicNet at width 0.125, 5,000 training images of the first 5
   classes, 32 + 8 epochs at batch 40 (5,000 iterations: sparsity emerges late, in the
   low-gradient regime, so a quick run needs iterations more than images), λ = 2e-3 (at the
