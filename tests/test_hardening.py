@@ -284,9 +284,12 @@ def test_a_stopped_sweep_takes_its_workers_with_it(fashion_dir, tmp_path, how):
     spec = tmp_path / "long.yaml"
     spec.write_text(LONG_SPEC.format(data=fashion_dir) + "  - {optimizer: adamw}\n")
     out = tmp_path / "out"
+    # preexec_fn: Ctrl-C reaches the sweep even when pytest itself was started in the
+    # background (`cmd &` in a script), which hands its children SIGINT ignored
     sweep = subprocess.Popen([sys.executable, "-m", "implicit_sparsity", "sweep", str(spec),
                               "--out", str(out), "--workers", "2"], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not list(out.glob("runs/*/metrics.jsonl")):

@@ -376,3 +376,29 @@ def test_a_real_sigterm_at_any_moment_leaves_the_slim_folder_whole_or_absent(ws,
         assert "terminated; nothing half-written" in err and err.count("\n") == 1
     if process.returncode != -signal.SIGTERM:  # killed before our handler was set: no stage
         assert not [p for p in tmp_path.iterdir() if PARTIAL in p.name]
+
+
+@pytest.mark.parametrize("interruption", ["terminated", "ctrl-c", "disk full"])
+def test_an_atomic_write_interrupted_while_syncing_leaves_the_old_file_and_no_temporary(
+        tmp_path, monkeypatch, interruption):
+    """A SIGTERM (Terminated), Ctrl-C or full disk in the middle of an atomic write: the
+    previous content stays, no `.NAME.XXXX.tmp` is left beside it, and the interruption
+    goes on up (a sweep's stop test once found such a temporary next to a checkpoint)."""
+    from implicit_sparsity.errors import StorageError, Terminated
+    from implicit_sparsity.io import files
+
+    raised = {"terminated": Terminated(), "ctrl-c": KeyboardInterrupt(),
+              "disk full": OSError(errno.ENOSPC, "No space left on device")}[interruption]
+    expected = {"terminated": Terminated, "ctrl-c": KeyboardInterrupt,
+                "disk full": StorageError}[interruption]
+    target = tmp_path / "checkpoint.pt"
+    files.atomic_write_bytes(target, b"before")
+
+    def fsync(fd):
+        raise raised
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    with pytest.raises(expected):
+        files.atomic_write_bytes(target, b"after")
+    assert target.read_bytes() == b"before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]

@@ -60,12 +60,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as error:
+    except BaseException as error:  # a full disk, or a SIGTERM / Ctrl-C while writing
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise StorageError(f"cannot write {path}: {_describe(error)}") from None
+        if isinstance(error, OSError):
+            raise StorageError(f"cannot write {path}: {_describe(error)}") from None
+        raise
     fsync_folder(path.parent)
 
 
