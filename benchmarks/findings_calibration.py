@@ -23,18 +23,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from implicit_sparsity.findings.claims import FINDINGS, Context
 from implicit_sparsity.findings.plan import SCALES, Scale, findings_spec, roles
 from implicit_sparsity.findings.run import collect_roles
-from implicit_sparsity.study.sweep import run_sweep
+from implicit_sparsity.study.sweep import in_worker, run_sweep, worker_pool
 
 QUICK = SCALES["quick"]
 CHECKED = (1, 2, 3, 4, 5, 6, 7, 8, 10)
@@ -195,18 +193,19 @@ def main() -> None:
     items = [(n, found[n], out, seeds, args.data_dir, args.threads, args.pack, role_names)
              for n in names]
     deadline = None if args.deadline_min is None else time.time() + 60 * args.deadline_min
-    # not multiprocessing.Pool: its daemonic workers may not start the sweep's own workers
-    pool = ProcessPoolExecutor(args.parallel, mp_context=multiprocessing.get_context("spawn"))
-    pending = [pool.submit(_work, item) for item in items]
-    for item, job in zip(items, pending):
-        left = None if deadline is None else max(deadline - time.time(), 0.1)
-        try:
-            print_result(job.result(timeout=left))
-        except FutureTimeout:  # what its finished runs say so far
-            print_result(verdicts(dataclasses.replace(item[1], seeds=seeds), out / item[0]))
-    pool.shutdown(wait=False, cancel_futures=True)
-    if deadline is not None:
-        os._exit(0)  # leave unfinished candidates behind (resumable with the same --out)
+    # the sweep's own pool: its workers die with this script (Ctrl-C, kill, the deadline)
+    with worker_pool(args.parallel) as pool:
+        pending = [pool.submit(in_worker, _work, item) for item in items]
+        for item, job in zip(items, pending):
+            left = None if deadline is None else max(deadline - time.time(), 0.1)
+            try:
+                print_result(job.result(timeout=left))
+            except FutureTimeout:  # what its finished runs say so far
+                print_result(verdicts(dataclasses.replace(item[1], seeds=seeds),
+                                      out / item[0]))
+        if deadline is not None:
+            sys.stdout.flush()
+            os._exit(0)  # the workers end with it; the unfinished runs resume with --out
 
 if __name__ == "__main__":
     main()

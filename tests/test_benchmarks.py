@@ -4,7 +4,10 @@ for a GPU machine are ready when one is at hand."""
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,3 +112,31 @@ def test_findings_calibration_trains_only_the_roles_asked_for(tmp_path):
     assert re.search(r"== tiny \([\d.]+ min, 2 runs,", out), out
     assert re.search(r"^ +6 (holds|does not hold|inconclusive) +small batch", out, re.M), out
     assert re.search(r"^ +7 inconclusive +wider [\d.]+% vs narrower -%", out, re.M), out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_calibration_takes_its_workers_with_it(tmp_path):
+    """kill -9 of the calibration script while its candidate's worker runs: the worker ends
+    too (the sweep's pool; a plain ProcessPoolExecutor's workers trained on unseen)."""
+    from conftest import write_fashion_mnist
+    from test_hardening import _alive, _children
+
+    data = write_fashion_mnist(tmp_path / "fashion", n_train=600, n_test=300)
+    script = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "findings_calibration.py"), "--out",
+         str(tmp_path / "out"), "--candidates", "tiny", "--data-dir", str(data)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.time() + 120
+        workers = []
+        while time.time() < deadline and script.poll() is None and not workers:
+            workers = [w for w in _children(script.pid) if _alive(w)]
+            time.sleep(0.2)
+        assert workers, "no worker process started"
+    finally:
+        script.kill()
+        script.wait(30)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers), "the worker went on after its script died"
